@@ -1,0 +1,149 @@
+"""Backbones: shared-bottom, OMoE, MMoE (Ma et al., KDD 2018) and PLE (Tang et al., RecSys 2020)."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from torch import nn
+
+from rankengine import Activation, Backbone, ExpertBank, Params, Register, hookimpl, mlp
+
+
+@hookimpl
+def rankengine_register_backbones(register: Register) -> None:
+    register("shared_bottom", build_shared_bottom, params=SharedBottomParams,
+             help="one MLP shared by every head")
+    register("omoe", build_omoe, params=MoEParams, help="experts mixed by one shared gate")
+    register("mmoe", build_mmoe, params=MoEParams, help="experts mixed by one gate per head")
+    register("ple", build_ple, params=PLEParams,
+             help="progressive layered extraction: CGC levels of task and shared experts")
+
+
+class SharedBottomParams(Params):
+    hidden: list[int] = Field(default=[128, 64], min_length=1)
+    activation: Activation = "relu"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
+class MoEParams(Params):
+    experts: int = Field(default=4, ge=1)
+    expert_hidden: list[int] = Field(default=[64], min_length=1)
+    activation: Activation = "relu"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
+class PLEParams(Params):
+    levels: int = Field(default=2, ge=1)
+    shared_experts: int = Field(default=2, ge=1)
+    task_experts: int = Field(default=1, ge=1)
+    expert_hidden: list[int] = Field(default=[64], min_length=1)
+    activation: Activation = "relu"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
+def build_shared_bottom(params: SharedBottomParams, *, input_dim: int, num_outputs: int) -> Backbone:
+    return SharedBottom(params, input_dim, num_outputs)
+
+
+def build_omoe(params: MoEParams, *, input_dim: int, num_outputs: int) -> Backbone:
+    return MixtureOfExperts(params, input_dim, num_outputs, gates=1)
+
+
+def build_mmoe(params: MoEParams, *, input_dim: int, num_outputs: int) -> Backbone:
+    return MixtureOfExperts(params, input_dim, num_outputs, gates=num_outputs)
+
+
+def build_ple(params: PLEParams, *, input_dim: int, num_outputs: int) -> Backbone:
+    return ProgressiveLayeredExtraction(params, input_dim, num_outputs)
+
+
+class SharedBottom(Backbone):
+    def __init__(self, params: SharedBottomParams, input_dim: int, num_outputs: int) -> None:
+        super().__init__()
+        self.net = mlp(input_dim, params.hidden, activation=params.activation,
+                       dropout=params.dropout)
+        self.num_outputs = num_outputs
+        self.output_dim = params.hidden[-1]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = self.net(x)
+        return [h] * self.num_outputs
+
+
+class MixtureOfExperts(Backbone):
+    """MMoE when ``gates == num_outputs``, OMoE when one gate serves every head."""
+
+    def __init__(self, params: MoEParams, input_dim: int, num_outputs: int, gates: int) -> None:
+        super().__init__()
+        self.experts = ExpertBank(input_dim, params.experts, params.expert_hidden,
+                                  params.activation, params.dropout)
+        self.gates = nn.Linear(input_dim, gates * params.experts)  # every gate in one GEMM
+        self.num_gates, self.num_experts = gates, params.experts
+        self.num_outputs = num_outputs
+        self.output_dim = self.experts.output_dim
+        self.last_gate_weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        experts = self.experts(x)  # [B, E, H]
+        gate = self.gates(x).view(-1, self.num_gates, self.num_experts).softmax(dim=-1)
+        self.last_gate_weights = gate.detach()
+        mixed = torch.bmm(gate, experts)  # [B, G, H]
+        if self.num_gates == 1:
+            return [mixed[:, 0]] * self.num_outputs
+        return list(mixed.unbind(dim=1))
+
+
+class ProgressiveLayeredExtraction(Backbone):
+    """CGC levels: each head has its own experts plus shared ones; gates mix per head.
+
+    Non-final levels also produce a shared output (a gate over all experts) for the next level.
+    """
+
+    def __init__(self, params: PLEParams, input_dim: int, num_outputs: int) -> None:
+        super().__init__()
+        self.num_outputs = num_outputs
+        self.levels = nn.ModuleList()
+        width = input_dim
+        for level in range(params.levels):
+            last = level == params.levels - 1
+            self.levels.append(_CGCLevel(params, width, num_outputs, shared_output=not last))
+            width = params.expert_hidden[-1]
+        self.output_dim = width
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        task_inputs = [x] * self.num_outputs
+        shared = x
+        for level in self.levels:
+            task_inputs, shared = level(task_inputs, shared)
+        return task_inputs
+
+
+class _CGCLevel(nn.Module):
+    def __init__(self, params: PLEParams, input_dim: int, num_tasks: int,
+                 shared_output: bool) -> None:
+        super().__init__()
+        hidden, act, drop = params.expert_hidden, params.activation, params.dropout
+        self.task_experts = nn.ModuleList(
+            ExpertBank(input_dim, params.task_experts, hidden, act, drop) for _ in range(num_tasks)
+        )
+        self.shared_experts = ExpertBank(input_dim, params.shared_experts, hidden, act, drop)
+        per_task = params.task_experts + params.shared_experts
+        self.task_gates = nn.ModuleList(nn.Linear(input_dim, per_task) for _ in range(num_tasks))
+        total = num_tasks * params.task_experts + params.shared_experts
+        self.shared_gate = nn.Linear(input_dim, total) if shared_output else None
+
+    def forward(
+        self, task_inputs: list[torch.Tensor], shared_input: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        shared = self.shared_experts(shared_input)  # [B, S, H]
+        own = [bank(x) for bank, x in zip(self.task_experts, task_inputs, strict=True)]
+        outputs = []
+        for x, mine, gate in zip(task_inputs, own, self.task_gates, strict=True):
+            weights = gate(x).softmax(dim=-1).unsqueeze(1)  # [B, 1, E]
+            outputs.append(torch.bmm(weights, torch.cat([mine, shared], dim=1)).squeeze(1))
+        if self.shared_gate is None:
+            return outputs, shared_input
+        everything = torch.cat([*own, shared], dim=1)
+        weights = self.shared_gate(shared_input).softmax(dim=-1).unsqueeze(1)
+        return outputs, torch.bmm(weights, everything).squeeze(1)

@@ -1,0 +1,321 @@
+"""Feature encoders: categorical (vocabulary or hash buckets), numeric, bucketize, sequence.
+
+All transforms are vectorised with pyarrow compute / numpy; values unseen in training go to an
+out-of-vocabulary id (0 for categorical, 1 for sequences, where 0 is padding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field
+
+from rankengine import DataError, FeatureEncoder, FeatureSpec, Params, Register, hookimpl
+
+
+@hookimpl
+def rankengine_register_encoders(register: Register) -> None:
+    register("categorical", CategoricalEncoder, params=CategoricalParams,
+             help="vocabulary with min_count and an OOV id, or hash_buckets")
+    register("numeric", NumericEncoder, params=NumericParams,
+             help="float input: standardize / log1p / none, missing values imputed or refused")
+    register("bucketize", BucketizeEncoder, params=BucketizeParams,
+             help="numeric value → quantile bucket id (embedded like a categorical)")
+    register("sequence", SequenceEncoder, params=SequenceParams,
+             help="list (or delimited string) of ids → padded ids, pooled in the model")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------------
+
+
+def as_strings(values: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """Values as strings, so vocabularies do not depend on int vs string typing of a column."""
+    if isinstance(values, pa.Array):
+        values = pa.chunked_array([values])
+    if pa.types.is_string(values.type):
+        return values
+    if pa.types.is_floating(values.type):
+        # 3.0 and 3 must be the same category: integral floats are written without ".0".
+        as_int = pc.cast(values, pa.int64(), safe=False)
+        integral = pc.equal(pc.cast(as_int, pa.float64()), values)
+        return pc.if_else(integral, pc.cast(as_int, pa.string()), pc.cast(values, pa.string()))
+    return pc.cast(values, pa.string())
+
+
+def fit_vocabulary(values: pa.ChunkedArray, min_count: int, max_vocab: int | None) -> list[str]:
+    """Values seen at least ``min_count`` times, most frequent first (ties by value)."""
+    counted = pc.value_counts(as_strings(values).drop_null())
+    table = pa.table({"value": counted.field("values"), "count": counted.field("counts")})
+    table = table.filter(pc.greater_equal(table["count"], min_count))
+    table = table.sort_by([("count", "descending"), ("value", "ascending")])
+    vocab: list[str] = table["value"].to_pylist()
+    return vocab[:max_vocab] if max_vocab is not None else vocab
+
+
+def lookup(values: pa.ChunkedArray, vocabulary: pa.Array, first_id: int) -> np.ndarray:
+    """Vocabulary position + ``first_id``; unknown or missing values → ``first_id - 1``."""
+    index = pc.fill_null(pc.index_in(as_strings(values), value_set=vocabulary), -1)
+    return np.asarray(index.to_numpy(), dtype=np.int64) + first_id
+
+
+def stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def to_float(column: pa.ChunkedArray) -> np.ndarray:
+    """Column as float64 with NaN for missing; a non-numeric value is an error naming the row."""
+    if pa.types.is_boolean(column.type) or pa.types.is_integer(column.type) or \
+            pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
+        return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False),
+                          dtype=np.float64)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        try:
+            return np.asarray(pc.cast(pc.utf8_trim_whitespace(column), pa.float64())
+                              .to_numpy(zero_copy_only=False), dtype=np.float64)
+        except pa.ArrowInvalid:
+            for row, value in enumerate(column.to_pylist()):  # error path only
+                try:
+                    float(value) if value is not None else None
+                except ValueError:
+                    raise DataError(
+                        f"expected numbers, but row {row} holds {value!r} (a string); "
+                        f"fix the data or declare the feature as kind = \"categorical\""
+                    ) from None
+            raise
+    raise DataError(f"expected a numeric column, found type {column.type}")
+
+
+# --------------------------------------------------------------------------------------------
+# categorical
+# --------------------------------------------------------------------------------------------
+
+
+class CategoricalParams(Params):
+    min_count: int = Field(default=1, ge=1)
+    max_vocab: int | None = Field(default=None, ge=1)
+    hash_buckets: int | None = Field(default=None, ge=1)
+
+
+class CategoricalEncoder(FeatureEncoder):
+    """Id 0 is the OOV / missing bucket; known values get 1..V (or hash buckets 1..H)."""
+
+    output = "categorical"
+    params: CategoricalParams
+
+    def __init__(self, feature: FeatureSpec, params: CategoricalParams) -> None:
+        super().__init__(feature, params)
+        self.vocabulary: list[str] = []
+        self._vocab_array = pa.array([], pa.string())
+
+    def fit(self, column: pa.ChunkedArray) -> None:
+        if self.params.hash_buckets is None:
+            self.vocabulary = fit_vocabulary(column, self.params.min_count, self.params.max_vocab)
+            self._vocab_array = pa.array(self.vocabulary, pa.string())
+
+    def transform(self, column: pa.ChunkedArray) -> np.ndarray:
+        buckets = self.params.hash_buckets
+        if buckets is None:
+            return lookup(column, self._vocab_array, first_id=1)
+        encoded = pc.dictionary_encode(as_strings(column)).combine_chunks()
+        # Hash each distinct value once, then broadcast through the dictionary indices.
+        uniques = encoded.dictionary.to_pylist()
+        bucket_of = np.array([1 + stable_hash(v) % buckets for v in uniques] or [0], np.int64)
+        indices = np.asarray(pc.fill_null(encoded.indices, -1).to_numpy(), dtype=np.int64)
+        return np.where(indices < 0, 0, bucket_of[np.maximum(indices, 0)])
+
+    @property
+    def cardinality(self) -> int:
+        if self.params.hash_buckets is not None:
+            return self.params.hash_buckets + 1
+        return len(self.vocabulary) + 1
+
+    def state(self) -> dict[str, Any]:
+        return {"vocabulary": self.vocabulary}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.vocabulary = list(state["vocabulary"])
+        self._vocab_array = pa.array(self.vocabulary, pa.string())
+
+
+# --------------------------------------------------------------------------------------------
+# numeric
+# --------------------------------------------------------------------------------------------
+
+
+class NumericParams(Params):
+    transform: Literal["standardize", "log1p", "log1p_standardize", "none"] = "standardize"
+    missing: Literal["impute", "error"] = "impute"
+    missing_indicator: bool = False
+
+
+class NumericEncoder(FeatureEncoder):
+    """NaN / null are missing: imputed with the training mean (0 after standardising) or an
+    error; ``missing_indicator`` adds a 0/1 column. Infinite values are always an error."""
+
+    output = "dense"
+    params: NumericParams
+
+    def __init__(self, feature: FeatureSpec, params: NumericParams) -> None:
+        super().__init__(feature, params)
+        self.mean, self.std, self.fill = 0.0, 1.0, 0.0
+
+    def _prepare(self, column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+        x = to_float(column)
+        missing = np.isnan(x)
+        if np.isinf(x).any():
+            row = int(np.flatnonzero(np.isinf(x))[0])
+            raise DataError(f"row {row} holds an infinite value ({x[row]})")
+        if missing.any() and self.params.missing == "error":
+            row = int(np.flatnonzero(missing)[0])
+            raise DataError(
+                f"row {row} is missing (null or NaN); set missing = \"impute\" on the feature "
+                f"to fill it with the training mean"
+            )
+        if self.params.transform.startswith("log1p"):
+            x = np.sign(x) * np.log1p(np.abs(x))
+        return x, missing
+
+    def fit(self, column: pa.ChunkedArray) -> None:
+        x, missing = self._prepare(column)
+        seen = x[~missing]
+        if self.params.transform.endswith("standardize") and len(seen):
+            self.mean = float(seen.mean())
+            self.std = float(seen.std()) or 1.0
+        self.fill = float(seen.mean()) if len(seen) else 0.0
+
+    def transform(self, column: pa.ChunkedArray) -> np.ndarray:
+        x, missing = self._prepare(column)
+        x = np.where(missing, self.fill, x)
+        if self.params.transform.endswith("standardize"):
+            x = (x - self.mean) / self.std
+        cols = [x]
+        if self.params.missing_indicator:
+            cols.append(missing.astype(np.float64))
+        return np.stack(cols, axis=1).astype(np.float32)
+
+    @property
+    def width(self) -> int:
+        return 2 if self.params.missing_indicator else 1
+
+    def state(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "fill": self.fill}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.mean, self.std, self.fill = state["mean"], state["std"], state["fill"]
+
+
+# --------------------------------------------------------------------------------------------
+# bucketize
+# --------------------------------------------------------------------------------------------
+
+
+class BucketizeParams(Params):
+    buckets: int = Field(default=10, ge=2)
+    boundaries: list[float] | None = None
+
+
+class BucketizeEncoder(FeatureEncoder):
+    """Id 0 = missing; ids 1..K+1 by training quantiles (or the given boundaries)."""
+
+    output = "categorical"
+    params: BucketizeParams
+
+    def __init__(self, feature: FeatureSpec, params: BucketizeParams) -> None:
+        super().__init__(feature, params)
+        self.boundaries = list(params.boundaries or [])
+
+    def fit(self, column: pa.ChunkedArray) -> None:
+        if self.params.boundaries is not None:
+            return
+        x = to_float(column)
+        x = x[np.isfinite(x)]
+        qs = np.linspace(0, 1, self.params.buckets + 1)[1:-1]
+        self.boundaries = np.unique(np.quantile(x, qs)).tolist() if len(x) else []
+
+    def transform(self, column: pa.ChunkedArray) -> np.ndarray:
+        x = to_float(column)
+        ids = np.searchsorted(np.asarray(self.boundaries), x, side="right") + 1
+        return np.where(np.isnan(x), 0, ids).astype(np.int64)
+
+    @property
+    def cardinality(self) -> int:
+        return len(self.boundaries) + 2
+
+    def state(self) -> dict[str, Any]:
+        return {"boundaries": self.boundaries}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.boundaries = list(state["boundaries"])
+
+
+# --------------------------------------------------------------------------------------------
+# sequence / multi-hot
+# --------------------------------------------------------------------------------------------
+
+
+class SequenceParams(Params):
+    max_len: int = Field(default=20, ge=1)
+    separator: str = "|"
+    min_count: int = Field(default=1, ge=1)
+    max_vocab: int | None = Field(default=None, ge=1)
+    pooling: Literal["mean", "sum", "max"] = "mean"
+
+
+class SequenceEncoder(FeatureEncoder):
+    """A list column (or a string split on ``separator``) → ``[N, max_len]`` ids, 0 = padding,
+    1 = OOV; the first ``max_len`` elements of each row are kept."""
+
+    output = "sequence"
+    params: SequenceParams
+
+    def __init__(self, feature: FeatureSpec, params: SequenceParams) -> None:
+        super().__init__(feature, params)
+        self.vocabulary: list[str] = []
+        self._vocab_array = pa.array([], pa.string())
+
+    def _lists(self, column: pa.ChunkedArray) -> pa.ListArray:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            column = pc.split_pattern(column, self.params.separator)
+        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+            raise DataError(
+                f"expected a list column or a string joined by {self.params.separator!r}, "
+                f"found type {column.type}"
+            )
+        return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+    def fit(self, column: pa.ChunkedArray) -> None:
+        values = pc.list_flatten(self._lists(column))
+        self.vocabulary = fit_vocabulary(
+            pa.chunked_array([values]), self.params.min_count, self.params.max_vocab
+        )
+        self._vocab_array = pa.array(self.vocabulary, pa.string())
+
+    def transform(self, column: pa.ChunkedArray) -> np.ndarray:
+        lists = self._lists(column)
+        values = pc.list_flatten(lists)
+        rows = np.asarray(pc.list_parent_indices(lists).to_numpy(), dtype=np.int64)
+        ids = lookup(pa.chunked_array([values]), self._vocab_array, first_id=2)
+        # Position of each element inside its row: index minus the row's first element index.
+        position = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+        keep = position < self.params.max_len
+        out = np.zeros((len(lists), self.params.max_len), dtype=np.int64)
+        out[rows[keep], position[keep]] = ids[keep]
+        return out
+
+    @property
+    def cardinality(self) -> int:
+        return len(self.vocabulary) + 2
+
+    def state(self) -> dict[str, Any]:
+        return {"vocabulary": self.vocabulary}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.vocabulary = list(state["vocabulary"])
+        self._vocab_array = pa.array(self.vocabulary, pa.string())

@@ -1,0 +1,83 @@
+"""Evaluation metrics: AUC, GAUC, logloss, calibration and RMSE, vectorised with numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rankengine import Metric, Register, hookimpl
+
+
+@hookimpl
+def rankengine_register_metrics(register: Register) -> None:
+    register("auc", Metric(auc), help="area under the ROC curve (ties count half)")
+    register("gauc", Metric(gauc, needs_group=True),
+             help="AUC per group (user / request), averaged weighted by group size over groups "
+                  "with both classes")
+    register("logloss", Metric(logloss, higher_is_better=False), help="binary cross-entropy")
+    register("calibration", Metric(calibration, higher_is_better=False),
+             help="mean prediction / mean label (1.0 is calibrated)")
+    register("rmse", Metric(rmse, task_type="regression", higher_is_better=False),
+             help="root mean squared error of the value")
+
+
+def grouped_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUC per group via the Mann-Whitney rank sum; returns (auc per group, rows per group).
+
+    Groups without both classes get NaN.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    groups = np.asarray(groups)
+    order = np.lexsort((p, groups))
+    g, s, t = groups[order], p[order], y[order]
+    n = len(g)
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    new_tie = new_group | np.r_[True, s[1:] != s[:-1]]
+    group_id = np.cumsum(new_group) - 1
+    tie_id = np.cumsum(new_tie) - 1
+    position = np.arange(n, dtype=np.float64)
+    start = position[new_group][group_id]
+    rank_in_group = position - start + 1.0
+    tie_mean = np.bincount(tie_id, rank_in_group) / np.bincount(tie_id)
+    ranks = tie_mean[tie_id]
+    n_pos = np.bincount(group_id, t)
+    n_all = np.bincount(group_id).astype(np.float64)
+    n_neg = n_all - n_pos
+    rank_sum = np.bincount(group_id, ranks * t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_group = (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    per_group[(n_pos == 0) | (n_neg == 0)] = np.nan
+    return per_group, n_all
+
+
+def auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:
+    per_group, _ = grouped_auc(y, p, np.zeros(len(y), dtype=np.int64))
+    return float(per_group[0]) if len(per_group) else float("nan")
+
+
+def gauc(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:
+    if groups is None:
+        return float("nan")
+    per_group, sizes = grouped_auc(y, p, groups)
+    valid = ~np.isnan(per_group)
+    if not valid.any():
+        return float("nan")
+    return float(np.average(per_group[valid], weights=sizes[valid]))
+
+
+def logloss(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:
+    if len(y) == 0:
+        return float("nan")
+    q = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
+
+
+def calibration(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:
+    positives = float(np.mean(y)) if len(y) else 0.0
+    return float(np.mean(p)) / positives if positives > 0 else float("nan")
+
+
+def rmse(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:
+    if len(y) == 0:
+        return float("nan")
+    return float(np.sqrt(np.mean((np.asarray(p, np.float64) - y) ** 2)))

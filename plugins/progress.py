@@ -1,0 +1,29 @@
+"""Training log: a one-line summary per epoch on stderr (an observer of the lifecycle hooks)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rankengine import hookimpl
+
+
+@hookimpl
+def rankengine_before_train(context: Any) -> None:
+    rows = ", ".join(f"{k} {v:,}" for k, v in context.rows.items())
+    heads = len(context.model.cascade.heads())
+    params = sum(p.numel() for p in context.model.parameters())
+    print(f"model: {context.config.model.backbone.kind} + {context.config.model.cascade.kind}, "
+          f"{len(context.graph)} tasks, {heads} heads, {params:,} parameters; rows: {rows}",
+          file=sys.stderr)
+
+
+@hookimpl
+def rankengine_after_epoch(context: Any, epoch: int, metrics: dict[str, Any]) -> None:
+    train = sum(metrics["train_loss"].values())
+    valid = metrics["valid_loss"]["total"]
+    aucs = " ".join(
+        f"{task}={m['auc']:.4f}" for task, m in metrics["valid"].items() if "auc" in m
+    )
+    print(f"epoch {epoch}: train loss {train:.4f}, valid loss {valid:.4f}, valid auc {aucs}",
+          file=sys.stderr)

@@ -1,0 +1,71 @@
+"""rankengine: a plugin-based multi-task recommender ranking engine.
+
+This module is the public API. Plugins (built-in ones included) import only from here.
+"""
+
+from rankengine.components import (
+    Backbone,
+    Cascade,
+    CascadeOutput,
+    Component,
+    FeatureEncoder,
+    Fusion,
+    HeadSpec,
+    LossWeighting,
+    Metric,
+    NodePrediction,
+    NoParams,
+    Params,
+    Register,
+    SampleWeighting,
+    head_value,
+)
+from rankengine.config import EngineConfig, FeatureSpec, TaskSpec, load_config
+from rankengine.errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    GraphError,
+    PluginError,
+    RankEngineError,
+)
+from rankengine.graph import TaskGraph
+from rankengine.hookspecs import HOOK_API_VERSION, hookimpl
+from rankengine.layers import Activation, ExpertBank, mlp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HOOK_API_VERSION",
+    "Activation",
+    "ArtifactError",
+    "Backbone",
+    "Cascade",
+    "CascadeOutput",
+    "Component",
+    "ConfigError",
+    "DataError",
+    "EngineConfig",
+    "ExpertBank",
+    "FeatureEncoder",
+    "FeatureSpec",
+    "Fusion",
+    "GraphError",
+    "HeadSpec",
+    "LossWeighting",
+    "Metric",
+    "NoParams",
+    "NodePrediction",
+    "Params",
+    "PluginError",
+    "RankEngineError",
+    "Register",
+    "SampleWeighting",
+    "TaskGraph",
+    "TaskSpec",
+    "__version__",
+    "head_value",
+    "hookimpl",
+    "load_config",
+    "mlp",
+]

@@ -1,0 +1,214 @@
+"""Self-contained model artifacts: weights (safetensors), fitted features, config, metrics.
+
+A directory is written next to its destination under a temporary name, every file fsynced,
+then renamed into place, so a crash never leaves a half-written artifact where a complete one
+is expected. Loading verifies every file's sha256 against the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from rankengine.components import Fusion
+from rankengine.config import EngineConfig, TaskSpec, parse_config, resolve_component
+from rankengine.data.pipeline import FeaturePipeline
+from rankengine.errors import ArtifactError, PluginError
+from rankengine.graph import TaskGraph
+from rankengine.model.assembly import RankingModel, build_model
+from rankengine.pluginmanager import Engine, load_engine
+from rankengine.train import Trained
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+
+
+def _json_default(value: Any) -> Any:
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def to_json(data: Any) -> str:
+    """JSON with NaN / inf written as null (strict JSON has no NaN)."""
+    return json.dumps(_finite(data), indent=2, sort_keys=False, default=_json_default) + "\n"
+
+
+def _finite(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    return data
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write(path: Path, text: str) -> None:
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_artifact(trained: Trained, destination: str | Path, *, overwrite: bool = False) -> Path:
+    """Write the trained model to ``destination`` atomically; returns the directory."""
+    destination = Path(destination)
+    if destination.exists() and not overwrite:
+        raise ArtifactError(f"{destination} already exists; pass --overwrite to replace it")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        state = {k: v.detach().contiguous().clone() for k, v in trained.model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS))
+        with (tmp / WEIGHTS).open("rb") as fh:
+            os.fsync(fh.fileno())
+        result = trained.result
+        files = {
+            "config.json": trained.config.resolved_dict(),
+            "tasks.json": {n.name: n.spec.model_dump(mode="json") for n in trained.graph.nodes},
+            "pipeline.json": trained.pipeline.state(),
+            "metrics.json": {
+                "metrics": result.metrics, "history": result.history,
+                "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+                "train_seconds": result.train_seconds,
+                "samples_per_second": result.samples_per_second,
+                "label_reports": result.label_reports, "loss_weights": result.loss_weights,
+            },
+        }
+        for name, payload in files.items():
+            _write(tmp / name, to_json(payload))
+        from rankengine import __version__
+
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "rankengine_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "plugins": trained.engine.plugin_versions(),
+            "task_graph": trained.graph.to_dict(),
+            "data": result.data_sources,
+            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
+        }
+        _write(tmp / MANIFEST, to_json(manifest))
+        _fsync_dir(tmp)
+        if destination.exists():
+            old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+            destination.rename(old)
+            tmp.rename(destination)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(destination)
+        _fsync_dir(destination.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return destination
+
+
+@dataclass
+class LoadedModel:
+    """A model read back from an artifact, ready to score."""
+
+    path: Path
+    config: EngineConfig
+    engine: Engine
+    graph: TaskGraph
+    pipeline: FeaturePipeline
+    model: RankingModel
+    fusion: Fusion
+    manifest: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{path}: not a rankengine artifact (no {MANIFEST})")
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: artifact format {manifest.get('format_version')} is not supported by "
+            f"this rankengine (format {FORMAT_VERSION})"
+        )
+    return manifest
+
+
+def verify_artifact(path: Path, manifest: dict[str, Any]) -> None:
+    for name, expected in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise ArtifactError(f"{path}: file {name} listed in the manifest is missing")
+        actual = sha256_file(file)
+        if actual != expected:
+            raise ArtifactError(
+                f"{file}: sha256 mismatch (manifest {expected[:12]}…, file {actual[:12]}…); "
+                f"the artifact is corrupted or was modified"
+            )
+
+
+def load_artifact(path: str | Path, *, engine: Engine | None = None) -> LoadedModel:
+    """Read an artifact, verify its checksums and rebuild the model with the same plugins."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    verify_artifact(path, manifest)
+    config = parse_config(json.loads((path / "config.json").read_text()),
+                          source=str(path / "config.json"), base_dir=path)
+    if engine is None:
+        try:
+            engine = load_engine(list(manifest["plugins"]))
+        except PluginError as exc:
+            raise ArtifactError(
+                f"{path}: the model was trained with plugins {manifest['plugins']}; {exc}"
+            ) from exc
+    tasks = {name: TaskSpec.model_validate(spec)
+             for name, spec in json.loads((path / "tasks.json").read_text()).items()}
+    graph = TaskGraph(tasks)
+    pipeline = FeaturePipeline(config.features, engine.components.encoders, source=config.source)
+    pipeline.load_state(json.loads((path / "pipeline.json").read_text()))
+    model = build_model(config, engine, graph, pipeline.layout())
+    state = load_file(str(path / WEIGHTS))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{path}: weights do not match the model built from its config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    model.eval()
+    fusion = build_fusion(config, engine, graph)
+    metrics = json.loads((path / "metrics.json").read_text())
+    return LoadedModel(path, config, engine, graph, pipeline, model, fusion, manifest, metrics)
+
+
+def build_fusion(config: EngineConfig, engine: Engine, graph: TaskGraph) -> Fusion:
+    factory, params = resolve_component(engine.components.fusions, config.fusion.kind,
+                                        config.fusion.params, key="fusion", source=config.source)
+    fusion: Fusion = factory(graph.names, params)
+    return fusion
+
+

@@ -1,0 +1,406 @@
+"""Typed name tables for everything plugins contribute, and the interfaces components implement.
+
+The core owns each table: a registration hook receives a :class:`Register` bound to one table and
+one plugin, so duplicates are caught with both plugins named and unknown names are answered with
+the available ones and a close match.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from rankengine.errors import PluginError, UnknownComponentError, unknown_name_message
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from rankengine.config import FeatureSpec
+    from rankengine.graph import TaskGraph
+
+
+class Params(BaseModel):
+    """Base for a component's parameters: unknown keys are errors, values are type-checked."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(Params):
+    """A component that takes no parameters."""
+
+
+F = TypeVar("F")
+
+
+@dataclass(frozen=True)
+class Component(Generic[F]):
+    """One registered component: its factory, its parameter model and who registered it."""
+
+    family: str
+    name: str
+    factory: F
+    params: type[Params]
+    plugin: str
+    help: str = ""
+
+    def parse_params(self, raw: Mapping[str, Any]) -> Params:
+        return self.params.model_validate(dict(raw))
+
+
+class ComponentTable(Generic[F]):
+    """Name → component for one family (backbones, towers, ...)."""
+
+    def __init__(self, family: str, singular: str) -> None:
+        self.family = family
+        self.singular = singular
+        self._items: dict[str, Component[F]] = {}
+
+    def add(self, component: Component[F]) -> None:
+        if not component.name or not component.name.replace("_", "").replace("-", "").isalnum():
+            raise PluginError(
+                f"plugin '{component.plugin}' registered {self.singular} name "
+                f"{component.name!r}; names must be non-empty letters, digits, '_' or '-'"
+            )
+        existing = self._items.get(component.name)
+        if existing is not None:
+            raise PluginError(
+                f"{self.singular} '{component.name}' is registered twice: by plugin "
+                f"'{existing.plugin}' and by plugin '{component.plugin}'; disable one of them "
+                f"in [engine] disable or rename the component"
+            )
+        self._items[component.name] = component
+
+    def get(self, name: str, *, key: str | None = None, source: str | None = None) -> Component[F]:
+        try:
+            return self._items[name]
+        except KeyError:
+            raise UnknownComponentError(
+                unknown_name_message(self.singular, name, self._items), source=source, key=key
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[Component[F]]:
+        return iter(sorted(self._items.values(), key=lambda c: c.name))
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+
+class Register(Generic[F]):
+    """The ``register`` object a registration hook receives.
+
+    Call it once per component: ``register("mmoe", build_mmoe, params=MMoEParams, help="...")``.
+    """
+
+    def __init__(self, table: ComponentTable[F], plugin: str) -> None:
+        self._table = table
+        self._plugin = plugin
+
+    @property
+    def family(self) -> str:
+        return self._table.family
+
+    def __call__(
+        self, name: str, factory: F, *, params: type[Params] = NoParams, help: str = ""
+    ) -> None:
+        if not (isinstance(params, type) and issubclass(params, BaseModel)):
+            raise PluginError(
+                f"plugin '{self._plugin}' registered {self._table.singular} '{name}' with "
+                f"params={params!r}; expected a subclass of rankengine.Params"
+            )
+        self._table.add(Component(self._table.family, name, factory, params, self._plugin, help))
+
+
+# --------------------------------------------------------------------------------------------
+# Feature encoders
+# --------------------------------------------------------------------------------------------
+
+EncoderOutput = Literal["categorical", "dense", "sequence"]
+
+
+class FeatureEncoder(ABC):
+    """Turns one raw column into model input; fitted on the training split, saved with the model.
+
+    ``output`` says what :meth:`transform` returns:
+
+    - ``categorical``: int64 ``[N]`` ids in ``[0, cardinality)``;
+    - ``dense``: float32 ``[N, width]``;
+    - ``sequence``: int64 ``[N, max_len]`` ids in ``[0, cardinality)`` where 0 is padding.
+    """
+
+    output: ClassVar[EncoderOutput]
+
+    def __init__(self, feature: FeatureSpec, params: Any) -> None:
+        self.feature = feature
+        self.params = params
+
+    @abstractmethod
+    def fit(self, column: pa.ChunkedArray) -> None:
+        """Learn vocabularies / normalisers from the training column."""
+
+    @abstractmethod
+    def transform(self, column: pa.ChunkedArray) -> np.ndarray:
+        """Encode a column; must be vectorised and accept values never seen in :meth:`fit`."""
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable fitted state."""
+
+    @abstractmethod
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state` returned."""
+
+    @property
+    def cardinality(self) -> int:
+        """Number of ids (categorical and sequence outputs)."""
+        raise NotImplementedError(f"{type(self).__name__} has no cardinality")
+
+    @property
+    def width(self) -> int:
+        """Number of float columns (dense output)."""
+        raise NotImplementedError(f"{type(self).__name__} has no width")
+
+
+EncoderFactory = Callable[["FeatureSpec", Any], FeatureEncoder]
+
+
+# --------------------------------------------------------------------------------------------
+# Backbones and towers
+# --------------------------------------------------------------------------------------------
+
+
+class Backbone(nn.Module):
+    """Shared representation: ``forward(x[B, D]) -> list of num_outputs tensors [B, output_dim]``.
+
+    Backbones that gate experts may expose ``last_gate_weights`` (list of ``[B, E]``) for analysis.
+    """
+
+    output_dim: int
+
+
+BackboneFactory = Callable[..., Backbone]
+"""Called as ``factory(params, input_dim=int, num_outputs=int)``."""
+
+TowerFactory = Callable[..., nn.Module]
+"""Called as ``factory(params, input_dim=int)``; the module maps ``[B, input_dim] -> [B]``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Cascades
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One model head (one tower). ``role`` tells the cascade how the head is used."""
+
+    name: str
+    node: str
+    role: Literal["main", "given_via", "given_not_via"] = "main"
+
+
+@dataclass
+class CascadeOutput:
+    """Per-node predictions, each ``[B, T]`` in graph order, in log space for stable losses.
+
+    ``log_p``/``log_q`` are log p(node) and log(1 - p(node)) over the entire space;
+    ``cond_log_p``/``cond_log_q`` are the same conditional on the parent having happened.
+    For a regression node ``value`` holds E[value | parent] and the log columns are 0.
+    """
+
+    log_p: torch.Tensor
+    log_q: torch.Tensor
+    cond_log_p: torch.Tensor
+    cond_log_q: torch.Tensor
+    value: torch.Tensor
+
+    def entire(self, graph: TaskGraph) -> torch.Tensor:
+        """Entire-space p(node) for binary nodes, p(parent)·E[value | parent] for regression."""
+        out = self.log_p.exp()
+        if graph.regression_index:
+            reg = torch.tensor(graph.regression_index, device=out.device)
+            parent_p = self._parent_probability(graph, reg)
+            out = out.index_copy(1, reg, parent_p * self.value.index_select(1, reg))
+        return out
+
+    def conditional(self, graph: TaskGraph) -> torch.Tensor:
+        """p(node | parent) for binary nodes, E[value | parent] for regression nodes."""
+        out = self.cond_log_p.exp()
+        if graph.regression_index:
+            reg = torch.tensor(graph.regression_index, device=out.device)
+            out = out.index_copy(1, reg, self.value.index_select(1, reg))
+        return out
+
+    def _parent_probability(self, graph: TaskGraph, reg: torch.Tensor) -> torch.Tensor:
+        parents = [graph.parent_index[i] for i in reg.tolist()]
+        ones = torch.ones(self.log_p.shape[0], 1, device=self.log_p.device)
+        cols = [ones if p < 0 else self.log_p[:, p : p + 1].exp() for p in parents]
+        return torch.cat(cols, dim=1)
+
+
+class Cascade(ABC):
+    """Decides the heads a graph needs and composes head outputs into task probabilities."""
+
+    def __init__(self, graph: TaskGraph, params: Any) -> None:
+        self.graph = graph
+        self.params = params
+
+    @abstractmethod
+    def heads(self) -> list[HeadSpec]:
+        """The heads (towers) the model must build, in a fixed order."""
+
+    @abstractmethod
+    def compose(self, head_outputs: list[torch.Tensor]) -> CascadeOutput:
+        """Head outputs (logits, or raw values for regression heads) → per-node predictions."""
+
+    def loss_space(self, node: str) -> Literal["entire", "conditional"]:
+        """Where a binary node's loss is computed: over all rows, or over parent-positive rows."""
+        return "entire"
+
+
+CascadeFactory = Callable[["TaskGraph", Any], Cascade]
+
+
+# --------------------------------------------------------------------------------------------
+# Losses, weightings, fusion, metrics
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodePrediction:
+    """What a pointwise loss sees for one node: log p, log(1 - p) and the regression value."""
+
+    log_p: torch.Tensor
+    log_q: torch.Tensor
+    value: torch.Tensor
+
+
+PointwiseLoss = Callable[[NodePrediction, torch.Tensor], torch.Tensor]
+"""``loss(prediction, target[B]) -> per-sample loss [B]``."""
+
+LossFactory = Callable[[Any], PointwiseLoss]
+
+
+class LossWeighting(nn.Module):
+    """Combines per-task losses ``[T]`` into the scalar that is optimised.
+
+    Weightings with learnable state (uncertainty weighting) hold it as parameters; the trainer
+    adds them to the optimiser. :meth:`after_epoch` sees the mean training loss per task.
+    """
+
+    def __init__(self, tasks: list[str], params: Any) -> None:
+        super().__init__()
+        self.tasks = tasks
+        self.params = params
+
+    def combine(self, losses: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def current_weights(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def after_epoch(self, epoch: int, mean_losses: dict[str, float]) -> None:
+        """Update state between epochs (DWA-style schemes); default: nothing."""
+
+
+LossWeightingFactory = Callable[[list[str], Any], LossWeighting]
+
+
+class SampleWeighting(ABC):
+    """Per-sample, per-task non-negative weights ``[B, T]`` that multiply the pointwise losses."""
+
+    def __init__(self, graph: TaskGraph, params: Any) -> None:
+        self.graph = graph
+        self.params = params
+
+    @abstractmethod
+    def weights(self, labels: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``labels`` are entire-space labels ``[B, T]``; ``extras`` named float columns."""
+
+    def columns(self) -> list[str]:
+        """Raw data columns this weighting needs in ``extras``."""
+        return []
+
+
+SampleWeightingFactory = Callable[["TaskGraph", Any], SampleWeighting]
+
+
+class Fusion(ABC):
+    """Blends per-task entire-space predictions ``[B, T]`` into one ranking score ``[B]``."""
+
+    def __init__(self, tasks: list[str], params: Any) -> None:
+        self.tasks = tasks
+        self.params = params
+
+    @abstractmethod
+    def __call__(self, predictions: torch.Tensor) -> torch.Tensor: ...
+
+
+FusionFactory = Callable[[list[str], Any], Fusion]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """An evaluation metric: ``fn(labels, predictions, groups) -> float`` on numpy arrays.
+
+    ``groups`` is an int64 group id per row when ``needs_group`` (GAUC), else None.
+    """
+
+    fn: Callable[[np.ndarray, np.ndarray, np.ndarray | None], float]
+    task_type: Literal["binary", "regression"] = "binary"
+    needs_group: bool = False
+    higher_is_better: bool = True
+
+
+TaskGraphTemplate = Mapping[str, Mapping[str, Any]]
+"""Node name → task table, exactly as it would be written under [tasks] in engine.toml."""
+
+
+@dataclass
+class Components:
+    """All name tables, filled by the registration hooks of the enabled plugins."""
+
+    encoders: ComponentTable[EncoderFactory] = field(
+        default_factory=lambda: ComponentTable("encoders", "feature encoder")
+    )
+    task_graphs: ComponentTable[TaskGraphTemplate] = field(
+        default_factory=lambda: ComponentTable("task_graphs", "task graph template")
+    )
+    backbones: ComponentTable[BackboneFactory] = field(
+        default_factory=lambda: ComponentTable("backbones", "backbone")
+    )
+    towers: ComponentTable[TowerFactory] = field(
+        default_factory=lambda: ComponentTable("towers", "tower")
+    )
+    cascades: ComponentTable[CascadeFactory] = field(
+        default_factory=lambda: ComponentTable("cascades", "cascade")
+    )
+    losses: ComponentTable[LossFactory] = field(
+        default_factory=lambda: ComponentTable("losses", "loss")
+    )
+    loss_weightings: ComponentTable[LossWeightingFactory] = field(
+        default_factory=lambda: ComponentTable("loss_weightings", "loss weighting")
+    )
+    sample_weightings: ComponentTable[SampleWeightingFactory] = field(
+        default_factory=lambda: ComponentTable("sample_weightings", "sample weighting")
+    )
+    fusions: ComponentTable[FusionFactory] = field(
+        default_factory=lambda: ComponentTable("fusions", "fusion")
+    )
+    metrics: ComponentTable[Metric] = field(
+        default_factory=lambda: ComponentTable("metrics", "metric")
+    )
+
+
+def head_value(spec: Any, out: torch.Tensor) -> torch.Tensor:
+    """A regression head's output in value units: ``log_mse`` heads model log1p(value)."""
+    return torch.expm1(out) if spec.loss_name == "log_mse" else out

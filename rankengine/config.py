@@ -1,0 +1,378 @@
+"""engine.toml → validated :class:`EngineConfig`.
+
+Two stages: the file is parsed with tomllib and validated against the models below (shape and
+types); then, once plugins are loaded, :func:`resolve_components` checks every ``kind`` against
+the component tables and validates its parameters against the component's own ``Params`` model.
+Every failure names the file, the key path, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from rankengine.errors import ConfigError, suggest
+
+if typing.TYPE_CHECKING:
+    from rankengine.components import ComponentTable, Params
+    from rankengine.pluginmanager import Engine
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ComponentRef(BaseModel):
+    """``{ kind = "mmoe", experts = 4 }`` or just ``"mmoe"``; extra keys are the parameters."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EngineSection(Section):
+    plugins: list[str] = ["builtin"]
+    disable: list[str] = []
+    seed: int = 0
+    threads: int | None = Field(default=None, ge=1)
+
+
+class CsvOptions(Section):
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    header: bool = True
+    column_names: list[str] | None = None
+    null_values: list[str] = [""]
+    strip: bool = False
+
+
+class DataSection(Section):
+    train: str
+    valid: str | None = None
+    test: str | None = None
+    valid_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    format: Literal["auto", "csv", "parquet"] = "auto"
+    csv: CsvOptions = CsvOptions()
+    group: str | None = None
+    inconsistent: Literal["error", "fix", "drop"] = "error"
+    cache_dir: str | None = None
+
+
+class FeatureSpec(BaseModel):
+    """One ``[[features]]`` entry; keys other than these are the encoder's parameters."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    kind: str
+    column: str | None = None
+    side: Literal["context", "item"] = "item"
+    dim: int = Field(default=16, ge=1)
+    groups: list[str] = ["default"]
+
+    @property
+    def source(self) -> str:
+        return self.column or self.name
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class LabelRule(Section):
+    """A label that is 1 where ``column`` holds one of ``equals`` (string or numeric values)."""
+
+    column: str
+    equals: list[str | int | float]
+
+
+class OracleSpec(Section):
+    """Columns with the true probabilities (simulated data) for oracle metrics."""
+
+    p: str | None = None
+    p_cond: str | None = None
+    label_cond: str | None = None
+
+
+class TaskSpec(Section):
+    label: str | list[str] | LabelRule
+    type: Literal["binary", "regression"] = "binary"
+    after: str | None = None
+    via: str | None = None
+    loss: str | None = None
+    weight: float = Field(default=1.0, ge=0.0)
+    tower_groups: list[str] = []
+    oracle: OracleSpec | None = None
+
+    @property
+    def label_columns(self) -> list[str]:
+        if isinstance(self.label, LabelRule):
+            return [self.label.column]
+        return [self.label] if isinstance(self.label, str) else list(self.label)
+
+    @property
+    def loss_name(self) -> str:
+        return self.loss or ("bce" if self.type == "binary" else "mse")
+
+
+class TaskGraphSection(Section):
+    template: str | None = None
+
+
+class ModelSection(Section):
+    backbone: ComponentRef = ComponentRef(kind="mmoe")
+    tower: ComponentRef = ComponentRef(kind="mlp")
+    cascade: ComponentRef = ComponentRef(kind="esmm")
+    backbone_groups: list[str] | None = None
+
+
+class EarlyStopping(Section):
+    metric: str = "loss"
+    patience: int = Field(default=2, ge=1)
+    min_delta: float = Field(default=0.0, ge=0.0)
+
+
+class TrainSection(Section):
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=1024, ge=1)
+    eval_batch_size: int = Field(default=16384, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(default=1e-3, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    early_stopping: EarlyStopping | None = EarlyStopping()
+    progress: bool = True
+
+
+class LossSection(Section):
+    weighting: ComponentRef = ComponentRef(kind="fixed")
+    sample_weighting: ComponentRef = ComponentRef(kind="none")
+
+
+class FusionSection(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    kind: str = "weighted_sum"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EvaluateSection(Section):
+    metrics: list[str] | None = None
+    group: str | None = None
+
+
+class EngineConfig(Section):
+    engine: EngineSection = EngineSection()
+    data: DataSection
+    features: list[FeatureSpec] = Field(min_length=1)
+    task_graph: TaskGraphSection = TaskGraphSection()
+    tasks: dict[str, TaskSpec] = {}
+    model: ModelSection = ModelSection()
+    train: TrainSection = TrainSection()
+    loss: LossSection = LossSection()
+    fusion: FusionSection = FusionSection()
+    evaluate: EvaluateSection = EvaluateSection()
+
+    #: Where the config came from (for messages) and the base for relative data paths.
+    source: str = Field(default="<config>", exclude=True)
+    base_dir: str = Field(default=".", exclude=True)
+
+    @field_validator("features")
+    @classmethod
+    def _unique_features(cls, features: list[FeatureSpec]) -> list[FeatureSpec]:
+        seen: set[str] = set()
+        for feature in features:
+            if feature.name in seen:
+                raise ValueError(f"feature name '{feature.name}' appears twice")
+            seen.add(feature.name)
+        return features
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON-able data (stored with every model)."""
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and error formatting
+# --------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> EngineConfig:
+    """Read and validate an engine.toml file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"configuration file not found: {path}", source=str(path))
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from exc
+    return parse_config(raw, source=str(path), base_dir=path.parent)
+
+
+def parse_config(
+    raw: Mapping[str, Any], *, source: str = "<config>", base_dir: str | Path = "."
+) -> EngineConfig:
+    """Validate an already-parsed mapping (engine.toml contents or a stored resolved config)."""
+    data = {k: v for k, v in raw.items() if k not in ("source", "base_dir")}
+    try:
+        config = EngineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, source) from None
+    config.source = source
+    config.base_dir = str(base_dir)
+    return config
+
+
+def _config_error(exc: ValidationError, source: str) -> ConfigError:
+    messages = [_format_error(err) for err in exc.errors()]
+    key, first = messages[0]
+    more = "".join(f"\n  also [{k}]: {m}" for k, m in messages[1:5])
+    if len(messages) > 5:
+        more += f"\n  ... and {len(messages) - 5} more"
+    return ConfigError(first + more, source=source, key=key)
+
+
+def _format_error(err: Any) -> tuple[str, str]:
+    loc = [part for part in err["loc"] if not _is_union_tag(part)]
+    key = _key_path(loc)
+    kind = err["type"]
+    found = err.get("input")
+    if kind == "extra_forbidden":
+        parent = _model_at(EngineConfig, loc[:-1])
+        allowed = sorted(parent.model_fields) if parent else []
+        name = str(loc[-1])
+        hint = f"; expected one of: {', '.join(allowed)}{suggest(name, allowed)}" if allowed else ""
+        return _key_path(loc[:-1]) or name, f"unknown key '{name}'{hint}"
+    if kind == "missing":
+        return key, "required key is missing"
+    return key, f"{err['msg'].lower()}; found {_describe(found)}"
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic adds the union member (e.g. 'str', 'list[str]', 'LabelRule') to error locations.
+    return isinstance(part, str) and (part[:1].isupper() or "[" in part or part in _TYPE_TAGS)
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "function-before"}
+
+
+def _key_path(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _model_at(model: type[BaseModel], loc: list[Any]) -> type[BaseModel] | None:
+    """The pydantic model class that sits at ``loc`` inside ``model`` (for key suggestions)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        if part in current.model_fields:
+            current = _unwrap(current.model_fields[part].annotation)
+        else:
+            current = _unwrap(current, mapping_value=True)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _unwrap(annotation: Any, mapping_value: bool = False) -> Any:
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        models = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        return models[0] if models else annotation
+    if origin is list:
+        return _unwrap(get_args(annotation)[0])
+    if origin is dict:
+        return _unwrap(get_args(annotation)[1])
+    return annotation
+
+
+# --------------------------------------------------------------------------------------------
+# Second stage: component names and parameters, once plugins are loaded
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_component(
+    table: ComponentTable[Any], kind: str, params: Mapping[str, Any], *, key: str, source: str
+) -> tuple[Any, Params]:
+    """Look a component up and validate its parameters; returns ``(factory, params)``."""
+    component = table.get(kind, key=f"{key}.kind" if "." in key or key else key, source=source)
+    try:
+        parsed = component.parse_params(params)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        sub_key, message = _format_param_error(first, component.params)
+        raise ConfigError(
+            f"{message} (parameters of {table.singular} '{kind}')",
+            source=source,
+            key=f"{key}.{sub_key}" if sub_key else key,
+        ) from None
+    return component.factory, parsed
+
+
+def _format_param_error(err: Any, model: type[BaseModel]) -> tuple[str, str]:
+    loc = [p for p in err["loc"] if not _is_union_tag(p)]
+    if err["type"] == "extra_forbidden":
+        allowed = sorted(model.model_fields)
+        name = str(loc[-1])
+        expected = ", ".join(allowed) if allowed else "no parameters"
+        return name, f"unknown key '{name}'; expected one of: {expected}{suggest(name, allowed)}"
+    if err["type"] == "missing":
+        return _key_path(loc), "required key is missing"
+    return _key_path(loc), f"{err['msg'].lower()}; found {_describe(err.get('input'))}"
+
+
+def validate_components(config: EngineConfig, engine: Engine) -> None:
+    """Check every component name and parameter table in ``config`` against the plugins."""
+    c, src = engine.components, config.source
+    resolve_component(c.backbones, config.model.backbone.kind, config.model.backbone.params,
+                      key="model.backbone", source=src)
+    resolve_component(c.towers, config.model.tower.kind, config.model.tower.params,
+                      key="model.tower", source=src)
+    resolve_component(c.cascades, config.model.cascade.kind, config.model.cascade.params,
+                      key="model.cascade", source=src)
+    resolve_component(c.loss_weightings, config.loss.weighting.kind, config.loss.weighting.params,
+                      key="loss.weighting", source=src)
+    resolve_component(c.sample_weightings, config.loss.sample_weighting.kind,
+                      config.loss.sample_weighting.params, key="loss.sample_weighting", source=src)
+    resolve_component(c.fusions, config.fusion.kind, config.fusion.params, key="fusion",
+                      source=src)
+    for i, feature in enumerate(config.features):
+        resolve_component(c.encoders, feature.kind, feature.params, key=f"features[{i}]",
+                          source=src)
+    for name, task in config.tasks.items():
+        c.losses.get(task.loss_name, key=f"tasks.{name}.loss", source=src)
+    for metric in config.evaluate.metrics or []:
+        c.metrics.get(metric, key="evaluate.metrics", source=src)
+    if config.task_graph.template is not None:
+        c.task_graphs.get(config.task_graph.template, key="task_graph.template", source=src)

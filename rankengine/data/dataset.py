@@ -1,0 +1,122 @@
+"""Turn a raw table into the columnar arrays training and evaluation run on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rankengine.config import LabelRule, TaskSpec
+from rankengine.data.pipeline import FeaturePipeline
+from rankengine.errors import DataError
+from rankengine.graph import InconsistentPolicy, LabelReport, TaskGraph
+
+
+@dataclass
+class EncodedData:
+    """Encoded rows: every array has the same first dimension N."""
+
+    categorical: np.ndarray  # int64 [N, C]
+    dense: np.ndarray  # float32 [N, D]
+    sequences: list[np.ndarray]  # int64 [N, L_i]
+    labels: np.ndarray  # float32 [N, T] entire-space labels
+    groups: np.ndarray | None = None  # int64 [N]
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # float64 [N] named columns
+    report: LabelReport | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def take(self, rows: np.ndarray) -> EncodedData:
+        return EncodedData(
+            self.categorical[rows], self.dense[rows], [s[rows] for s in self.sequences],
+            self.labels[rows], None if self.groups is None else self.groups[rows],
+            {k: v[rows] for k, v in self.extras.items()}, self.report,
+        )
+
+
+def label_columns(graph: TaskGraph) -> list[str]:
+    return [c for node in graph.nodes for c in node.spec.label_columns]
+
+
+def oracle_columns(graph: TaskGraph) -> list[str]:
+    cols: list[str] = []
+    for node in graph.nodes:
+        oracle = node.spec.oracle
+        if oracle is not None:
+            cols += [c for c in (oracle.p, oracle.p_cond, oracle.label_cond) if c]
+    return cols
+
+
+def raw_label(table: pa.Table, name: str, spec: TaskSpec, where: str) -> np.ndarray:
+    """One node's raw label as float64: 0/1 for binary nodes (OR of columns), values else."""
+    if isinstance(spec.label, LabelRule):
+        column = table.column(spec.label.column)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            wanted = pa.array([str(v) for v in spec.label.equals])
+        else:
+            wanted = pa.array([v for v in spec.label.equals if not isinstance(v, str)],
+                              type=pa.float64())
+            column = pc.cast(column, pa.float64())
+        hit = pc.fill_null(pc.is_in(column, value_set=wanted), False)
+        return np.asarray(hit.to_numpy(zero_copy_only=False), dtype=np.float64)
+    values = [_numeric_label(table, col, name, where) for col in spec.label_columns]
+    if spec.type == "regression":
+        return values[0]
+    out = values[0]
+    for more in values[1:]:
+        out = np.maximum(out, more)
+    return out
+
+
+def _numeric_label(table: pa.Table, column: str, task: str, where: str) -> np.ndarray:
+    data = table.column(column)
+    if pa.types.is_boolean(data.type):
+        data = pc.cast(data, pa.int8())
+    if not (pa.types.is_integer(data.type) or pa.types.is_floating(data.type)):
+        sample = data.drop_null()[0].as_py() if len(data.drop_null()) else None
+        raise DataError(
+            f"{where}: label column '{column}' of task '{task}' must be numeric (0/1 or a "
+            f"value), found type {data.type} (e.g. {sample!r}); use label = {{ column = "
+            f"'{column}', equals = [...] }} for a categorical label"
+        )
+    if data.null_count:
+        row = int(np.flatnonzero(data.is_null().to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{where}: label column '{column}' of task '{task}' is empty at row {row}")
+    return np.asarray(data.to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def group_ids(table: pa.Table, column: str) -> np.ndarray:
+    encoded = pc.dictionary_encode(table.column(column)).combine_chunks()
+    return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def encode_table(
+    table: pa.Table,
+    pipeline: FeaturePipeline,
+    graph: TaskGraph,
+    *,
+    policy: InconsistentPolicy,
+    group: str | None = None,
+    extras: Sequence[str] = (),
+    where: str = "data",
+) -> EncodedData:
+    """Labels (with the inconsistency policy applied), features, groups and extra columns."""
+    raw = {node.name: raw_label(table, node.name, node.spec, where) for node in graph.nodes}
+    labels, keep, report = graph.derive_labels(raw, policy, where=where)
+    if keep is not None:
+        table = table.filter(pa.array(keep))
+        labels = labels[keep]
+    categorical, dense, sequences = pipeline.transform(table, where=where)
+    extra = {
+        name: np.asarray(pc.cast(table.column(name), pa.float64()).to_numpy(
+            zero_copy_only=False), dtype=np.float64)
+        for name in dict.fromkeys(extras)
+    }
+    return EncodedData(
+        categorical, dense, sequences, labels,
+        group_ids(table, group) if group else None, extra, report,
+    )

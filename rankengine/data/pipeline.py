@@ -1,0 +1,129 @@
+"""The fitted feature pipeline: one encoder per feature, saved inside every model artifact.
+
+Training and serving run the same :meth:`FeaturePipeline.transform`, so there is no train/serve
+skew by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from rankengine.components import ComponentTable, EncoderFactory, FeatureEncoder
+from rankengine.config import FeatureSpec, resolve_component
+from rankengine.errors import ArtifactError, DataError
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Where each feature lands in the encoded arrays; the model is built from this."""
+
+    name: str
+    output: str  # categorical | dense | sequence
+    side: str
+    groups: tuple[str, ...]
+    dim: int  # embedding dim (categorical, sequence) or number of floats (dense)
+    cardinality: int  # ids (categorical, sequence); 0 for dense
+    column: int  # column in the categorical / dense matrix, or sequence index
+    pooling: str = "mean"
+
+
+class FeaturePipeline:
+    """Encoders for the configured features, in config order."""
+
+    def __init__(
+        self, features: Sequence[FeatureSpec], encoders: ComponentTable[EncoderFactory],
+        *, source: str = "<config>",
+    ) -> None:
+        self.features = list(features)
+        self.encoders: list[FeatureEncoder] = []
+        for i, spec in enumerate(self.features):
+            factory, params = resolve_component(
+                encoders, spec.kind, spec.params, key=f"features[{i}]", source=source
+            )
+            self.encoders.append(factory(spec, params))
+        self.fitted = False
+
+    @property
+    def source_columns(self) -> list[str]:
+        return list(dict.fromkeys(spec.source for spec in self.features))
+
+    def fit(self, table: pa.Table, *, where: str = "training data") -> FeaturePipeline:
+        for spec, encoder in zip(self.features, self.encoders, strict=True):
+            with _naming(spec, where):
+                encoder.fit(table.column(spec.source))
+        self.fitted = True
+        return self
+
+    def transform(
+        self, table: pa.Table, *, where: str = "data"
+    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Encode ``table`` → (categorical int64 [N, C], dense float32 [N, D], sequences)."""
+        if not self.fitted:
+            raise RuntimeError("FeaturePipeline.transform called before fit/load")
+        n = table.num_rows
+        categorical, dense, sequences = [], [], []
+        for spec, encoder in zip(self.features, self.encoders, strict=True):
+            if spec.source not in table.column_names:
+                raise DataError(f"{where}: feature '{spec.name}' needs column '{spec.source}'")
+            with _naming(spec, where):
+                values = encoder.transform(table.column(spec.source))
+            if encoder.output == "categorical":
+                categorical.append(np.asarray(values, dtype=np.int64).reshape(n))
+            elif encoder.output == "dense":
+                dense.append(np.asarray(values, dtype=np.float32).reshape(n, -1))
+            else:
+                sequences.append(np.asarray(values, dtype=np.int64).reshape(n, -1))
+        cat = np.stack(categorical, axis=1) if categorical else np.zeros((n, 0), np.int64)
+        den = np.concatenate(dense, axis=1) if dense else np.zeros((n, 0), np.float32)
+        return np.ascontiguousarray(cat), np.ascontiguousarray(den), sequences
+
+    def layout(self) -> list[FeatureLayout]:
+        out: list[FeatureLayout] = []
+        counters = {"categorical": 0, "dense": 0, "sequence": 0}
+        for spec, encoder in zip(self.features, self.encoders, strict=True):
+            kind = encoder.output
+            dense = kind == "dense"
+            out.append(FeatureLayout(
+                name=spec.name, output=kind, side=spec.side, groups=tuple(spec.groups),
+                dim=encoder.width if dense else spec.dim,
+                cardinality=0 if dense else encoder.cardinality,
+                column=counters[kind], pooling=getattr(encoder.params, "pooling", "mean"),
+            ))
+            counters[kind] += encoder.width if dense else 1
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {spec.name: encoder.state() for spec, encoder in zip(
+            self.features, self.encoders, strict=True)}
+
+    def load_state(self, state: Mapping[str, Any]) -> FeaturePipeline:
+        for spec, encoder in zip(self.features, self.encoders, strict=True):
+            if spec.name not in state:
+                raise ArtifactError(f"fitted state of feature '{spec.name}' is missing")
+            encoder.load_state(state[spec.name])
+        self.fitted = True
+        return self
+
+
+class _naming:
+    """Prefix encoder errors with the data source and the feature they concern."""
+
+    def __init__(self, spec: FeatureSpec, where: str) -> None:
+        self.spec, self.where = spec, where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, DataError) and not getattr(exc, "_named", False):
+            named = DataError(
+                f"{self.where}: feature '{self.spec.name}' (column '{self.spec.source}', "
+                f"kind {self.spec.kind}): {exc}"
+            )
+            named._named = True  # type: ignore[attr-defined]
+            raise named from exc

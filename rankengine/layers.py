@@ -1,0 +1,69 @@
+"""Small building blocks that backbone and tower plugins share (part of the public API)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+Activation = Literal["relu", "gelu", "silu", "tanh"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh,
+}
+
+
+def mlp(
+    input_dim: int, hidden: Sequence[int], *, activation: str = "relu", dropout: float = 0.0,
+    output_dim: int | None = None,
+) -> nn.Sequential:
+    """Linear → activation (→ dropout) per hidden size, plus an optional linear output layer."""
+    layers: list[nn.Module] = []
+    width = input_dim
+    for size in hidden:
+        layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = size
+    if output_dim is not None:
+        layers.append(nn.Linear(width, output_dim))
+    return nn.Sequential(*layers)
+
+
+class ExpertBank(nn.Module):
+    """``E`` MLP experts evaluated together: ``[B, D] -> [B, E, hidden[-1]]``.
+
+    The first layer is one GEMM over all experts' weights; deeper layers are one batched
+    matmul each, so the cost does not grow with Python-level loops over experts.
+    """
+
+    def __init__(self, input_dim: int, num_experts: int, hidden: Sequence[int],
+                 activation: str = "relu", dropout: float = 0.0) -> None:
+        super().__init__()
+        if not hidden:
+            raise ValueError("experts need at least one hidden layer")
+        self.num_experts = num_experts
+        self.sizes = [input_dim, *hidden]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(self.sizes[:-1], self.sizes[1:], strict=True):
+            bound = 1.0 / math.sqrt(fan_in)
+            self.weights.append(nn.Parameter(
+                torch.empty(num_experts, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(
+                torch.empty(num_experts, 1, fan_out).uniform_(-bound, bound)))
+        self.act = ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.output_dim = self.sizes[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        E = self.num_experts
+        w0 = self.weights[0].permute(1, 0, 2).reshape(self.sizes[0], -1)  # [D, E*H]
+        h = (x @ w0).view(x.shape[0], E, -1).transpose(0, 1) + self.biases[0]  # [E, B, H]
+        h = self.dropout(self.act(h))
+        for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
+            h = self.dropout(self.act(torch.baddbmm(b, h, w)))
+        return h.transpose(0, 1)  # [B, E, H]

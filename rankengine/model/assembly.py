@@ -1,0 +1,207 @@
+"""Builds a :class:`RankingModel` from the config, the task graph and the fitted features."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from rankengine.components import Backbone, Cascade, CascadeOutput
+from rankengine.config import EngineConfig, resolve_component
+from rankengine.data.batching import Batch
+from rankengine.data.pipeline import FeatureLayout
+from rankengine.errors import ConfigError
+from rankengine.graph import TaskGraph
+from rankengine.pluginmanager import Engine
+
+
+class FeatureEmbedder(nn.Module):
+    """Encoded columns → one float vector per row.
+
+    Categorical features that share an embedding dim share one table (ids offset per feature),
+    so all of them cost one lookup per dim instead of one per feature.
+    """
+
+    def __init__(self, layout: Sequence[FeatureLayout]) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList()
+        self.table_columns: list[torch.Tensor] = []
+        spans: dict[str, tuple[int, int]] = {}
+        width = 0
+        by_dim: dict[int, list[FeatureLayout]] = {}
+        for f in layout:
+            if f.output == "categorical":
+                by_dim.setdefault(f.dim, []).append(f)
+        for t, (dim, feats) in enumerate(sorted(by_dim.items())):
+            cards = [f.cardinality for f in feats]
+            offsets = torch.tensor([0, *cards[:-1]]).cumsum(0)
+            self.register_buffer(f"offsets_{t}", offsets, persistent=False)
+            self.register_buffer(
+                f"columns_{t}", torch.tensor([f.column for f in feats]), persistent=False
+            )
+            self.tables.append(_embedding(sum(cards), dim))
+            for f in feats:
+                spans[f.name] = (width, width + dim)
+                width += dim
+        self.sequence_tables = nn.ModuleList()
+        self.sequence_pooling: list[str] = []
+        for f in sorted((f for f in layout if f.output == "sequence"), key=lambda f: f.column):
+            self.sequence_tables.append(_embedding(f.cardinality, f.dim, padding_idx=0))
+            self.sequence_pooling.append(f.pooling)
+            spans[f.name] = (width, width + f.dim)
+            width += f.dim
+        dense = sorted((f for f in layout if f.output == "dense"), key=lambda f: f.column)
+        for f in dense:
+            spans[f.name] = (width, width + f.dim)
+            width += f.dim
+        self.has_dense = bool(dense)
+        self.spans = spans
+        self.output_dim = width
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        parts: list[torch.Tensor] = []
+        for t, table in enumerate(self.tables):
+            ids = batch.categorical.index_select(1, getattr(self, f"columns_{t}"))
+            emb = table(ids + getattr(self, f"offsets_{t}"))  # [B, F, dim]
+            parts.append(emb.flatten(1))
+        for table, pooling, ids in zip(
+            self.sequence_tables, self.sequence_pooling, batch.sequences, strict=True
+        ):
+            parts.append(_pool(table(ids), ids != 0, pooling))
+        if self.has_dense:
+            parts.append(batch.dense)
+        return torch.cat(parts, dim=1)
+
+    def columns_of(self, names: Sequence[str]) -> list[int]:
+        cols: list[int] = []
+        for name in names:
+            lo, hi = self.spans[name]
+            cols.extend(range(lo, hi))
+        return cols
+
+
+def _embedding(num: int, dim: int, padding_idx: int | None = None) -> nn.Embedding:
+    table = nn.Embedding(max(num, 1), dim, padding_idx=padding_idx)
+    nn.init.normal_(table.weight, std=0.05)
+    if padding_idx is not None:
+        with torch.no_grad():
+            table.weight[padding_idx].zero_()
+    return table
+
+
+def _pool(emb: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(emb.dtype)
+    if pooling == "max":
+        return (emb + (m - 1.0) * 1e9).amax(dim=1) * mask.any(dim=1, keepdim=True)
+    summed = (emb * m).sum(dim=1)
+    if pooling == "sum":
+        return summed
+    return summed / m.sum(dim=1).clamp(min=1.0)
+
+
+class RankingModel(nn.Module):
+    """Embedder → backbone (one representation per head) → towers → cascade."""
+
+    def __init__(
+        self,
+        embedder: FeatureEmbedder,
+        backbone: Backbone,
+        towers: list[nn.Module],
+        cascade: Cascade,
+        backbone_columns: list[int] | None,
+        tower_columns: list[list[int]],
+    ) -> None:
+        super().__init__()
+        self.embedder = embedder
+        self.backbone = backbone
+        self.towers = nn.ModuleList(towers)
+        self.cascade = cascade
+        self.graph = cascade.graph
+        self.select_backbone = backbone_columns is not None
+        self.register_buffer(
+            "backbone_columns", torch.tensor(backbone_columns or [], dtype=torch.long),
+            persistent=False,
+        )
+        for i, cols in enumerate(tower_columns):
+            self.register_buffer(
+                f"tower_columns_{i}", torch.tensor(cols, dtype=torch.long), persistent=False
+            )
+        self.tower_has_columns = [bool(cols) for cols in tower_columns]
+
+    def forward(self, batch: Batch) -> CascadeOutput:
+        x = self.embedder(batch)
+        shared = x.index_select(1, self.backbone_columns) if self.select_backbone else x
+        reps = self.backbone(shared)
+        outs = []
+        for i, (tower, rep) in enumerate(zip(self.towers, reps, strict=True)):
+            if self.tower_has_columns[i]:
+                extra = x.index_select(1, getattr(self, f"tower_columns_{i}"))
+                rep = torch.cat([rep, extra], dim=1)
+            outs.append(tower(rep))
+        return self.cascade.compose(outs)
+
+
+def build_cascade(config: EngineConfig, engine: Engine, graph: TaskGraph) -> Cascade:
+    factory, params = resolve_component(
+        engine.components.cascades, config.model.cascade.kind, config.model.cascade.params,
+        key="model.cascade", source=config.source,
+    )
+    cascade: Cascade = factory(graph, params)
+    return cascade
+
+
+def build_model(
+    config: EngineConfig, engine: Engine, graph: TaskGraph, layout: Sequence[FeatureLayout]
+) -> RankingModel:
+    components, src = engine.components, config.source
+    embedder = FeatureEmbedder(layout)
+    known_groups = {g for f in layout for g in f.groups}
+
+    def features_in(groups: Sequence[str], key: str) -> list[str]:
+        for g in groups:
+            if g not in known_groups:
+                raise ConfigError(
+                    f"feature group '{g}' has no features; groups: {', '.join(sorted(known_groups))}",
+                    source=src, key=key,
+                )
+        return [f.name for f in layout if set(f.groups) & set(groups)]
+
+    backbone_columns = None
+    if config.model.backbone_groups is not None:
+        backbone_columns = embedder.columns_of(
+            features_in(config.model.backbone_groups, "model.backbone_groups")
+        )
+    input_dim = embedder.output_dim if backbone_columns is None else len(backbone_columns)
+    cascade = build_cascade(config, engine, graph)
+    heads = cascade.heads()
+    b_factory, b_params = resolve_component(
+        components.backbones, config.model.backbone.kind, config.model.backbone.params,
+        key="model.backbone", source=src,
+    )
+    backbone: Backbone = b_factory(b_params, input_dim=input_dim, num_outputs=len(heads))
+    t_factory, t_params = resolve_component(
+        components.towers, config.model.tower.kind, config.model.tower.params,
+        key="model.tower", source=src,
+    )
+    towers: list[nn.Module] = []
+    tower_columns: list[list[int]] = []
+    for head in heads:
+        groups = graph.node(head.node).spec.tower_groups
+        cols = embedder.columns_of(features_in(groups, f"tasks.{head.node}.tower_groups"))
+        tower_columns.append(cols)
+        towers.append(t_factory(t_params, input_dim=backbone.output_dim + len(cols)))
+    return RankingModel(embedder, backbone, towers, cascade, backbone_columns, tower_columns)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe(model: RankingModel) -> dict[str, Any]:
+    return {
+        "parameters": count_parameters(model),
+        "heads": [h.name for h in model.cascade.heads()],
+        "input_dim": model.embedder.output_dim,
+    }

@@ -1,0 +1,416 @@
+"""Training: read and encode the data, build the model from the graph, optimise, evaluate.
+
+The hot loop is tensor code only: batches are gathered column-wise, every task's loss is
+computed from the cascade's log-space outputs and combined by the loss-weighting plugin.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from rankengine.components import (
+    Component,
+    LossWeighting,
+    Metric,
+    NodePrediction,
+    PointwiseLoss,
+    SampleWeighting,
+)
+from rankengine.config import EngineConfig, TaskSpec, resolve_component, validate_components
+from rankengine.data.batching import Batch, TensorData, iterate_batches
+from rankengine.data.dataset import EncodedData, encode_table, label_columns, oracle_columns
+from rankengine.data.io import read_table
+from rankengine.data.pipeline import FeaturePipeline
+from rankengine.errors import ConfigError, DataError, GraphError
+from rankengine.evaluate import Metrics, node_metrics, predict_arrays, select_metrics
+from rankengine.graph import TaskGraph
+from rankengine.model.assembly import RankingModel, build_model
+from rankengine.pluginmanager import Engine, load_engine
+
+
+def engine_for(config: EngineConfig) -> Engine:
+    """Load the plugins the config enables and check its component names and parameters."""
+    engine = load_engine(config.engine.plugins, config.engine.disable)
+    validate_components(config, engine)
+    return engine
+
+
+def build_graph(config: EngineConfig, engine: Engine) -> TaskGraph:
+    """Template (if any) + ``[tasks]``, edited by ``rankengine_modify_task_graph``, validated."""
+    specs: dict[str, TaskSpec] = {}
+    if config.task_graph.template is not None:
+        template = engine.components.task_graphs.get(
+            config.task_graph.template, key="task_graph.template", source=config.source
+        ).factory
+        for name, table in template.items():
+            merged = {**table, **config.tasks[name].model_dump(exclude_unset=True)} \
+                if name in config.tasks else dict(table)
+            specs[name] = TaskSpec.model_validate(merged)
+    for name, spec in config.tasks.items():
+        specs.setdefault(name, spec)
+    engine.call("rankengine_modify_task_graph", tasks=specs, config=config)
+    try:
+        return TaskGraph(specs)
+    except GraphError as exc:
+        raise GraphError(f"{config.source}: [tasks] {exc}") from None
+
+
+@dataclass
+class Splits:
+    train: pa.Table
+    valid: pa.Table
+    test: pa.Table | None
+    sources: dict[str, str]
+
+
+def needed_columns(config: EngineConfig, graph: TaskGraph, pipeline: FeaturePipeline,
+                   extras: list[str]) -> list[str]:
+    cols = [*pipeline.source_columns, *label_columns(graph), *extras]
+    if config.data.group:
+        cols.append(config.data.group)
+    return list(dict.fromkeys(cols))
+
+
+def read_splits(config: EngineConfig, columns: list[str], seed: int) -> Splits:
+    """Read train / valid / test; a missing valid (or test) split is carved out of train."""
+    data = config.data
+
+    def read(path: str) -> pa.Table:
+        return read_table(config.resolve_path(path), columns, format=data.format, csv=data.csv)
+
+    train = read(data.train)
+    sources = {"train": str(config.resolve_path(data.train))}
+    test = read(data.test) if data.test else None
+    if data.test:
+        sources["test"] = str(config.resolve_path(data.test))
+    if data.valid:
+        valid = read(data.valid)
+        sources["valid"] = str(config.resolve_path(data.valid))
+    else:
+        fractions = {"valid": data.valid_fraction}
+        if test is None and data.test_fraction > 0:
+            fractions["test"] = data.test_fraction
+        parts = split_table(train, fractions, data.group, seed)
+        train, valid = parts["train"], parts["valid"]
+        test = parts.get("test", test)
+        sources["valid"] = f"{sources['train']} ({data.valid_fraction:.0%} held out)"
+        if "test" in fractions:
+            sources["test"] = f"{sources['train']} ({data.test_fraction:.0%} held out)"
+    if train.num_rows == 0:
+        raise DataError(f"{sources['train']}: the training split is empty")
+    return Splits(train, valid, test, sources)
+
+
+def split_table(table: pa.Table, fractions: Mapping[str, float], group: str | None,
+                seed: int) -> dict[str, pa.Table]:
+    """Seeded random split; rows of one group (request) always land in the same split."""
+    rng = np.random.default_rng(seed)
+    if group:
+        import pyarrow.compute as pc
+
+        ids = pc.dictionary_encode(table.column(group)).combine_chunks().indices.to_numpy()
+        draw = rng.random(int(ids.max()) + 1 if len(ids) else 0)[ids]
+    else:
+        draw = rng.random(table.num_rows)
+    out: dict[str, pa.Table] = {}
+    lo = 0.0
+    assigned = np.zeros(table.num_rows, dtype=bool)
+    for name, fraction in fractions.items():
+        mask = (draw >= lo) & (draw < lo + fraction)
+        out[name] = table.filter(pa.array(mask))
+        assigned |= mask
+        lo += fraction
+    out["train"] = table.filter(pa.array(~assigned))
+    return out
+
+
+@dataclass
+class TrainContext:
+    """What lifecycle hooks see."""
+
+    config: EngineConfig
+    engine: Engine
+    graph: TaskGraph
+    pipeline: FeaturePipeline
+    model: RankingModel
+    rows: dict[str, int]
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, Any]]
+    metrics: dict[str, Metrics]
+    train_seconds: float
+    samples_per_second: float
+    label_reports: dict[str, dict[str, Any]]
+    data_sources: dict[str, str]
+    loss_weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Trained:
+    config: EngineConfig
+    engine: Engine
+    graph: TaskGraph
+    pipeline: FeaturePipeline
+    model: RankingModel
+    result: TrainResult
+
+
+class Objective:
+    """Per-task pointwise losses → masked, sample-weighted means ``[T]``.
+
+    ``loss_k = Σ_i w_ik · m_ik · ℓ_ik / Σ_i m_ik`` where ``m`` is 1 on the rows the task is
+    trained on (all rows, or the parent-positive rows for conditional spaces and regression
+    tasks) and ``w`` comes from the sample-weighting plugin.
+    """
+
+    def __init__(self, graph: TaskGraph, model: RankingModel, losses: list[PointwiseLoss],
+                 sample_weighting: SampleWeighting) -> None:
+        self.graph = graph
+        self.losses = losses
+        self.sample_weighting = sample_weighting
+        conditional = [
+            node.type == "regression" or model.cascade.loss_space(node.name) == "conditional"
+            for node in graph.nodes
+        ]
+        self.parent = torch.tensor([max(p, 0) for p in graph.parent_index])
+        self.has_parent = torch.tensor([p >= 0 for p in graph.parent_index])
+        self.conditional = torch.tensor(conditional) & self.has_parent
+        self.needs_mask = bool(self.conditional.any())
+
+    def __call__(self, out: Any, batch: Batch) -> torch.Tensor:
+        labels = batch.labels
+        log_p = torch.where(self.conditional, out.cond_log_p, out.log_p)
+        log_q = torch.where(self.conditional, out.cond_log_q, out.log_q)
+        per_sample = torch.stack([
+            loss(NodePrediction(log_p[:, i], log_q[:, i], out.value[:, i]), labels[:, i])
+            for i, loss in enumerate(self.losses)
+        ], dim=1)
+        weights = self.sample_weighting.weights(labels, batch.extras)
+        if not self.needs_mask:
+            return (per_sample * weights).mean(dim=0)
+        parent_positive = labels.index_select(1, self.parent) == 1
+        mask = torch.where(self.conditional, parent_positive, True).to(per_sample.dtype)
+        return (per_sample * weights * mask).sum(0) / mask.sum(0).clamp(min=1.0)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool | None = None,
+          log: Callable[[str], None] | None = None) -> Trained:
+    """Run a full training job as configured; returns the trained model and its metrics."""
+    engine = engine or engine_for(config)
+    say = log or (lambda _msg: None)
+    if config.engine.threads:
+        torch.set_num_threads(config.engine.threads)
+    generator = seed_everything(config.engine.seed)
+    graph = build_graph(config, engine)
+    pipeline = FeaturePipeline(config.features, engine.components.encoders, source=config.source)
+
+    sw_factory, sw_params = resolve_component(
+        engine.components.sample_weightings, config.loss.sample_weighting.kind,
+        config.loss.sample_weighting.params, key="loss.sample_weighting", source=config.source)
+    sample_weighting: SampleWeighting = _construct(sw_factory, "loss.sample_weighting", config,
+                                                    graph, sw_params)
+    extras = [*oracle_columns(graph), *sample_weighting.columns()]
+    splits = read_splits(config, needed_columns(config, graph, pipeline, extras), config.engine.seed)
+    say(f"read {splits.train.num_rows:,} train / {splits.valid.num_rows:,} valid"
+        + (f" / {splits.test.num_rows:,} test" if splits.test is not None else "") + " rows")
+
+    pipeline.fit(splits.train, where=splits.sources["train"])
+    encoded: dict[str, EncodedData] = {}
+    for name, table in (("train", splits.train), ("valid", splits.valid), ("test", splits.test)):
+        if table is not None:
+            encoded[name] = encode_table(
+                table, pipeline, graph, policy=config.data.inconsistent,
+                group=config.data.group, extras=extras, where=splits.sources[name])
+    tensors = {name: TensorData(data) for name, data in encoded.items()}
+
+    model = build_model(config, engine, graph, pipeline.layout())
+    lw_factory, lw_params = resolve_component(
+        engine.components.loss_weightings, config.loss.weighting.kind,
+        config.loss.weighting.params, key="loss.weighting", source=config.source)
+    task_weights = {n.name: n.spec.weight for n in graph.nodes}
+    if config.loss.weighting.kind == "fixed" and "weights" not in config.loss.weighting.params:
+        lw_params = lw_params.model_copy(update={"weights": task_weights})
+    weighting: LossWeighting = _construct(lw_factory, "loss.weighting", config, graph.names,
+                                          lw_params)
+    losses = [
+        engine.components.losses.get(n.spec.loss_name, key=f"tasks.{n.name}.loss",
+                                     source=config.source).factory(None)
+        for n in graph.nodes
+    ]
+    objective = Objective(graph, model, losses, sample_weighting)
+    metric_components = select_metrics(engine.components.metrics, config.evaluate.metrics)
+    stopper = EarlyStopper(config, graph, metric_components)
+
+    params = list(model.parameters()) + list(weighting.parameters())
+    optimizer = _optimizer(config, params)
+    context = TrainContext(config, engine, graph, pipeline, model,
+                           {k: len(v) for k, v in encoded.items()})
+    engine.call("rankengine_before_train", context=context)
+
+    show = config.train.progress if progress is None else progress
+    history: list[dict[str, Any]] = []
+    best_state = copy.deepcopy(model.state_dict())
+    best_epoch, seen, started = 0, 0, time.perf_counter()
+    train_data = tensors["train"]
+    for epoch in range(1, config.train.epochs + 1):
+        model.train()
+        sums = torch.zeros(len(graph))
+        steps = 0
+        bar = tqdm(total=len(train_data), unit="rows", unit_scale=True, disable=not show,
+                   desc=f"epoch {epoch}/{config.train.epochs}", leave=False)
+        for batch in iterate_batches(train_data, config.train.batch_size, shuffle=True,
+                                     generator=generator):
+            task_losses = objective(model(batch), batch)
+            total = weighting.combine(task_losses)
+            if not torch.isfinite(total):
+                raise FloatingPointError(
+                    f"epoch {epoch}, step {steps + 1}: loss became {total.item()} "
+                    f"(per task: {dict(zip(graph.names, task_losses.tolist(), strict=True))}); "
+                    f"lower [train] lr or check the inputs"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            sums += task_losses.detach()
+            steps += 1
+            seen += len(batch)
+            if show:
+                bar.update(len(batch))
+                if steps % 20 == 0:
+                    bar.set_postfix(loss=f"{total.item():.4f}")
+        bar.close()
+        train_loss = dict(zip(graph.names, (sums / max(steps, 1)).tolist(), strict=True))
+        weighting.after_epoch(epoch, train_loss)
+        valid_loss, valid_metrics = _evaluate_split(
+            model, objective, weighting, tensors["valid"], encoded["valid"], config,
+            metric_components)
+        record = {
+            "epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss,
+            "valid": valid_metrics, "loss_weights": weighting.current_weights(),
+        }
+        history.append(record)
+        engine.call("rankengine_after_epoch", context=context, epoch=epoch, metrics=record)
+        improved, stop = stopper.update(epoch, valid_loss, valid_metrics)
+        if improved:
+            best_epoch = epoch
+            best_state = copy.deepcopy(model.state_dict())
+        if stop:
+            say(f"early stopping after epoch {epoch}: no improvement of "
+                f"{config.train.early_stopping.metric if config.train.early_stopping else ''} "
+                f"since epoch {best_epoch}")
+            break
+    elapsed = time.perf_counter() - started
+    model.load_state_dict(best_state)
+
+    metrics: dict[str, Metrics] = {}
+    for split in ("valid", "test"):
+        if split in encoded:
+            metrics[split] = _evaluate_split(model, objective, weighting, tensors[split],
+                                             encoded[split], config, metric_components)[1]
+    result = TrainResult(
+        best_epoch=best_epoch, epochs_run=len(history), history=history, metrics=metrics,
+        train_seconds=elapsed, samples_per_second=seen / elapsed if elapsed else 0.0,
+        label_reports={k: v.report.as_dict() for k, v in encoded.items() if v.report},
+        data_sources=splits.sources, loss_weights=weighting.current_weights(),
+    )
+    engine.call("rankengine_after_train", context=context, result=result)
+    return Trained(config, engine, graph, pipeline, model, result)
+
+
+def _construct(factory: Any, key: str, config: EngineConfig, *args: Any) -> Any:
+    try:
+        return factory(*args)
+    except (ValueError, GraphError) as exc:
+        raise ConfigError(str(exc), source=config.source, key=key) from None
+
+
+def _optimizer(config: EngineConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    t = config.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay, momentum=0.9)
+
+
+@torch.inference_mode()
+def _evaluate_split(model: RankingModel, objective: Objective, weighting: LossWeighting,
+                    tensors: TensorData, data: EncodedData, config: EngineConfig,
+                    metrics: list[Component[Metric]]) -> tuple[dict[str, float], Metrics]:
+    model.eval()
+    sums = torch.zeros(len(model.graph))
+    rows = 0
+    for batch in iterate_batches(tensors, config.train.eval_batch_size, shuffle=False):
+        sums += objective(model(batch), batch) * len(batch)
+        rows += len(batch)
+    loss = dict(zip(model.graph.names, (sums / max(rows, 1)).tolist(), strict=True))
+    loss["total"] = float(weighting.combine(sums / max(rows, 1)))
+    entire, conditional = predict_arrays(model, tensors, config.train.eval_batch_size)
+    return loss, node_metrics(model.graph, data, entire, conditional, metrics)
+
+
+class EarlyStopper:
+    """Tracks ``loss`` (total validation loss) or ``<metric>:<task>`` for early stopping."""
+
+    def __init__(self, config: EngineConfig, graph: TaskGraph,
+                 metrics: list[Component[Metric]]) -> None:
+        self.spec = config.train.early_stopping
+        self.best = math.inf
+        self.bad_epochs = 0
+        self.metric: str | None = None
+        self.task: str | None = None
+        self.sign = 1.0
+        if self.spec is None or self.spec.metric == "loss":
+            return
+        name, _, task = self.spec.metric.partition(":")
+        base = name.removesuffix("_cond")
+        known = {m.name: m for m in metrics}
+        if base not in known or not task:
+            raise ConfigError(
+                f"expected 'loss' or '<metric>:<task>' (e.g. 'auc:{graph.names[-1]}') with a "
+                f"metric among {', '.join(sorted(known))}; found {self.spec.metric!r}",
+                source=config.source, key="train.early_stopping.metric")
+        if task not in graph.names:
+            raise ConfigError(f"task '{task}' is not in the graph ({', '.join(graph.names)})",
+                              source=config.source, key="train.early_stopping.metric")
+        self.metric, self.task = name, task
+        self.sign = -1.0 if known[base].factory.higher_is_better else 1.0
+
+    def update(self, epoch: int, loss: dict[str, float], metrics: Metrics) -> tuple[bool, bool]:
+        """Returns (improved, stop)."""
+        if self.metric is None:
+            value = loss["total"]
+        else:
+            assert self.task is not None
+            value = self.sign * metrics[self.task].get(self.metric, float("nan"))
+        min_delta = self.spec.min_delta if self.spec else 0.0
+        if math.isfinite(value) and value < self.best - min_delta:
+            self.best = value
+            self.bad_epochs = 0
+            return True, False
+        if self.best == math.inf and epoch == 1:
+            return True, False
+        self.bad_epochs += 1
+        return False, self.spec is not None and self.bad_epochs >= self.spec.patience
