@@ -65,6 +65,7 @@ class DataSection(Section):
     valid: str | None = None
     test: str | None = None
     valid_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    valid_from: Literal["train", "test"] = "train"
     test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     format: Literal["auto", "csv", "parquet"] = "auto"
     csv: CsvOptions = CsvOptions()

@@ -97,6 +97,14 @@ def read_splits(config: EngineConfig, columns: list[str], seed: int) -> Splits:
     if data.valid:
         valid = read(data.valid)
         sources["valid"] = str(config.resolve_path(data.valid))
+    elif data.valid_from == "test":
+        if test is None:
+            raise ConfigError("valid_from = \"test\" needs [data] test", source=config.source,
+                              key="data.valid_from")
+        parts = split_table(test, {"valid": data.valid_fraction}, data.group, seed)
+        valid, test = parts["valid"], parts["train"]
+        sources["valid"] = f"{sources['test']} ({data.valid_fraction:.0%} of it)"
+        sources["test"] += f" (the other {1 - data.valid_fraction:.0%})"
     else:
         fractions = {"valid": data.valid_fraction}
         if test is None and data.test_fraction > 0:
