@@ -131,7 +131,7 @@ class TaskGraph:
                     raise DataError(
                         f"{where}: label of task '{node.name}' (column "
                         f"{'|'.join(node.spec.label_columns)}) must be 0 or 1; row {row} holds "
-                        f"{values[row]!r}"
+                        f"{float(values[row])!r}"
                     )
             elif np.isnan(values).any():
                 row = int(np.flatnonzero(np.isnan(values))[0])

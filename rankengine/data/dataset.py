@@ -112,7 +112,7 @@ def encode_table(
         labels = labels[keep]
     categorical, dense, sequences = pipeline.transform(table, where=where)
     extra = {
-        name: np.asarray(pc.cast(table.column(name), pa.float64()).to_numpy(
+        name: np.array(pc.cast(table.column(name), pa.float64()).to_numpy(
             zero_copy_only=False), dtype=np.float64)
         for name in dict.fromkeys(extras)
     }

@@ -1,0 +1,118 @@
+"""Shared fixtures: a small simulated funnel on disk and a tiny engine.toml around it."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rankengine.pluginmanager import Engine, load_engine
+from rankengine.simulate import SimulationConfig, write_funnel
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def funnel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("funnel")
+    write_funnel(out, SimulationConfig(requests=3000, users=500, items=300, seed=3))
+    return out
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    return load_engine()
+
+
+TINY_FEATURES = """
+[[features]]
+name = "user_id"
+kind = "categorical"
+side = "context"
+dim = 8
+
+[[features]]
+name = "device"
+kind = "categorical"
+side = "context"
+dim = 4
+
+[[features]]
+name = "user_hist_categories"
+kind = "sequence"
+max_len = 5
+dim = 8
+side = "context"
+
+[[features]]
+name = "item_id"
+kind = "categorical"
+dim = 8
+
+[[features]]
+name = "item_category"
+kind = "categorical"
+dim = 8
+
+[[features]]
+name = "item_price"
+kind = "numeric"
+transform = "log1p_standardize"
+
+[[features]]
+name = "position"
+kind = "bucketize"
+buckets = 4
+dim = 4
+"""
+
+TINY_TASKS = """
+[tasks]
+click = { label = "click", oracle = { p = "true_p_click" } }
+favorite = { label = "favorite", after = "click" }
+order = { label = "order", after = "click", via = "favorite", oracle = { p = "true_p_order", p_cond = "true_pc_order", label_cond = "cf_order" } }
+pay = { label = "pay", after = "order" }
+dwell = { label = "dwell_time", type = "regression", after = "click", loss = "log_mse", weight = 0.1 }
+"""
+
+
+def tiny_config_text(funnel: Path, *, tasks: str = TINY_TASKS, model: str = "",
+                     extra: str = "") -> str:
+    model = model or """
+[model]
+backbone = { kind = "mmoe", experts = 2, expert_hidden = [16] }
+tower = { kind = "mlp", hidden = [8] }
+cascade = "esm2"
+"""
+    return textwrap.dedent(f"""
+[engine]
+seed = 11
+
+[data]
+train = "{funnel / 'train.parquet'}"
+valid = "{funnel / 'valid.parquet'}"
+test = "{funnel / 'test.parquet'}"
+group = "request_id"
+
+[train]
+epochs = 2
+batch_size = 512
+lr = 3e-3
+progress = false
+
+[fusion]
+kind = "weighted_product"
+weights = {{ click = 1.0, order = 1.0 }}
+{extra}
+{model}
+{tasks}
+{TINY_FEATURES}
+""")
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path, funnel_dir: Path) -> Path:
+    path = tmp_path / "engine.toml"
+    path.write_text(tiny_config_text(funnel_dir))
+    return path

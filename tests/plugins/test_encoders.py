@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from rankengine.config import FeatureSpec
+from rankengine.errors import DataError
+from rankengine.pluginmanager import Engine
+
+
+def encoder(engine: Engine, kind: str, **params: Any):
+    component = engine.components.encoders.get(kind)
+    feature = FeatureSpec(name="f", kind=kind, **params)
+    return component.factory(feature, component.parse_params(params))
+
+
+def col(values: list[Any], type_: pa.DataType | None = None) -> pa.ChunkedArray:
+    return pa.chunked_array([pa.array(values, type=type_)])
+
+
+def test_categorical_vocabulary_min_count_and_oov(engine: Engine) -> None:
+    enc = encoder(engine, "categorical", min_count=2)
+    enc.fit(col(["a", "b", "a", "c", "b", "a", None]))
+    assert enc.vocabulary == ["a", "b"]  # by frequency; "c" is below min_count
+    assert enc.cardinality == 3
+    ids = enc.transform(col(["a", "b", "c", "zzz", None]))
+    assert ids.tolist() == [1, 2, 0, 0, 0]
+
+
+def test_categorical_ints_and_strings_share_categories(engine: Engine) -> None:
+    enc = encoder(engine, "categorical")
+    enc.fit(col([3, 5, 3]))
+    assert enc.transform(col(["3", "5", "7"])).tolist() == [1, 2, 0]
+    assert enc.transform(col([3.0, 5.0])).tolist() == [1, 2]
+
+
+def test_categorical_hash_buckets_are_stable_and_in_range(engine: Engine) -> None:
+    enc = encoder(engine, "categorical", hash_buckets=7)
+    enc.fit(col(["x"]))
+    values = [f"user{i}" for i in range(200)] + [None]
+    ids = enc.transform(col(values))
+    assert ids[-1] == 0 and ids[:-1].min() >= 1 and ids.max() <= 7
+    assert enc.cardinality == 8
+    again = encoder(engine, "categorical", hash_buckets=7).transform(col(values))
+    np.testing.assert_array_equal(ids, again)  # independent of process / fit
+    assert len(set(ids[:-1].tolist())) == 7
+
+
+def test_state_round_trip(engine: Engine) -> None:
+    enc = encoder(engine, "categorical")
+    enc.fit(col(["b", "a", "b"]))
+    other = encoder(engine, "categorical")
+    other.load_state(enc.state())
+    data = col(["a", "b", "q"])
+    np.testing.assert_array_equal(enc.transform(data), other.transform(data))
+
+
+def test_numeric_standardize_and_impute(engine: Engine) -> None:
+    enc = encoder(engine, "numeric", missing_indicator=True)
+    enc.fit(col([1.0, 3.0, None, float("nan")]))
+    out = enc.transform(col([1.0, 3.0, None]))
+    assert out.dtype == np.float32 and out.shape == (3, 2)
+    np.testing.assert_allclose(out[:, 0], [-1.0, 1.0, 0.0])
+    np.testing.assert_array_equal(out[:, 1], [0, 0, 1])
+
+
+def test_numeric_log1p_is_sign_aware(engine: Engine) -> None:
+    enc = encoder(engine, "numeric", transform="log1p")
+    enc.fit(col([0.0, 10.0]))
+    np.testing.assert_allclose(enc.transform(col([-9.0, 0.0, 9.0]))[:, 0],
+                               [-np.log(10), 0.0, np.log(10)], rtol=1e-6)
+
+
+def test_numeric_missing_error_names_the_row(engine: Engine) -> None:
+    enc = encoder(engine, "numeric", missing="error")
+    with pytest.raises(DataError, match="row 2 is missing"):
+        enc.fit(col([1.0, 2.0, None]))
+
+
+def test_numeric_column_of_strings_names_row_and_value(engine: Engine) -> None:
+    enc = encoder(engine, "numeric")
+    with pytest.raises(DataError, match=r"expected numbers, but row 1 holds 'twelve'"):
+        enc.fit(col(["3.5", "twelve", "4"]))
+    enc.fit(col([" 3.5", "4 "]))  # numbers written as text are fine
+
+
+def test_numeric_infinity_is_refused(engine: Engine) -> None:
+    enc = encoder(engine, "numeric")
+    with pytest.raises(DataError, match="row 1 holds an infinite value"):
+        enc.fit(col([1.0, float("inf")]))
+
+
+def test_bucketize_quantiles_and_missing(engine: Engine) -> None:
+    enc = encoder(engine, "bucketize", buckets=4)
+    enc.fit(col([float(i) for i in range(100)]))
+    assert len(enc.boundaries) == 3
+    ids = enc.transform(col([-5.0, 30.0, 60.0, 1000.0, None]))
+    assert ids.tolist() == [1, 2, 3, 4, 0]
+    assert enc.cardinality == 5
+
+
+def test_sequence_padding_truncation_and_oov(engine: Engine) -> None:
+    enc = encoder(engine, "sequence", max_len=3)
+    enc.fit(col([[1, 2], [2, 3, 3], []], pa.list_(pa.int64())))
+    out = enc.transform(col([[3, 2, 1, 2], None, [9], [2]], pa.list_(pa.int64())))
+    vocab = {v: i + 2 for i, v in enumerate(enc.vocabulary)}
+    assert out.shape == (4, 3)
+    assert out[0].tolist() == [vocab["3"], vocab["2"], vocab["1"]]  # first max_len kept
+    assert out[1].tolist() == [0, 0, 0]  # null list → all padding
+    assert out[2].tolist() == [1, 0, 0]  # unseen id → OOV (1)
+    assert out[3].tolist() == [vocab["2"], 0, 0]
+
+
+def test_sequence_from_delimited_strings(engine: Engine) -> None:
+    enc = encoder(engine, "sequence", max_len=4, separator=",")
+    enc.fit(col(["a,b", "b,c"]))
+    out = enc.transform(col(["c,a", ""]))
+    assert out[0, 0] > 1 and out[0, 1] > 1 and out[0, 2] == 0
+    with pytest.raises(DataError, match="expected a list column"):
+        enc.transform(col([1, 2]))

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rankengine.pluginmanager import Engine
+
+
+def metric(engine: Engine, name: str):
+    return engine.components.metrics.get(name).factory.fn
+
+
+def brute_auc(y: np.ndarray, p: np.ndarray) -> float:
+    pos, neg = p[y == 1], p[y == 0]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (len(pos) * len(neg)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 5)), min_size=2, max_size=40))
+def test_auc_matches_pairwise_definition_with_ties(engine: Engine, rows: list) -> None:
+    y = np.array([r[0] for r in rows], dtype=float)
+    p = np.array([r[1] for r in rows], dtype=float) / 5
+    auc = metric(engine, "auc")(y, p, None)
+    if 0 < y.sum() < len(y):
+        assert auc == pytest.approx(brute_auc(y, p))
+    else:
+        assert np.isnan(auc)
+
+
+def test_gauc_weights_groups_by_size_and_skips_one_class_groups(engine: Engine) -> None:
+    y = np.array([1, 0, 0, 1, 0, 1, 1])
+    p = np.array([0.9, 0.1, 0.8, 0.2, 0.5, 0.3, 0.4])
+    g = np.array([0, 0, 1, 1, 1, 2, 2])  # group 2 has only positives
+    expected = (2 * 1.0 + 3 * 0.0) / 5
+    assert metric(engine, "gauc")(y, p, g) == pytest.approx(expected)
+
+
+def test_logloss_calibration_rmse(engine: Engine) -> None:
+    y = np.array([1.0, 0.0])
+    p = np.array([0.8, 0.4])
+    assert metric(engine, "logloss")(y, p, None) == pytest.approx(
+        -(np.log(0.8) + np.log(0.6)) / 2)
+    assert metric(engine, "calibration")(y, p, None) == pytest.approx(0.6 / 0.5)
+    assert metric(engine, "rmse")(np.array([1.0, 3.0]), np.array([2.0, 3.0]), None) == \
+        pytest.approx(np.sqrt(0.5))

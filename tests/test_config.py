@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rankengine.config import load_config, parse_config, validate_components
+from rankengine.errors import ConfigError, UnknownComponentError
+from rankengine.pluginmanager import Engine
+
+from .conftest import REPO
+
+MINIMAL = """
+[data]
+train = "train.parquet"
+
+[[features]]
+name = "user"
+kind = "categorical"
+
+[tasks]
+click = { label = "click" }
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "engine.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", ["engine.toml", "examples/census/engine.toml"])
+def test_shipped_configs_are_valid(path: str, engine: Engine) -> None:
+    config = load_config(REPO / path)
+    validate_components(config, engine)
+    assert config.features and config.tasks
+
+
+def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.model.backbone.kind == "mmoe"
+    assert config.model.cascade.kind == "esmm"
+    assert config.engine.plugins == ["builtin"]
+    assert config.resolve_path("train.parquet") == tmp_path / "train.parquet"
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"configuration file not found: .*nope\.toml"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_invalid_toml_is_reported_with_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"engine\.toml: not valid TOML"):
+        load_config(write(tmp_path, "[data\ntrain = 1"))
+
+
+def test_unknown_top_level_key_suggests_the_right_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, MINIMAL + "\n[trian]\nepochs = 2\n"))
+    message = str(info.value)
+    assert "engine.toml" in message
+    assert "unknown key 'trian'" in message
+    assert "did you mean 'train'?" in message
+
+
+def test_unknown_nested_key_names_the_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, MINIMAL + "\n[train]\nepoch = 2\n"))
+    assert "[train]" in str(info.value)
+    assert "unknown key 'epoch'" in str(info.value)
+    assert "did you mean 'epochs'?" in str(info.value)
+
+
+def test_wrong_type_says_expected_and_found(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, MINIMAL + '\n[train]\nepochs = "three"\n'))
+    message = str(info.value)
+    assert "[train.epochs]" in message
+    assert "integer" in message
+    assert "'three' (str)" in message
+
+
+def test_task_key_typo_names_the_task(tmp_path: Path) -> None:
+    text = MINIMAL.replace('click = { label = "click" }',
+                           'click = { label = "click" }\nbuy = { label = "buy", aftr = "click" }')
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert "[tasks.buy]" in str(info.value)
+    assert "did you mean 'after'?" in str(info.value)
+
+
+def test_missing_required_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[data\]: required key is missing"):
+        load_config(write(tmp_path, '[[features]]\nname = "a"\nkind = "numeric"\n'))
+
+
+def test_duplicate_feature_names(tmp_path: Path) -> None:
+    text = MINIMAL + '\n[[features]]\nname = "user"\nkind = "numeric"\n'
+    with pytest.raises(ConfigError, match="feature name 'user' appears twice"):
+        load_config(write(tmp_path, text))
+
+
+def test_unknown_backbone_lists_available_and_suggests(tmp_path: Path, engine: Engine) -> None:
+    config = load_config(write(tmp_path, MINIMAL + '\n[model]\nbackbone = "mmeo"\n'))
+    with pytest.raises(UnknownComponentError) as info:
+        validate_components(config, engine)
+    message = str(info.value)
+    assert "[model.backbone.kind]" in message
+    assert "unknown backbone 'mmeo'" in message
+    assert "mmoe, omoe, ple, shared_bottom" in message
+    assert "did you mean 'mmoe'?" in message
+
+
+def test_backbone_parameter_typo(tmp_path: Path, engine: Engine) -> None:
+    config = load_config(write(
+        tmp_path, MINIMAL + '\n[model]\nbackbone = { kind = "mmoe", expert = 4 }\n'))
+    with pytest.raises(ConfigError) as info:
+        validate_components(config, engine)
+    message = str(info.value)
+    assert "[model.backbone.expert]" in message
+    assert "did you mean 'experts'?" in message
+    assert "backbone 'mmoe'" in message
+
+
+def test_backbone_parameter_wrong_type(tmp_path: Path, engine: Engine) -> None:
+    config = load_config(write(
+        tmp_path, MINIMAL + '\n[model]\nbackbone = { kind = "mmoe", experts = "four" }\n'))
+    with pytest.raises(ConfigError, match=r"\[model\.backbone\.experts\].*'four' \(str\)"):
+        validate_components(config, engine)
+
+
+def test_encoder_parameter_typo_names_the_feature_index(tmp_path: Path, engine: Engine) -> None:
+    text = MINIMAL.replace('kind = "categorical"', 'kind = "categorical"\nhash_bucket = 10')
+    config = load_config(write(tmp_path, text))
+    with pytest.raises(ConfigError) as info:
+        validate_components(config, engine)
+    assert "[features[0].hash_bucket]" in str(info.value)
+    assert "did you mean 'hash_buckets'?" in str(info.value)
+
+
+def test_unknown_task_loss_and_metric(tmp_path: Path, engine: Engine) -> None:
+    text = MINIMAL.replace('{ label = "click" }', '{ label = "click", loss = "bec" }')
+    with pytest.raises(UnknownComponentError, match=r"\[tasks\.click\.loss\].*did you mean 'bce'"):
+        validate_components(load_config(write(tmp_path, text)), engine)
+    text = MINIMAL + '\n[evaluate]\nmetrics = ["acu"]\n'
+    with pytest.raises(UnknownComponentError, match="did you mean 'auc'"):
+        validate_components(load_config(write(tmp_path, text)), engine)
+
+
+def test_resolved_config_round_trips() -> None:
+    config = load_config(REPO / "engine.toml")
+    again = parse_config(config.resolved_dict())
+    assert again.resolved_dict() == config.resolved_dict()
