@@ -137,7 +137,8 @@ class Engine:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             self.pm.unregister(name=info.name)
-            raise PluginError(f"plugin '{info.name}' is invalid: {exc}") from exc
+            detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            raise PluginError(f"plugin '{info.name}' is invalid: {detail}") from exc
         except ValueError as exc:
             raise PluginError(f"plugin '{info.name}': {exc}") from exc
         hooks = sorted(
