@@ -20,7 +20,7 @@ def rankengine_before_train(context: Any) -> None:
 
 @hookimpl
 def rankengine_after_epoch(context: Any, epoch: int, metrics: dict[str, Any]) -> None:
-    train = sum(metrics["train_loss"].values())
+    train = metrics["train_loss_total"]
     valid = metrics["valid_loss"]["total"]
     aucs = " ".join(
         f"{task}={m['auc']:.4f}" for task, m in metrics["valid"].items() if "auc" in m

@@ -16,7 +16,11 @@ from rich.table import Table
 from rankengine.errors import RankEngineError
 
 F = TypeVar("F", bound=Callable[..., Any])
-console = Console(stderr=False)
+
+
+def console() -> Console:
+    # Tables stay readable when piped or captured: never narrower than 150 columns there.
+    return Console(width=None if sys.stdout.isatty() else 150)
 
 
 class RankEngineGroup(click.Group):
@@ -169,7 +173,7 @@ def rank(artifact: Path, data_path: Path, request_id: str | None, top_k: int) ->
         view.add_row(str(r), *[str(request.column(c)[int(i)].as_py()) for c in shown],
                      f"{scores['score'][i]:.4f}",
                      *[f"{scores['p_' + n][i]:.4f}" for n in loaded.graph.names], logged)
-    console.print(view)
+    console().print(view)
 
 
 @cli.command()
@@ -222,21 +226,27 @@ def plugins(config_path: Path, show_all: bool) -> None:
         comps = [f"{t.singular}:{c.name}" for t in tables for c in t if c.plugin == name]
         view.add_row(name, plugin.info.version, plugin.info.origin,
                      "\n".join(plugin.hooks), ", ".join(comps))
-    console.print(view)
+    console().print(view)
+
+
+METRIC_COLUMNS = [
+    ("auc", "AUC"), ("oracle_auc", "oracle"), ("auc_cond", "AUC|parent"),
+    ("oracle_auc_cond", "oracle"), ("auc_cond_entire", "AUC|parent (all rows)"),
+    ("oracle_auc_cond_entire", "oracle"), ("gauc", "GAUC"), ("logloss", "logloss"),
+    ("calibration", "calib"), ("rmse", "RMSE"), ("positives", "positives"),
+]
 
 
 def print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
     """One row per task: the headline metrics, with the oracle beside the model."""
-    columns = ["auc", "oracle_auc", "auc_cond", "oracle_auc_cond", "auc_cond_entire",
-               "oracle_auc_cond_entire", "gauc", "logloss", "calibration", "rmse", "positives"]
-    present = [c for c in columns if any(c in m for m in metrics.values())]
+    present = [(k, h) for k, h in METRIC_COLUMNS if any(k in m for m in metrics.values())]
     view = Table(title=title)
     view.add_column("task")
-    for col in present:
-        view.add_column(col, justify="right")
+    for _, header in present:
+        view.add_column(header, justify="right")
     for task, values in metrics.items():
-        view.add_row(task, *[_fmt(values.get(c)) for c in present])
-    console.print(view)
+        view.add_row(task, *[_fmt(values.get(k)) for k, _ in present])
+    console().print(view)
 
 
 def _fmt(value: float | None) -> str:

@@ -315,7 +315,8 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
             model, objective, weighting, tensors["valid"], encoded["valid"], config,
             metric_components)
         record = {
-            "epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss,
+            "epoch": epoch, "train_loss": train_loss,
+            "train_loss_total": float(weighting.combine(sums / max(steps, 1))), "valid_loss": valid_loss,
             "valid": valid_metrics, "loss_weights": weighting.current_weights(),
         }
         history.append(record)

@@ -1,0 +1,98 @@
+"""The command line, run through click's CliRunner on real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from rankengine.cli import cli
+
+from .conftest import tiny_config_text
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory, funnel_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    (root / "engine.toml").write_text(tiny_config_text(funnel_dir))
+    out = root / "model"
+    result = CliRunner().invoke(cli, ["train", "-c", str(root / "engine.toml"), "-o", str(out),
+                                      "--quiet", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "test metrics" in result.output and "oracle" in result.output
+    assert f"artifact: {out}" in result.output
+    return out
+
+
+def test_train_refuses_to_overwrite(artifact: Path) -> None:
+    cfg = artifact.parent / "engine.toml"
+    result = CliRunner().invoke(cli, ["train", "-c", str(cfg), "-o", str(artifact), "--quiet"])
+    assert result.exit_code != 0 and "already exists" in result.output
+
+
+def test_evaluate_json_matches_training_metrics(artifact: Path, funnel_dir: Path) -> None:
+    result = CliRunner().invoke(cli, ["evaluate", str(artifact), "--data",
+                                      str(funnel_dir / "test.parquet"), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    stored = json.loads((artifact / "metrics.json").read_text())["metrics"]["test"]
+    assert metrics["click"]["auc"] == pytest.approx(stored["click"]["auc"], abs=1e-12)
+    assert metrics["order"]["auc_cond"] == pytest.approx(stored["order"]["auc_cond"], abs=1e-12)
+
+
+def test_predict_writes_scores_with_kept_columns(artifact: Path, funnel_dir: Path,
+                                                 tmp_path: Path) -> None:
+    out = tmp_path / "scores.parquet"
+    result = CliRunner().invoke(cli, ["predict", str(artifact), "--data",
+                                      str(funnel_dir / "test.parquet"), "-o", str(out),
+                                      "--keep", "request_id,item_id"])
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.column_names[:2] == ["request_id", "item_id"]
+    assert {"p_click", "p_order", "pc_order", "score"} <= set(table.column_names)
+    assert table.num_rows == pq.read_metadata(funnel_dir / "test.parquet").num_rows
+    csv_out = tmp_path / "scores.csv"
+    assert CliRunner().invoke(cli, ["predict", str(artifact), "--data",
+                                    str(funnel_dir / "test.parquet"), "-o",
+                                    str(csv_out)]).exit_code == 0
+    assert csv_out.read_text().startswith('"p_click"')
+
+
+def test_rank_prints_an_ordered_request(artifact: Path, funnel_dir: Path) -> None:
+    result = CliRunner().invoke(cli, ["rank", str(artifact), "--data",
+                                      str(funnel_dir / "test.parquet"), "--top-k", "5"])
+    assert result.exit_code == 0, result.output
+    assert "ranked by weighted_product" in result.output
+    scores = [float(line.split("│")[4]) for line in result.output.splitlines()
+              if line.startswith("│") and line.split("│")[1].strip().isdigit()]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+
+
+def test_bad_config_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "engine.toml").write_text("[data]\ntrain = 'x.csv'\n[[features]]\nname='a'\n"
+                                          "kind='categorical'\n[tasks]\nclick={label='c'}\n"
+                                          "[model]\nbackbone='mmeo'\n")
+    result = CliRunner().invoke(cli, ["train", "-c", str(tmp_path / "engine.toml"),
+                                      "-o", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert "unknown backbone 'mmeo'" in result.output and "did you mean 'mmoe'" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_plugins_command_lists_builtins(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["plugins", "--all"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for name in ("cascades", "backbones", "encoders", "built-in"):
+        assert name in result.output
+
+
+def test_simulate_writes_splits(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["simulate", "-o", str(tmp_path / "f"), "--requests", "200"])
+    assert result.exit_code == 0, result.output
+    assert pq.read_metadata(tmp_path / "f" / "train.parquet").num_rows > 0
+    bad = CliRunner().invoke(cli, ["simulate", "-o", str(tmp_path / "g"), "--correlation", "2"])
+    assert bad.exit_code != 0 and "conversion_correlation" in bad.output
