@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-
 from torch import nn
 
 from rankengine import Activation, Backbone, ExpertBank, Params, Register, hookimpl, mlp
@@ -42,7 +41,9 @@ class PLEParams(Params):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
-def build_shared_bottom(params: SharedBottomParams, *, input_dim: int, num_outputs: int) -> Backbone:
+def build_shared_bottom(
+    params: SharedBottomParams, *, input_dim: int, num_outputs: int
+) -> Backbone:
     return SharedBottom(params, input_dim, num_outputs)
 
 

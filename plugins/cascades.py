@@ -18,7 +18,6 @@ from rankengine import (
     HeadSpec,
     Params,
     Register,
-    TaskGraph,
     head_value,
     hookimpl,
 )

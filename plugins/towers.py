@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-
 from torch import nn
 
 from rankengine import Activation, Params, Register, hookimpl, mlp

@@ -309,7 +309,8 @@ def _model_at(model: type[BaseModel], loc: list[Any]) -> type[BaseModel] | None:
 def _unwrap(annotation: Any, mapping_value: bool = False) -> Any:
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
-        models = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        models = [a for a in get_args(annotation)
+                  if isinstance(a, type) and issubclass(a, BaseModel)]
         return models[0] if models else annotation
     if origin is list:
         return _unwrap(get_args(annotation)[0])

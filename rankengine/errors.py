@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 
 class RankEngineError(Exception):
-    """Base of every error rankengine raises on purpose; the CLI prints these without a traceback."""
+    """Base of every error rankengine raises on purpose; the CLI prints it without a traceback."""
 
 
 class ConfigError(RankEngineError):

@@ -42,7 +42,9 @@ def predict_arrays(
     return (torch.cat(entire).double().numpy(), torch.cat(conditional).double().numpy())
 
 
-def select_metrics(table: ComponentTable[Metric], names: Sequence[str] | None) -> list[Component[Metric]]:
+def select_metrics(
+    table: ComponentTable[Metric], names: Sequence[str] | None
+) -> list[Component[Metric]]:
     return [table.get(n) for n in names] if names is not None else list(table)
 
 
@@ -61,28 +63,29 @@ def node_metrics(
         sub = labels[:, parent] == 1 if parent >= 0 else np.ones(len(labels), dtype=bool)
         y = labels[:, i]
         result: dict[str, float] = {"rows": float(len(y))}
-
-        def run(suffix: str, rows: np.ndarray, truth: np.ndarray, pred: np.ndarray,
-                kind: str) -> None:
-            groups = data.groups[rows] if data.groups is not None else None
-            for m in metrics:
-                if m.factory.task_type != kind or (m.factory.needs_group and groups is None):
-                    continue
-                result[m.name + suffix] = _clean(m.factory.fn(truth[rows], pred[rows], groups))
-
         everything = np.ones(len(y), dtype=bool)
         if node.type == "binary":
             result["positives"] = float(y.sum())
-            run("", everything, y, entire[:, i], "binary")
+            _run(result, "", everything, y, entire[:, i], "binary", data, metrics)
             if parent >= 0:
                 result["rows_cond"] = float(sub.sum())
-                run("_cond", sub, y, conditional[:, i], "binary")
+                _run(result, "_cond", sub, y, conditional[:, i], "binary", data, metrics)
         else:
-            run("", sub, y, conditional[:, i], "regression")
-            run("_entire", everything, y, entire[:, i], "regression")
+            _run(result, "", sub, y, conditional[:, i], "regression", data, metrics)
+            _run(result, "_entire", everything, y, entire[:, i], "regression", data, metrics)
         _oracle(node.spec.oracle, data, y, sub, conditional[:, i], metrics, result)
         out[node.name] = result
     return out
+
+
+def _run(result: dict[str, float], suffix: str, rows: np.ndarray, truth: np.ndarray,
+         pred: np.ndarray, kind: str, data: EncodedData,
+         metrics: Sequence[Component[Metric]]) -> None:
+    groups = data.groups[rows] if data.groups is not None else None
+    for m in metrics:
+        if m.factory.task_type != kind or (m.factory.needs_group and groups is None):
+            continue
+        result[m.name + suffix] = _clean(m.factory.fn(truth[rows], pred[rows], groups))
 
 
 def _oracle(oracle: Any, data: EncodedData, y: np.ndarray, sub: np.ndarray,

@@ -62,8 +62,8 @@ class ExpertBank(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         E = self.num_experts
         w0 = self.weights[0].permute(1, 0, 2).reshape(self.sizes[0], -1)  # [D, E*H]
-        h = (x @ w0).view(x.shape[0], E, -1).transpose(0, 1) + self.biases[0]  # [E, B, H]
-        h = self.dropout(self.act(h))
+        h: torch.Tensor = (x @ w0).view(x.shape[0], E, -1).transpose(0, 1) + self.biases[0]
+        h = self.dropout(self.act(h))  # [E, B, H]
         for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
             h = self.dropout(self.act(torch.baddbmm(b, h, w)))
         return h.transpose(0, 1)  # [B, E, H]

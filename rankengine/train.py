@@ -181,7 +181,7 @@ class Trained:
 class Objective:
     """Per-task pointwise losses → masked, sample-weighted means ``[T]``.
 
-    ``loss_k = Σ_i w_ik · m_ik · ℓ_ik / Σ_i m_ik`` where ``m`` is 1 on the rows the task is
+    ``loss_k = Σ_i w_ik · m_ik · loss_ik / Σ_i m_ik`` where ``m`` is 1 on the rows the task is
     trained on (all rows, or the parent-positive rows for conditional spaces and regression
     tasks) and ``w`` comes from the sample-weighting plugin.
     """
@@ -240,7 +240,8 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     sample_weighting: SampleWeighting = _construct(sw_factory, "loss.sample_weighting", config,
                                                     graph, sw_params)
     extras = [*oracle_columns(graph), *sample_weighting.columns()]
-    splits = read_splits(config, needed_columns(config, graph, pipeline, extras), config.engine.seed)
+    columns = needed_columns(config, graph, pipeline, extras)
+    splits = read_splits(config, columns, config.engine.seed)
     say(f"read {splits.train.num_rows:,} train / {splits.valid.num_rows:,} valid"
         + (f" / {splits.test.num_rows:,} test" if splits.test is not None else "") + " rows")
 
@@ -299,7 +300,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
                     f"lower [train] lr or check the inputs"
                 )
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            total.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
             optimizer.step()
             sums += task_losses.detach()
             steps += 1
@@ -316,7 +317,8 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
             metric_components)
         record = {
             "epoch": epoch, "train_loss": train_loss,
-            "train_loss_total": float(weighting.combine(sums / max(steps, 1))), "valid_loss": valid_loss,
+            "train_loss_total": float(weighting.combine(sums / max(steps, 1))),
+            "valid_loss": valid_loss,
             "valid": valid_metrics, "loss_weights": weighting.current_weights(),
         }
         history.append(record)

@@ -71,9 +71,20 @@ TINY_TASKS = """
 [tasks]
 click = { label = "click", oracle = { p = "true_p_click" } }
 favorite = { label = "favorite", after = "click" }
-order = { label = "order", after = "click", via = "favorite", oracle = { p = "true_p_order", p_cond = "true_pc_order", label_cond = "cf_order" } }
 pay = { label = "pay", after = "order" }
-dwell = { label = "dwell_time", type = "regression", after = "click", loss = "log_mse", weight = 0.1 }
+
+[tasks.order]
+label = "order"
+after = "click"
+via = "favorite"
+oracle = { p = "true_p_order", p_cond = "true_pc_order", label_cond = "cf_order" }
+
+[tasks.dwell]
+label = "dwell_time"
+type = "regression"
+after = "click"
+loss = "log_mse"
+weight = 0.1
 """
 
 

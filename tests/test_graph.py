@@ -126,7 +126,7 @@ def test_fix_clears_children_and_counts() -> None:
 def test_drop_removes_inconsistent_rows() -> None:
     graph = TaskGraph(CHAIN)
     raw = labels(click=[0, 1, 0, 0, 1], order=[1, 1, 0, 1, 0], pay=[0, 1, 1, 0, 0])
-    y, keep, report = graph.derive_labels(raw, "drop")
+    _, keep, report = graph.derive_labels(raw, "drop")
     assert keep is not None
     assert keep.tolist() == [False, True, False, False, True]
     assert report.rows_dropped == 3

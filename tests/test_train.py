@@ -185,8 +185,8 @@ def test_inconsistent_policy_applies_to_training(tmp_path: Path, funnel_dir: Pat
     (tmp_path / "engine.toml").write_text(text)
     with pytest.raises(DataError, match=r"set while its parent .* is 0"):
         train(load_config(tmp_path / "engine.toml"), progress=False)
-    (tmp_path / "engine.toml").write_text(text.replace('group = "request_id"',
-                                                       'group = "request_id"\ninconsistent = "drop"'))
+    dropping = text.replace('group = "request_id"', 'group = "request_id"\ninconsistent = "drop"')
+    (tmp_path / "engine.toml").write_text(dropping)
     trained = train(load_config(tmp_path / "engine.toml"), progress=False)
     report = trained.result.label_reports["train"]
     assert report["rows_dropped"] > 0 and sum(report["inconsistent"].values()) >= \

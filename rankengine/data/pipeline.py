@@ -54,7 +54,7 @@ class FeaturePipeline:
 
     def fit(self, table: pa.Table, *, where: str = "training data") -> FeaturePipeline:
         for spec, encoder in zip(self.features, self.encoders, strict=True):
-            with _naming(spec, where):
+            with _Naming(spec, where):
                 encoder.fit(table.column(spec.source))
         self.fitted = True
         return self
@@ -70,7 +70,7 @@ class FeaturePipeline:
         for spec, encoder in zip(self.features, self.encoders, strict=True):
             if spec.source not in table.column_names:
                 raise DataError(f"{where}: feature '{spec.name}' needs column '{spec.source}'")
-            with _naming(spec, where):
+            with _Naming(spec, where):
                 values = encoder.transform(table.column(spec.source))
             if encoder.output == "categorical":
                 categorical.append(np.asarray(values, dtype=np.int64).reshape(n))
@@ -110,7 +110,7 @@ class FeaturePipeline:
         return self
 
 
-class _naming:
+class _Naming:
     """Prefix encoder errors with the data source and the feature they concern."""
 
     def __init__(self, spec: FeatureSpec, where: str) -> None:

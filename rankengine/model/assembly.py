@@ -163,7 +163,8 @@ def build_model(
         for g in groups:
             if g not in known_groups:
                 raise ConfigError(
-                    f"feature group '{g}' has no features; groups: {', '.join(sorted(known_groups))}",
+                    f"feature group '{g}' has no features; groups: "
+                    f"{', '.join(sorted(known_groups))}",
                     source=src, key=key,
                 )
         return [f.name for f in layout if set(f.groups) & set(groups)]

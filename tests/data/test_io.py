@@ -47,16 +47,16 @@ def test_missing_path_and_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not found"):
         read_table(tmp_path / "nope.parquet")
     (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(DataError, match="cannot tell the format"):
+    with pytest.raises(DataError, match=r"cannot tell the format"):
         read_table(tmp_path / "x.json")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="holds no .parquet or .csv files"):
+    with pytest.raises(DataError, match=r"holds no \.parquet or \.csv files"):
         read_table(tmp_path / "empty")
 
 
 def test_corrupt_parquet_is_a_data_error(tmp_path: Path) -> None:
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
-    with pytest.raises(DataError, match="bad.parquet: cannot read as parquet"):
+    with pytest.raises(DataError, match=r"bad\.parquet: cannot read as parquet"):
         read_table(tmp_path / "bad.parquet")
 
 
