@@ -175,7 +175,6 @@ class FusionSection(BaseModel):
 
 class EvaluateSection(Section):
     metrics: list[str] | None = None
-    group: str | None = None
 
 
 class EngineConfig(Section):
