@@ -245,14 +245,14 @@ def print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
     for _, header in present:
         view.add_column(header, justify="right")
     for task, values in metrics.items():
-        view.add_row(task, *[_fmt(values.get(k)) for k, _ in present])
+        view.add_row(task, *[_fmt(values.get(k), whole=k == "positives") for k, _ in present])
     console().print(view)
 
 
-def _fmt(value: float | None) -> str:
+def _fmt(value: float | None, *, whole: bool = False) -> str:
     if value is None or value != value:
         return "-"
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.4f}"
+    return f"{value:,.0f}" if whole or abs(value) >= 100 else f"{value:.4f}"
 
 
 def _load_extra_commands() -> None:

@@ -79,13 +79,13 @@ class SimulationConfig:
 
     requests: int = 50_000  # each request shows `slate_size` items at positions 1..slate_size
     slate_size: int = 10
-    users: int = 20_000
-    items: int = 10_000
+    users: int = 5_000
+    items: int = 2_000
     segments: int = 32  # observable user segments
     categories: int = 50  # observable item categories
     brands: int = 200  # observable item brands, each owned by one category
-    factor_dim: int = 8  # latent dimensionality
-    id_noise: float = 0.3  # std of per-user / per-item factor deviations (ids only)
+    factor_dim: int = 4  # latent dimensionality
+    id_noise: float = 0.1  # std of per-user / per-item factor deviations (ids only)
     conversion_correlation: float = 0.5  # correlation of click and conversion affinities
     favorite_order_boost: float = 1.5  # order logit boost given favorite (ESM2)
     position_bias: float = 0.6  # click logit -= position_bias * log(position)

@@ -191,3 +191,45 @@ def test_inconsistent_policy_applies_to_training(tmp_path: Path, funnel_dir: Pat
     report = trained.result.label_reports["train"]
     assert report["rows_dropped"] > 0 and sum(report["inconsistent"].values()) >= \
         report["rows_dropped"]
+
+
+def test_feature_groups_route_features_to_backbone_and_towers(tmp_path: Path,
+                                                              funnel_dir: Path) -> None:
+    text = tiny_config_text(funnel_dir, model="""
+[model]
+backbone = { kind = "shared_bottom", hidden = [16] }
+tower = { kind = "mlp", hidden = [8] }
+cascade = "esmm"
+backbone_groups = ["default"]
+""")
+    # The price goes only to the order tower (a private group), not through the backbone.
+    text = text.replace('name = "item_price"\nkind = "numeric"',
+                        'name = "item_price"\nkind = "numeric"\ngroups = ["price"]')
+    text = text.replace('label_cond = "cf_order" }',
+                        'label_cond = "cf_order" }\ntower_groups = ["price"]')
+    (tmp_path / "engine.toml").write_text(text)
+    trained = train(load_config(tmp_path / "engine.toml"), progress=False)
+    model = trained.model
+    price_width = 1
+    assert model.select_backbone
+    assert len(model.backbone_columns) == model.embedder.output_dim - price_width
+    order = trained.graph.index("order")
+    first = model.towers[order].net[0]
+    assert first.in_features == model.backbone.output_dim + price_width
+    assert model.towers[0].net[0].in_features == model.backbone.output_dim
+    bad = text.replace('tower_groups = ["price"]', 'tower_groups = ["prize"]')
+    (tmp_path / "engine.toml").write_text(bad)
+    from rankengine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\[tasks\.order\.tower_groups\].*'prize'"):
+        train(load_config(tmp_path / "engine.toml"), progress=False)
+
+
+def test_ali_ccp_sample_trains_with_the_ctr_cvr_template(tmp_path: Path) -> None:
+    from .conftest import REPO
+
+    trained = train(load_config(REPO / "examples/ali-ccp/engine.toml"), progress=False)
+    assert trained.graph.names == ["click", "purchase"]
+    assert trained.graph.node("purchase").parent == "click"
+    path = save_artifact(trained, tmp_path / "ali")
+    assert load_artifact(path).graph.names == ["click", "purchase"]
