@@ -28,6 +28,7 @@ from rankengine.components import (
     SampleWeighting,
 )
 from rankengine.config import EngineConfig, TaskSpec, resolve_component, validate_components
+from rankengine.data import cache as data_cache
 from rankengine.data.batching import Batch, TensorData, iterate_batches
 from rankengine.data.dataset import EncodedData, encode_table, label_columns, oracle_columns
 from rankengine.data.io import read_table
@@ -240,18 +241,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     sample_weighting: SampleWeighting = _construct(sw_factory, "loss.sample_weighting", config,
                                                     graph, sw_params)
     extras = [*oracle_columns(graph), *sample_weighting.columns()]
-    columns = needed_columns(config, graph, pipeline, extras)
-    splits = read_splits(config, columns, config.engine.seed)
-    say(f"read {splits.train.num_rows:,} train / {splits.valid.num_rows:,} valid"
-        + (f" / {splits.test.num_rows:,} test" if splits.test is not None else "") + " rows")
-
-    pipeline.fit(splits.train, where=splits.sources["train"])
-    encoded: dict[str, EncodedData] = {}
-    for name, table in (("train", splits.train), ("valid", splits.valid), ("test", splits.test)):
-        if table is not None:
-            encoded[name] = encode_table(
-                table, pipeline, graph, policy=config.data.inconsistent,
-                group=config.data.group, extras=extras, where=splits.sources[name])
+    encoded, sources = _encoded_splits(config, graph, pipeline, extras, say)
     tensors = {name: TensorData(data) for name, data in encoded.items()}
 
     model = build_model(config, engine, graph, pipeline.layout())
@@ -344,10 +334,42 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
         best_epoch=best_epoch, epochs_run=len(history), history=history, metrics=metrics,
         train_seconds=elapsed, samples_per_second=seen / elapsed if elapsed else 0.0,
         label_reports={k: v.report.as_dict() for k, v in encoded.items() if v.report},
-        data_sources=splits.sources, loss_weights=weighting.current_weights(),
+        data_sources=sources, loss_weights=weighting.current_weights(),
     )
     engine.call("rankengine_after_train", context=context, result=result)
     return Trained(config, engine, graph, pipeline, model, result)
+
+
+def _encoded_splits(
+    config: EngineConfig, graph: TaskGraph, pipeline: FeaturePipeline, extras: list[str],
+    say: Callable[[str], None],
+) -> tuple[dict[str, EncodedData], dict[str, str]]:
+    """Read, fit and encode the splits, or take them from ``[data] cache_dir``."""
+    cache_root = config.resolve_path(config.data.cache_dir) if config.data.cache_dir else None
+    key = ""
+    if cache_root is not None:
+        tasks = {n.name: n.spec.model_dump(mode="json") for n in graph.nodes}
+        key = data_cache.cache_key(config, tasks, extras)
+        hit = data_cache.load(cache_root, key)
+        if hit is not None:
+            state, encoded, sources = hit
+            pipeline.load_state(state)
+            say(f"encoded data from cache {cache_root / key}")
+            return encoded, sources
+    columns = needed_columns(config, graph, pipeline, extras)
+    splits = read_splits(config, columns, config.engine.seed)
+    say(f"read {splits.train.num_rows:,} train / {splits.valid.num_rows:,} valid"
+        + (f" / {splits.test.num_rows:,} test" if splits.test is not None else "") + " rows")
+    pipeline.fit(splits.train, where=splits.sources["train"])
+    encoded = {}
+    for name, table in (("train", splits.train), ("valid", splits.valid), ("test", splits.test)):
+        if table is not None:
+            encoded[name] = encode_table(
+                table, pipeline, graph, policy=config.data.inconsistent,
+                group=config.data.group, extras=extras, where=splits.sources[name])
+    if cache_root is not None:
+        data_cache.store(cache_root, key, pipeline.state(), encoded, splits.sources)
+    return encoded, splits.sources
 
 
 def _construct(factory: Any, key: str, config: EngineConfig, *args: Any) -> Any:

@@ -233,3 +233,29 @@ def test_ali_ccp_sample_trains_with_the_ctr_cvr_template(tmp_path: Path) -> None
     assert trained.graph.node("purchase").parent == "click"
     path = save_artifact(trained, tmp_path / "ali")
     assert load_artifact(path).graph.names == ["click", "purchase"]
+
+
+def test_encoded_cache_skips_reading_and_gives_the_same_model(tmp_path: Path,
+                                                              funnel_dir: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "valid", "test"):
+        (data / f"{split}.parquet").write_bytes((funnel_dir / f"{split}.parquet").read_bytes())
+    text = tiny_config_text(data).replace("[train]\nepochs = 2", "[train]\nepochs = 1")
+    text = text.replace('group = "request_id"', 'group = "request_id"\ncache_dir = "cache"')
+    (tmp_path / "engine.toml").write_text(text)
+    logs: list[str] = []
+    first = train(load_config(tmp_path / "engine.toml"), progress=False, log=logs.append)
+    entries = list((tmp_path / "cache").iterdir())
+    assert len(entries) == 1 and (entries[0] / "meta.json").is_file()
+    second = train(load_config(tmp_path / "engine.toml"), progress=False, log=logs.append)
+    assert any("from cache" in line for line in logs)
+    assert second.result.metrics == first.result.metrics
+    assert second.pipeline.state() == first.pipeline.state()
+    # A changed data file is a different cache entry.
+    table = pq.read_table(data / "train.parquet")
+    pq.write_table(table.slice(0, table.num_rows - 10), data / "train.parquet")
+    logs.clear()
+    train(load_config(tmp_path / "engine.toml"), progress=False, log=logs.append)
+    assert not any("from cache" in line for line in logs)
+    assert len(list((tmp_path / "cache").iterdir())) == 2

@@ -1,0 +1,94 @@
+"""On-disk cache of the fitted feature pipeline and the encoded splits.
+
+Keyed by everything that determines the encoding: the data files (path, size, mtime), the
+features, the task labels, the split settings and the seed. A hit skips reading, fitting and
+encoding entirely; entries are written under a temporary name and renamed, so a crash never
+leaves a half-written entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rankengine.config import EngineConfig
+from rankengine.data.dataset import EncodedData
+from rankengine.graph import LabelReport
+
+
+def _file_stats(path: Path) -> list[Any]:
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def cache_key(config: EngineConfig, tasks: dict[str, Any], extras: list[str]) -> str:
+    data = config.data
+    paths = [p for p in (data.train, data.valid, data.test) if p]
+    payload = {
+        "files": [_file_stats(config.resolve_path(p)) for p in paths],
+        "data": data.model_dump(mode="json", exclude={"cache_dir"}),
+        "features": [f.model_dump(mode="json") for f in config.features],
+        "tasks": tasks,
+        "extras": extras,
+        "seed": config.engine.seed,
+        "version": 1,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def load(root: Path, key: str) -> tuple[dict[str, Any], dict[str, EncodedData],
+                                        dict[str, str]] | None:
+    entry = root / key
+    meta_path = entry / "meta.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    splits: dict[str, EncodedData] = {}
+    for split, info in meta["splits"].items():
+        with np.load(entry / f"{split}.npz") as arrays:
+            splits[split] = EncodedData(
+                categorical=arrays["categorical"], dense=arrays["dense"],
+                sequences=[arrays[f"sequence_{i}"] for i in range(info["sequences"])],
+                labels=arrays["labels"],
+                groups=arrays["groups"] if "groups" in arrays.files else None,
+                extras={name: arrays[f"extra_{name}"] for name in info["extras"]},
+                report=LabelReport(**info["report"]) if info["report"] else None,
+            )
+    return meta["pipeline"], splits, meta["sources"]
+
+
+def store(root: Path, key: str, pipeline_state: dict[str, Any],
+          splits: dict[str, EncodedData], sources: dict[str, str]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / key).exists():
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
+    try:
+        meta: dict[str, Any] = {"pipeline": pipeline_state, "sources": sources, "splits": {}}
+        for split, data in splits.items():
+            arrays = {"categorical": data.categorical, "dense": data.dense,
+                      "labels": data.labels,
+                      **{f"sequence_{i}": s for i, s in enumerate(data.sequences)},
+                      **{f"extra_{k}": v for k, v in data.extras.items()}}
+            if data.groups is not None:
+                arrays["groups"] = data.groups
+            with (tmp / f"{split}.npz").open("wb") as fh:
+                np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy stubs: allow_pickle kw
+                fh.flush()
+                os.fsync(fh.fileno())
+            meta["splits"][split] = {
+                "sequences": len(data.sequences), "extras": list(data.extras),
+                "report": data.report.as_dict() if data.report else None,
+            }
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        tmp.rename(root / key)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
