@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from rankengine import (
     Cascade,
@@ -28,15 +29,22 @@ def rankengine_register_cascades(register: Register) -> None:
     register("independent", IndependentCascade, params=IndependentParams,
              help="one head per task; conditional tasks trained on the parent-positive subspace "
                   "(space='parent') or directly on the entire space (space='entire')")
-    register("esmm", ESMMCascade,
+    register("esmm", ESMMCascade, params=ChainParams,
              help="ESMM: p(task) = p(task | parent) · p(parent), all losses on the entire space")
-    register("esm2", ESM2Cascade,
+    register("esm2", ESM2Cascade, params=ChainParams,
              help="ESM²: like esmm, and a task with via = sibling is decomposed by total "
                   "probability over the sibling (two heads)")
 
 
 class IndependentParams(Params):
     space: Literal["parent", "entire"] = "parent"
+
+
+class ChainParams(Params):
+    #: Extra loss on p(task | parent) over parent-positive rows, next to the entire-space loss
+    #: (0 = pure ESMM / ESM²). Helps deep chains where the product alone identifies a
+    #: conditional head poorly (e.g. p(pay | order) behind two sparse parents).
+    conditional_loss_weight: float = Field(default=0.0, ge=0.0)
 
 
 class ChainCascade(Cascade):
@@ -95,8 +103,14 @@ class ChainCascade(Cascade):
 class ESMMCascade(ChainCascade):
     """ESMM (Ma et al., SIGIR 2018), generalised to any depth; ``via`` is ignored."""
 
+    params: ChainParams
 
-class ESM2Cascade(ChainCascade):
+    def conditional_loss_weight(self, node: str) -> float:
+        has_parent = self.graph.node(node).parent is not None
+        return self.params.conditional_loss_weight if has_parent else 0.0
+
+
+class ESM2Cascade(ESMMCascade):
     """ESM² (Wen et al., SIGIR 2020): decisive-action branches declared with ``via``."""
 
     use_via = True

@@ -266,6 +266,13 @@ class Cascade(ABC):
         """Where a binary node's loss is computed: over all rows, or over parent-positive rows."""
         return "entire"
 
+    def conditional_loss_weight(self, node: str) -> float:
+        """Weight of an extra loss on p(node | parent) over the parent-positive rows.
+
+        0 (the default) trains entire-space nodes only through the product, as ESMM does.
+        """
+        return 0.0
+
 
 CascadeFactory = Callable[["TaskGraph", Any], Cascade]
 

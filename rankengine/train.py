@@ -199,7 +199,11 @@ class Objective:
         self.parent = torch.tensor([max(p, 0) for p in graph.parent_index])
         self.has_parent = torch.tensor([p >= 0 for p in graph.parent_index])
         self.conditional = torch.tensor(conditional) & self.has_parent
-        self.needs_mask = bool(self.conditional.any())
+        aux = [model.cascade.conditional_loss_weight(n.name) if n.type == "binary" else 0.0
+               for n in graph.nodes]
+        self.aux_weight = torch.tensor(aux) * self.has_parent * ~self.conditional
+        self.aux = bool(self.aux_weight.any())
+        self.needs_mask = bool(self.conditional.any()) or self.aux
 
     def __call__(self, out: Any, batch: Batch) -> torch.Tensor:
         labels = batch.labels
@@ -214,7 +218,17 @@ class Objective:
             return (per_sample * weights).mean(dim=0)
         parent_positive = labels.index_select(1, self.parent) == 1
         mask = torch.where(self.conditional, parent_positive, True).to(per_sample.dtype)
-        return (per_sample * weights * mask).sum(0) / mask.sum(0).clamp(min=1.0)
+        losses = (per_sample * weights * mask).sum(0) / mask.sum(0).clamp(min=1.0)
+        if self.aux:
+            cond = torch.stack([
+                loss(NodePrediction(out.cond_log_p[:, i], out.cond_log_q[:, i],
+                                    out.value[:, i]), labels[:, i])
+                for i, loss in enumerate(self.losses)
+            ], dim=1)
+            sub = (parent_positive & self.has_parent).to(cond.dtype)
+            losses = losses + self.aux_weight * (cond * weights * sub).sum(0) / \
+                sub.sum(0).clamp(min=1.0)
+        return losses
 
 
 def seed_everything(seed: int) -> torch.Generator:
