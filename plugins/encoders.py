@@ -221,6 +221,24 @@ class BucketizeParams(Params):
     boundaries: list[float] | None = None
 
 
+def quantile_boundaries(x: np.ndarray, buckets: int) -> list[float]:
+    """Equal-frequency boundaries that give every heavy value a bucket of its own.
+
+    Plain quantiles collapse on zero-inflated columns (capital gains: ~90 % zeros → a single
+    boundary). Values holding more than 1/buckets of the rows become their own buckets and the
+    remaining buckets split the other values by quantile.
+    """
+    if not len(x):
+        return []
+    values, counts = np.unique(x, return_counts=True)
+    heavy = values[counts > len(x) / buckets]
+    rest = x[~np.isin(x, heavy)]
+    k = buckets - len(heavy)
+    cuts = np.quantile(rest, np.linspace(0, 1, k + 1)[1:-1]) if len(rest) and k > 1 else []
+    edges = np.concatenate([heavy, np.nextafter(heavy, np.inf), cuts])
+    return [float(v) for v in np.unique(edges)]
+
+
 class BucketizeEncoder(FeatureEncoder):
     """Id 0 = missing; ids 1..K+1 by training quantiles (or the given boundaries)."""
 
@@ -235,9 +253,7 @@ class BucketizeEncoder(FeatureEncoder):
         if self.params.boundaries is not None:
             return
         x = to_float(column)
-        x = x[np.isfinite(x)]
-        qs = np.linspace(0, 1, self.params.buckets + 1)[1:-1]
-        self.boundaries = np.unique(np.quantile(x, qs)).tolist() if len(x) else []
+        self.boundaries = quantile_boundaries(x[np.isfinite(x)], self.params.buckets)
 
     def transform(self, column: pa.ChunkedArray) -> np.ndarray:
         x = to_float(column)

@@ -121,3 +121,14 @@ def test_sequence_from_delimited_strings(engine: Engine) -> None:
     assert out[0, 0] > 1 and out[0, 1] > 1 and out[0, 2] == 0
     with pytest.raises(DataError, match="expected a list column"):
         enc.transform(col([1, 2]))
+
+
+def test_bucketize_gives_heavy_values_their_own_bucket(engine: Engine) -> None:
+    enc = encoder(engine, "bucketize", buckets=5)
+    gains = [0.0] * 90 + [float(v) for v in range(100, 1100, 100)]  # 90 % zeros
+    enc.fit(col(gains))
+    ids = enc.transform(col([0.0, 150.0, 950.0]))
+    assert len(set(ids.tolist())) == 3  # zero, small and large gains are told apart
+    zero_bucket = enc.transform(col([0.0] * 3 + [-1e-9, 1e-9]))
+    assert zero_bucket[:3].tolist() == [ids[0]] * 3
+    assert zero_bucket[3] != ids[0] and zero_bucket[4] != ids[0]
