@@ -36,6 +36,10 @@ class PluginError(RankEngineError):
     """A plugin failed to import, registered something twice, or implemented an unknown hook."""
 
 
+class TrainingError(RankEngineError):
+    """Training diverged (a non-finite loss) or cannot proceed."""
+
+
 class ArtifactError(RankEngineError):
     """A model artifact is missing, incomplete or fails its checksum."""
 

@@ -33,7 +33,7 @@ from rankengine.data.batching import Batch, TensorData, iterate_batches
 from rankengine.data.dataset import EncodedData, encode_table, label_columns, oracle_columns
 from rankengine.data.io import read_table
 from rankengine.data.pipeline import FeaturePipeline
-from rankengine.errors import ConfigError, DataError, GraphError
+from rankengine.errors import ConfigError, DataError, GraphError, TrainingError
 from rankengine.evaluate import Metrics, node_metrics, predict_arrays, select_metrics
 from rankengine.graph import TaskGraph
 from rankengine.model.assembly import RankingModel, build_model
@@ -298,7 +298,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
             task_losses = objective(model(batch), batch)
             total = weighting.combine(task_losses)
             if not torch.isfinite(total):
-                raise FloatingPointError(
+                raise TrainingError(
                     f"epoch {epoch}, step {steps + 1}: loss became {total.item()} "
                     f"(per task: {dict(zip(graph.names, task_losses.tolist(), strict=True))}); "
                     f"lower [train] lr or check the inputs"
