@@ -2,7 +2,7 @@
 
     python benchmarks/funnel_quality.py [--requests 50000] [--cascades esm2 esmm independent]
 
-Simulates ``requests × 10`` impressions (seed 7), trains the demo engine.toml once per cascade
+Simulates ``requests * 10`` impressions (seed 7), trains the demo engine.toml once per cascade
 and prints, per task: entire-space AUC next to the oracle's, and the conditional model judged on
 every impression with the simulator's counterfactual labels (``AUC|parent (all rows)``), which
 is where training on the clicked subspace only (the independent cascade) is biased.
