@@ -327,7 +327,7 @@ def resolve_component(
     table: ComponentTable[Any], kind: str, params: Mapping[str, Any], *, key: str, source: str
 ) -> tuple[Any, Params]:
     """Look a component up and validate its parameters; returns ``(factory, params)``."""
-    component = table.get(kind, key=f"{key}.kind" if "." in key or key else key, source=source)
+    component = table.get(kind, key=f"{key}.kind", source=source)
     try:
         parsed = component.parse_params(params)
     except ValidationError as exc:

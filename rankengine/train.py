@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
 
@@ -126,8 +127,6 @@ def split_table(table: pa.Table, fractions: Mapping[str, float], group: str | No
     """Seeded random split; rows of one group (request) always land in the same split."""
     rng = np.random.default_rng(seed)
     if group:
-        import pyarrow.compute as pc
-
         ids = pc.dictionary_encode(table.column(group)).combine_chunks().indices.to_numpy()
         draw = rng.random(int(ids.max()) + 1 if len(ids) else 0)[ids]
     else:
