@@ -33,7 +33,8 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup
-	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/train_throughput.py --seeds 2018 1 2 3
+	$(BIN)/python benchmarks/funnel_quality.py --requests 50000
 
 clean:
 	rm -rf runs data/funnel .pytest_cache .mypy_cache .ruff_cache

@@ -64,11 +64,14 @@ def test_demo_model_is_close_to_the_oracle(esm2) -> None:
     assert esm2["dwell"]["rmse"] > 0
 
 
-def test_entire_space_training_beats_the_clicked_subspace_on_order(esm2, independent) -> None:
-    """The sample-selection-bias effect: p(order | click) judged on every impression (with the
-    simulator's counterfactual labels) is better from ESM² than from a model trained on clicks."""
-    assert esm2["order"]["auc_cond_entire"] > independent["order"]["auc_cond_entire"]
-    assert esm2["order"]["auc"] > independent["order"]["auc"]
+def test_entire_space_training_beats_the_clicked_subspace(esm2, independent) -> None:
+    """The sample-selection-bias effect: p(order | click) and p(favorite | click) judged on
+    every impression (with the simulator's counterfactual labels) are better from ESM² than
+    from a model trained on clicked rows only (measured: +1.8 and +1.5 points)."""
+    for task in ("favorite", "order"):
+        assert esm2[task]["auc_cond_entire"] > independent[task]["auc_cond_entire"] + 0.005
+    for task in ("click", "favorite", "order", "pay"):
+        assert esm2[task]["auc"] > independent[task]["auc"]
 
 
 MAX_ORACLE_GAP = 0.03
