@@ -28,15 +28,16 @@ class FixedParams(Params):
 
 
 class FixedWeighting(LossWeighting):
-    def __init__(self, tasks: list[str], params: FixedParams) -> None:
-        super().__init__(tasks, params)
-        unknown = sorted(set(params.weights) - set(tasks))
+    """``weights`` given here win; other tasks keep the ``weight`` declared on the task."""
+
+    def __init__(self, graph: TaskGraph, params: FixedParams) -> None:
+        super().__init__(graph, params)
+        unknown = sorted(set(params.weights) - set(self.tasks))
         if unknown:
-            raise ValueError(f"[loss.weighting] weights name unknown task(s) {unknown}; "
-                             f"tasks: {', '.join(tasks)}")
-        self.register_buffer(
-            "weights", torch.tensor([params.weights.get(t, 1.0) for t in tasks]), persistent=False
-        )
+            raise ValueError(f"weights name unknown task(s) {unknown}; "
+                             f"tasks: {', '.join(self.tasks)}")
+        values = [params.weights.get(n.name, n.spec.weight) for n in graph.nodes]
+        self.register_buffer("weights", torch.tensor(values), persistent=False)
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
         return (losses * self.weights).sum()

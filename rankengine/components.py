@@ -298,15 +298,16 @@ LossFactory = Callable[[Any], PointwiseLoss]
 
 
 class LossWeighting(nn.Module):
-    """Combines per-task losses ``[T]`` into the scalar that is optimised.
+    """Combines per-task losses ``[T]`` (graph order) into the scalar that is optimised.
 
     Weightings with learnable state (uncertainty weighting) hold it as parameters; the trainer
     adds them to the optimiser. :meth:`after_epoch` sees the mean training loss per task.
     """
 
-    def __init__(self, tasks: list[str], params: Any) -> None:
+    def __init__(self, graph: TaskGraph, params: Any) -> None:
         super().__init__()
-        self.tasks = tasks
+        self.graph = graph
+        self.tasks = list(graph.names)
         self.params = params
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
@@ -319,7 +320,7 @@ class LossWeighting(nn.Module):
         """Update state between epochs (DWA-style schemes); default: nothing."""
 
 
-LossWeightingFactory = Callable[[list[str], Any], LossWeighting]
+LossWeightingFactory = Callable[["TaskGraph", Any], LossWeighting]
 
 
 class SampleWeighting(ABC):

@@ -113,7 +113,7 @@ def rankengine_register_losses(register: Register[LossFactory]) -> None:
 def rankengine_register_loss_weightings(register: Register[LossWeightingFactory]) -> None:
     """Register loss weightings (``[loss] weighting = { kind = "..." }``).
 
-    The factory is called as ``factory(task_names, params)`` and returns a
+    The factory is called as ``factory(graph, params)`` and returns a
     :class:`rankengine.LossWeighting`.
 
     :param register: call ``register(name, factory, params=ParamsModel)``.

@@ -261,16 +261,12 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     lw_factory, lw_params = resolve_component(
         engine.components.loss_weightings, config.loss.weighting.kind,
         config.loss.weighting.params, key="loss.weighting", source=config.source)
-    task_weights = {n.name: n.spec.weight for n in graph.nodes}
-    if config.loss.weighting.kind == "fixed" and "weights" not in config.loss.weighting.params:
-        lw_params = lw_params.model_copy(update={"weights": task_weights})
-    weighting: LossWeighting = _construct(lw_factory, "loss.weighting", config, graph.names,
-                                          lw_params)
-    losses = [
-        engine.components.losses.get(n.spec.loss_name, key=f"tasks.{n.name}.loss",
-                                     source=config.source).factory(None)
-        for n in graph.nodes
-    ]
+    weighting: LossWeighting = _construct(lw_factory, "loss.weighting", config, graph, lw_params)
+    losses = []
+    for node in graph.nodes:
+        loss = engine.components.losses.get(node.spec.loss_name, key=f"tasks.{node.name}.loss",
+                                            source=config.source)
+        losses.append(loss.factory(loss.parse_params({})))
     objective = Objective(graph, model, losses, sample_weighting)
     metric_components = select_metrics(engine.components.metrics, config.evaluate.metrics)
     stopper = EarlyStopper(config, graph, metric_components)

@@ -6,6 +6,7 @@ import types
 
 import torch
 
+from rankengine import NoParams
 from rankengine.config import TaskSpec
 from rankengine.data.batching import Batch
 from rankengine.graph import TaskGraph
@@ -27,7 +28,8 @@ def objective(engine: Engine, cascade: str, sample: str = "none", **params: obje
     model_cascade = comp.factory(GRAPH, comp.parse_params(params))
     sw = engine.components.sample_weightings.get(sample)
     weights = {"weights": {"buy": 3.0}} if sample == "label_weight" else {}
-    losses = [engine.components.losses.get(n.spec.loss_name).factory(None) for n in GRAPH.nodes]
+    losses = [engine.components.losses.get(n.spec.loss_name).factory(NoParams())
+              for n in GRAPH.nodes]
     obj = Objective(GRAPH, types.SimpleNamespace(cascade=model_cascade), losses,
                     sw.factory(GRAPH, sw.parse_params(weights)))
     return obj, model_cascade.compose(LOGITS)
