@@ -34,7 +34,7 @@ from rankengine.data.batching import Batch, TensorData, iterate_batches
 from rankengine.data.dataset import EncodedData, encode_table, label_columns, oracle_columns
 from rankengine.data.io import read_table
 from rankengine.data.pipeline import FeaturePipeline
-from rankengine.errors import ConfigError, DataError, GraphError, TrainingError
+from rankengine.errors import ConfigError, DataError, GraphError, PluginError, TrainingError
 from rankengine.evaluate import Metrics, node_metrics, predict_arrays, select_metrics
 from rankengine.graph import TaskGraph
 from rankengine.model.assembly import RankingModel, build_model
@@ -43,7 +43,10 @@ from rankengine.pluginmanager import Engine, load_engine
 
 def engine_for(config: EngineConfig) -> Engine:
     """Load the plugins the config enables and check its component names and parameters."""
-    engine = load_engine(config.engine.plugins, config.engine.disable)
+    try:
+        engine = load_engine(config.engine.plugins, config.engine.disable)
+    except PluginError as exc:
+        raise ConfigError(str(exc), source=config.source, key="engine.plugins") from exc
     validate_components(config, engine)
     return engine
 
@@ -89,7 +92,12 @@ def read_splits(config: EngineConfig, columns: list[str], seed: int) -> Splits:
     data = config.data
 
     def read(path: str) -> pa.Table:
-        return read_table(config.resolve_path(path), columns, format=data.format, csv=data.csv)
+        resolved = config.resolve_path(path)
+        if not resolved.exists():
+            key = next(k for k in ("train", "valid", "test") if getattr(data, k) == path)
+            raise ConfigError(f"data file or directory not found: {resolved}",
+                              source=config.source, key=f"data.{key}")
+        return read_table(resolved, columns, format=data.format, csv=data.csv)
 
     train = read(data.train)
     sources = {"train": str(config.resolve_path(data.train))}

@@ -268,3 +268,27 @@ def test_diverging_training_stops_with_a_clear_error(tmp_path: Path, funnel_dir:
     (tmp_path / "engine.toml").write_text(text)
     with pytest.raises(TrainingError, match=r"epoch 1, step \d+: loss became (nan|inf)"):
         train(load_config(tmp_path / "engine.toml"), progress=False)
+
+
+def test_missing_data_file_and_unknown_plugin_name_the_config_key(tmp_path: Path) -> None:
+    from rankengine.errors import ConfigError
+
+    (tmp_path / "engine.toml").write_text("""
+[engine]
+plugins = ["builtin"]
+[data]
+train = "nowhere/train.parquet"
+[[features]]
+name = "x"
+kind = "categorical"
+[tasks]
+click = { label = "click" }
+""")
+    with pytest.raises(ConfigError, match=r"engine\.toml: \[data\.train\]: data file or "
+                                          r"directory not found: .*nowhere/train\.parquet"):
+        train(load_config(tmp_path / "engine.toml"), progress=False)
+    text = (tmp_path / "engine.toml").read_text().replace('["builtin"]', '["builtin", "casades"]')
+    (tmp_path / "engine.toml").write_text(text)
+    with pytest.raises(ConfigError, match=r"\[engine\.plugins\]: plugin 'casades' is not "
+                                          r"installed.*did you mean 'cascades'"):
+        train(load_config(tmp_path / "engine.toml"), progress=False)
