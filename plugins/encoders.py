@@ -103,21 +103,34 @@ class CategoricalParams(Params):
     hash_buckets: int | None = Field(default=None, ge=1)
 
 
-class CategoricalEncoder(FeatureEncoder):
+class VocabularyEncoder(FeatureEncoder):
+    """Shared by encoders whose fitted state is a vocabulary of strings."""
+
+    def __init__(self, feature: FeatureSpec, params: Any) -> None:
+        super().__init__(feature, params)
+        self.set_vocabulary([])
+
+    def set_vocabulary(self, vocabulary: list[str]) -> None:
+        self.vocabulary = vocabulary
+        self._vocab_array = pa.array(vocabulary, pa.string())
+
+    def state(self) -> dict[str, Any]:
+        return {"vocabulary": self.vocabulary}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.set_vocabulary(list(state["vocabulary"]))
+
+
+class CategoricalEncoder(VocabularyEncoder):
     """Id 0 is the OOV / missing bucket; known values get 1..V (or hash buckets 1..H)."""
 
     output = "categorical"
     params: CategoricalParams
 
-    def __init__(self, feature: FeatureSpec, params: CategoricalParams) -> None:
-        super().__init__(feature, params)
-        self.vocabulary: list[str] = []
-        self._vocab_array = pa.array([], pa.string())
-
     def fit(self, column: pa.ChunkedArray) -> None:
         if self.params.hash_buckets is None:
-            self.vocabulary = fit_vocabulary(column, self.params.min_count, self.params.max_vocab)
-            self._vocab_array = pa.array(self.vocabulary, pa.string())
+            self.set_vocabulary(
+                fit_vocabulary(column, self.params.min_count, self.params.max_vocab))
 
     def transform(self, column: pa.ChunkedArray) -> np.ndarray:
         buckets = self.params.hash_buckets
@@ -135,13 +148,6 @@ class CategoricalEncoder(FeatureEncoder):
         if self.params.hash_buckets is not None:
             return self.params.hash_buckets + 1
         return len(self.vocabulary) + 1
-
-    def state(self) -> dict[str, Any]:
-        return {"vocabulary": self.vocabulary}
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        self.vocabulary = list(state["vocabulary"])
-        self._vocab_array = pa.array(self.vocabulary, pa.string())
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,17 +290,12 @@ class SequenceParams(Params):
     pooling: Literal["mean", "sum", "max"] = "mean"
 
 
-class SequenceEncoder(FeatureEncoder):
+class SequenceEncoder(VocabularyEncoder):
     """A list column (or a string split on ``separator``) → ``[N, max_len]`` ids, 0 = padding,
     1 = OOV; the first ``max_len`` elements of each row are kept."""
 
     output = "sequence"
     params: SequenceParams
-
-    def __init__(self, feature: FeatureSpec, params: SequenceParams) -> None:
-        super().__init__(feature, params)
-        self.vocabulary: list[str] = []
-        self._vocab_array = pa.array([], pa.string())
 
     def _lists(self, column: pa.ChunkedArray) -> pa.ListArray:
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
@@ -308,10 +309,8 @@ class SequenceEncoder(FeatureEncoder):
 
     def fit(self, column: pa.ChunkedArray) -> None:
         values = pc.list_flatten(self._lists(column))
-        self.vocabulary = fit_vocabulary(
-            pa.chunked_array([values]), self.params.min_count, self.params.max_vocab
-        )
-        self._vocab_array = pa.array(self.vocabulary, pa.string())
+        self.set_vocabulary(fit_vocabulary(
+            pa.chunked_array([values]), self.params.min_count, self.params.max_vocab))
 
     def transform(self, column: pa.ChunkedArray) -> np.ndarray:
         lists = self._lists(column)
@@ -328,10 +327,3 @@ class SequenceEncoder(FeatureEncoder):
     @property
     def cardinality(self) -> int:
         return len(self.vocabulary) + 2
-
-    def state(self) -> dict[str, Any]:
-        return {"vocabulary": self.vocabulary}
-
-    def load_state(self, state: Mapping[str, Any]) -> None:
-        self.vocabulary = list(state["vocabulary"])
-        self._vocab_array = pa.array(self.vocabulary, pa.string())
