@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ast
 import inspect
-from pathlib import Path
-
 import rankengine
 from rankengine import hookspecs
 
@@ -59,7 +57,3 @@ def test_core_never_imports_builtin_plugins() -> None:
     for path in (REPO / "rankengine").rglob("*.py"):
         assert "rankengine_plugins" not in path.read_text(), path
 
-
-def test_schema_lives_in_migrations_only() -> None:
-    assert (REPO / "migrations").is_dir()
-    assert Path(REPO / "plugins" / "__init__.py").is_file()
