@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+
 import rankengine
 from rankengine import hookspecs
 
