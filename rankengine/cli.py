@@ -11,6 +11,7 @@ import click
 import pyarrow as pa
 import pyarrow.compute as pc
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rankengine.errors import RankEngineError
@@ -136,7 +137,8 @@ def predict(artifact: Path, data_path: Path, output: Path, keep: str) -> None:
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path))
 @click.option("--request", "request_id", default=None,
-              help="value of the [data] group column to rank (default: the first request)")
+              help="value of the [data] group column to rank (default: the first request "
+                   "with a logged click, i.e. a positive first task)")
 @click.option("--top-k", type=int, default=10, show_default=True)
 def rank(artifact: Path, data_path: Path, request_id: str | None, top_k: int) -> None:
     """Rank the candidates of one request by the fused score and print them."""
@@ -150,7 +152,13 @@ def rank(artifact: Path, data_path: Path, request_id: str | None, top_k: int) ->
         raise click.ClickException("the model's config has no [data] group column to rank by")
     table = read_table(data_path, format=loaded.config.data.format, csv=loaded.config.data.csv)
     ids = table.column(group)
-    wanted = ids[0] if request_id is None else pa.scalar(request_id).cast(ids.type)
+    if request_id is None:
+        first_label = loaded.graph.nodes[0].spec.label_columns[0]
+        engaged = pc.indices_nonzero(pc.equal(table.column(first_label), 1)) \
+            if first_label in table.column_names else pa.array([], pa.uint64())
+        wanted = ids[engaged[0].as_py() if len(engaged) else 0]
+    else:
+        wanted = pa.scalar(request_id).cast(ids.type)
     request = table.filter(pc.equal(ids, wanted))
     if request.num_rows == 0:
         raise click.ClickException(f"no rows with {group} = {request_id}")
@@ -164,15 +172,16 @@ def rank(artifact: Path, data_path: Path, request_id: str | None, top_k: int) ->
     for col in shown:
         view.add_column(col, justify="right")
     view.add_column("score", justify="right")
-    for name in loaded.graph.names:
-        view.add_column(f"p({name})", justify="right")
+    for node in loaded.graph.nodes:
+        header = f"p({node.name})" if node.type == "binary" else escape(f"E[{node.name}]")
+        view.add_column(header, justify="right")
     view.add_column("logged " + "/".join(loaded.graph.names))
     for r, i in enumerate(order, 1):
-        logged = "/".join(str(request.column(c)[int(i)].as_py()) for c in labels
+        logged = "/".join(f"{request.column(c)[int(i)].as_py():.4g}" for c in labels
                           if c in request.column_names)
         view.add_row(str(r), *[str(request.column(c)[int(i)].as_py()) for c in shown],
-                     f"{scores['score'][i]:.4f}",
-                     *[f"{scores['p_' + n][i]:.4f}" for n in loaded.graph.names], logged)
+                     f"{scores['score'][i]:.4g}",
+                     *[f"{scores['p_' + n][i]:.4g}" for n in loaded.graph.names], logged)
     console().print(view)
 
 
