@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -46,16 +47,27 @@ def config_option(f: F) -> F:
                         help="engine.toml to use")(f)
 
 
+GATE = re.compile(r"^\s*(\w+)\.(\w+)\s*(>=|<=|==|>|<)\s*([\w.+-]+)\s*$")
+
+
 @cli.command()
 @config_option
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("runs/latest"), show_default=True, help="artifact directory to write")
-@click.option("--overwrite", is_flag=True, help="replace an existing artifact directory")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="write a standalone artifact directory instead of registering a version")
+@click.option("--overwrite", is_flag=True, help="with -o: replace an existing directory")
+@click.option("--registry", default=None, help="registry URL (default: [registry] url)")
+@click.option("--model", "model_name", default=None, help="model name (default: [registry] model)")
+@click.option("--promote", default=None, help="alias to point at the new version")
+@click.option("--if", "gate", default=None,
+              help='promotion gate: "TASK.METRIC OP ALIAS|NUMBER", e.g. "order.auc >= champion"')
+@click.option("--tag", "tags", multiple=True, help="KEY=VALUE tag on the version (repeatable)")
+@click.option("--parent", type=int, default=None, help="version this one was fine-tuned from")
 @click.option("--epochs", type=int, default=None, help="override [train] epochs")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def train(config_path: Path, output: Path, overwrite: bool, epochs: int | None,
-          quiet: bool) -> None:
-    """Train the model described by engine.toml and write a self-contained artifact."""
+def train(config_path: Path, output: Path | None, overwrite: bool, registry: str | None,
+          model_name: str | None, promote: str | None, gate: str | None, tags: tuple[str, ...],
+          parent: int | None, epochs: int | None, quiet: bool) -> None:
+    """Train the model described by engine.toml and register it (or write it with -o)."""
     from rankengine.artifact import save_artifact
     from rankengine.config import load_config
     from rankengine.train import train as run_training
@@ -63,11 +75,23 @@ def train(config_path: Path, output: Path, overwrite: bool, epochs: int | None,
     config = load_config(config_path)
     if epochs is not None:
         config.train.epochs = epochs
-    if output.exists() and not overwrite:
+    if gate and not promote:
+        raise click.UsageError("--if needs --promote ALIAS")
+    if gate and not GATE.match(gate):
+        raise click.UsageError(f"--if {gate!r}: expected TASK.METRIC OP ALIAS|NUMBER, e.g. "
+                               f"\"order.auc >= champion\"")
+    tag_map = dict(t.split("=", 1) for t in tags if "=" in t)
+    if len(tag_map) != len(tags):
+        raise click.UsageError("--tag takes KEY=VALUE")
+    store = None
+    if output is None:
+        from rankengine.registry.store import RegistryStore
+
+        store = RegistryStore(config.registry_url(registry))  # refuses an outdated schema now
+    elif output.exists() and not overwrite:
         raise click.ClickException(f"{output} already exists; pass --overwrite to replace it")
     trained = run_training(config, progress=not quiet and sys.stderr.isatty(),
                            log=lambda m: click.echo(m, err=True))
-    path = save_artifact(trained, output, overwrite=overwrite)
     result = trained.result
     split = "test" if "test" in result.metrics else "valid"
     print_metrics(result.metrics[split], f"{split} metrics (best epoch {result.best_epoch})")
@@ -76,23 +100,92 @@ def train(config_path: Path, output: Path, overwrite: bool, epochs: int | None,
             click.echo(f"{name}: inconsistent labels {report['inconsistent']} → policy "
                        f"{report['policy']}, rows dropped {report['rows_dropped']}", err=True)
     click.echo(f"trained {result.epochs_run} epoch(s) in {result.train_seconds:.1f}s "
-               f"({result.samples_per_second:,.0f} samples/s); artifact: {path}")
+               f"({result.samples_per_second:,.0f} samples/s)")
+    if store is None:
+        assert output is not None
+        click.echo(f"artifact: {save_artifact(trained, output, overwrite=overwrite)}")
+        return
+    from rankengine.registry.artifacts import register
+
+    name = model_name or config.registry.model
+    version = register(store, config.resolve_path(config.registry.artifacts), trained, name,
+                       tags=tag_map, parent_version=parent)
+    click.echo(f"registered {version.ref} (ready) in {store.url}")
+    if promote:
+        passed, why = _gate(store, version, promote, gate, split)
+        if passed:
+            move = store.set_alias(name, promote, version.version, reason=why)
+            click.echo(f"{name}@{promote}: {move.from_version} → {move.to_version} ({why})")
+        else:
+            click.echo(f"{name}@{promote} not moved: {why}")
+
+
+def _gate(store: Any, version: Any, alias: str, gate: str | None,
+          split: str) -> tuple[bool, str]:
+    """Evaluate ``TASK.METRIC OP ALIAS|NUMBER`` on the new version's metrics."""
+    import operator
+
+    from rankengine.registry.store import NotFoundError
+
+    if not gate:
+        return True, "promoted without a gate"
+    match = GATE.match(gate)
+    assert match is not None
+    task, metric, op, rhs = match.groups()
+    ops = {">=": operator.ge, "<=": operator.le, "==": operator.eq, ">": operator.gt,
+           "<": operator.lt}
+
+    def value(v: Any) -> float:
+        try:
+            found = v.metrics["splits"][split][task][metric]
+        except KeyError:
+            raise click.ClickException(
+                f"--if {gate!r}: {v.ref} has no {split} metric {task}.{metric}") from None
+        return float(found)
+
+    mine = value(version)
+    try:
+        other = float(rhs)
+        label = rhs
+    except ValueError:
+        try:
+            other_version = store.resolve(f"{version.model}@{rhs}")
+        except NotFoundError:
+            return True, f"gate {gate}: no {rhs} yet, {task}.{metric} = {mine:.4f}"
+        other, label = value(other_version), f"{other_version.ref}"
+    verdict = ops[op](mine, other)
+    return verdict, f"gate {task}.{metric} {mine:.4f} {op} {other:.4f} ({label}): " + \
+        ("passed" if verdict else "failed")
+
+
+def load_model(model: str, registry: str | None) -> Any:
+    """An artifact directory, or a registry reference NAME@ALIAS / NAME/VERSION / NAME."""
+
+    if Path(model).is_dir():
+        from rankengine.artifact import load_artifact
+
+        return load_artifact(model)
+    from rankengine.registry.artifacts import load_version
+    from rankengine.registry.store import RegistryStore
+
+    return load_version(RegistryStore(registry, create_if_empty=False), model)[1]
 
 
 @cli.command()
-@click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("model")
+@click.option("--registry", default=None, help="registry URL for NAME@ALIAS references")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
               help="CSV / Parquet file or directory with the label columns")
 @click.option("--json", "as_json", is_flag=True, help="print metrics as JSON")
-def evaluate(artifact: Path, data_path: Path, as_json: bool) -> None:
-    """Per-task metrics of a trained artifact on labelled data."""
-    from rankengine.artifact import load_artifact, to_json
+def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -> None:
+    """Per-task metrics of MODEL (a directory or NAME@ALIAS / NAME/VERSION) on labelled data."""
+    from rankengine.artifact import to_json
     from rankengine.data.batching import TensorData
     from rankengine.data.dataset import encode_table, label_columns, oracle_columns
     from rankengine.data.io import read_table
     from rankengine.evaluate import node_metrics, predict_arrays, select_metrics
 
-    loaded = load_artifact(artifact)
+    loaded = load_model(model, registry)
     cfg, graph = loaded.config, loaded.graph
     extras = oracle_columns(graph)
     columns = [*loaded.pipeline.source_columns, *label_columns(graph), *extras]
@@ -112,18 +205,18 @@ def evaluate(artifact: Path, data_path: Path, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("model")
+@click.option("--registry", default=None, help="registry URL for NAME@ALIAS references")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="scores file (.csv or .parquet)")
 @click.option("--keep", default="", help="comma-separated input columns to copy to the output")
-def predict(artifact: Path, data_path: Path, output: Path, keep: str) -> None:
-    """Batch-score a file: per-task probabilities and the fused score."""
-    from rankengine.artifact import load_artifact
+def predict(model: str, registry: str | None, data_path: Path, output: Path, keep: str) -> None:
+    """Batch-score a file with MODEL: per-task probabilities and the fused score."""
     from rankengine.data.io import read_table
     from rankengine.predict import score_table, write_table
 
-    loaded = load_artifact(artifact)
+    loaded = load_model(model, registry)
     kept = [c.strip() for c in keep.split(",") if c.strip()]
     table = read_table(data_path, [*loaded.pipeline.source_columns, *kept],
                        format=loaded.config.data.format, csv=loaded.config.data.csv)
@@ -134,19 +227,20 @@ def predict(artifact: Path, data_path: Path, output: Path, keep: str) -> None:
 
 
 @cli.command()
-@click.argument("artifact", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("model")
+@click.option("--registry", default=None, help="registry URL for NAME@ALIAS references")
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path))
 @click.option("--request", "request_id", default=None,
               help="value of the [data] group column to rank (default: the first request "
                    "with a logged click, i.e. a positive first task)")
 @click.option("--top-k", type=int, default=10, show_default=True)
-def rank(artifact: Path, data_path: Path, request_id: str | None, top_k: int) -> None:
-    """Rank the candidates of one request by the fused score and print them."""
-    from rankengine.artifact import load_artifact
+def rank(model: str, registry: str | None, data_path: Path, request_id: str | None,
+         top_k: int) -> None:
+    """Rank the candidates of one request with MODEL by the fused score and print them."""
     from rankengine.data.io import read_table
     from rankengine.predict import score_table
 
-    loaded = load_artifact(artifact)
+    loaded = load_model(model, registry)
     group = loaded.config.data.group
     if not group:
         raise click.ClickException("the model's config has no [data] group column to rank by")
@@ -277,6 +371,16 @@ def _load_extra_commands() -> None:
     except RankEngineError:
         return  # the failing command will report the problem itself
     engine.call("rankengine_register_commands", cli=cli)
+
+
+def _add_registry_commands() -> None:
+    from rankengine.registry.cli import db, models
+
+    cli.add_command(db)
+    cli.add_command(models)
+
+
+_add_registry_commands()
 
 
 def main() -> None:

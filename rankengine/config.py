@@ -177,6 +177,12 @@ class EvaluateSection(Section):
     metrics: list[str] | None = None
 
 
+class RegistrySection(Section):
+    url: str | None = None
+    artifacts: str = "artifacts"
+    model: str = "default"
+
+
 class EngineConfig(Section):
     engine: EngineSection = EngineSection()
     data: DataSection
@@ -188,6 +194,7 @@ class EngineConfig(Section):
     loss: LossSection = LossSection()
     fusion: FusionSection = FusionSection()
     evaluate: EvaluateSection = EvaluateSection()
+    registry: RegistrySection = RegistrySection()
 
     #: Where the config came from (for messages) and the base for relative data paths.
     source: str = Field(default="<config>", exclude=True)
@@ -202,6 +209,19 @@ class EngineConfig(Section):
                 raise ValueError(f"feature name '{feature.name}' appears twice")
             seen.add(feature.name)
         return features
+
+    def registry_url(self, override: str | None = None) -> str:
+        """``--registry`` beats RANKENGINE_REGISTRY_URL beats [registry] url beats the default;
+        a relative SQLite path is relative to this file's directory."""
+        import os
+
+        url = override or os.environ.get("RANKENGINE_REGISTRY_URL") or self.registry.url \
+            or "sqlite:///rankengine.db"
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and \
+                url != "sqlite:///:memory:" and not (override or os.environ.get(
+                    "RANKENGINE_REGISTRY_URL")):
+            return "sqlite:///" + str(self.resolve_path(url.removeprefix("sqlite:///")))
+        return url
 
     def resolve_path(self, path: str) -> Path:
         p = Path(path).expanduser()

@@ -174,6 +174,7 @@ class TrainResult:
     label_reports: dict[str, dict[str, Any]]
     data_sources: dict[str, str]
     loss_weights: dict[str, float] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -352,6 +353,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
         train_seconds=elapsed, samples_per_second=seen / elapsed if elapsed else 0.0,
         label_reports={k: v.report.as_dict() for k, v in encoded.items() if v.report},
         data_sources=sources, loss_weights=weighting.current_weights(),
+        rows={k: len(v) for k, v in encoded.items()},
     )
     engine.call("rankengine_after_train", context=context, result=result)
     return Trained(config, engine, graph, pipeline, model, result)

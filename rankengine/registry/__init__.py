@@ -1,0 +1,21 @@
+"""The SQL model registry: versions, aliases with history, artifacts with checksums."""
+
+from rankengine.registry.store import (
+    AliasMove,
+    ModelVersion,
+    NotFoundError,
+    RegisteredModel,
+    RegistryError,
+    RegistryStore,
+    SchemaOutOfDateError,
+)
+
+__all__ = [
+    "AliasMove",
+    "ModelVersion",
+    "NotFoundError",
+    "RegisteredModel",
+    "RegistryError",
+    "RegistryStore",
+    "SchemaOutOfDateError",
+]

@@ -1,0 +1,255 @@
+"""``rankengine db ...`` and ``rankengine models ...``: the registry from the command line."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.table import Table
+
+from rankengine.registry import migrations
+from rankengine.registry.store import ModelVersion, RegistryStore, resolve_url
+
+url_option = click.option(
+    "--url", "--registry", "url", default=None,
+    help="registry database URL (default: $RANKENGINE_REGISTRY_URL or sqlite:///rankengine.db)")
+json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+
+
+def _print(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, default=str))
+
+
+def _console_print(view: Table) -> None:
+    from rankengine.cli import console
+
+    console().print(view)
+
+
+@click.group()
+def db() -> None:
+    """Registry schema migrations (Alembic)."""
+
+
+@db.command("upgrade")
+@url_option
+@click.argument("revision", default="head")
+def db_upgrade(url: str | None, revision: str) -> None:
+    """Upgrade the schema to REVISION (default: the newest)."""
+    store = RegistryStore(url, check_schema=False)
+    before = migrations.current(store)
+    migrations.upgrade(store, revision)
+    click.echo(f"{store.url}: {before or '(empty)'} → {migrations.current(store)}")
+
+
+@db.command("downgrade")
+@url_option
+@click.argument("revision")
+def db_downgrade(url: str | None, revision: str) -> None:
+    """Downgrade the schema to REVISION ('base' removes every table)."""
+    store = RegistryStore(url, check_schema=False)
+    before = migrations.current(store)
+    migrations.downgrade(store, revision)
+    click.echo(f"{store.url}: {before} → {migrations.current(store) or '(base)'}")
+
+
+@db.command("current")
+@url_option
+def db_current(url: str | None) -> None:
+    """Show the schema revision of the database and the one this rankengine needs."""
+    store = RegistryStore(url, check_schema=False)
+    have, want = migrations.current(store), migrations.head()
+    state = "up to date" if have == want else "behind: run rankengine db upgrade"
+    click.echo(f"{store.url}: {have or '(empty)'} (head {want}, {state})")
+
+
+@click.group()
+def models() -> None:
+    """Registered models, versions and aliases."""
+
+
+def _version_dict(v: ModelVersion, full: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "model": v.model, "version": v.version, "status": v.status,
+        "created_at": v.created_at.isoformat(), "aliases": list(v.aliases),
+        "artifact_uri": v.artifact_uri, "artifact_sha256": v.artifact_sha256,
+        "artifact_size": v.artifact_size, "parent_version": v.parent_version, "tags": v.tags,
+    }
+    if full:
+        out.update(config=v.config, task_graph=v.task_graph, plugins=v.plugins,
+                   data_fingerprint=v.data_fingerprint, metrics=v.metrics)
+    return out
+
+
+def headline(v: ModelVersion) -> dict[str, float]:
+    """``task.auc`` on the test split (else valid) for a compact view."""
+    splits = v.metrics.get("splits", {})
+    split = splits.get("test") or splits.get("valid") or {}
+    return {f"{task}.{k}": val for task, m in split.items() for k, val in m.items()
+            if k in ("auc", "rmse") and val is not None}
+
+
+@models.command("list")
+@url_option
+@json_option
+def models_list(url: str | None, as_json: bool) -> None:
+    """Every registered model with its latest version and aliases."""
+    store = RegistryStore(url)
+    found = store.list_models()
+    if as_json:
+        _print([{"name": m.name, "last_version": m.last_version, "aliases": m.aliases,
+                 "created_at": m.created_at.isoformat()} for m in found])
+        return
+    view = Table(title=f"models in {store.url}")
+    for col in ("name", "versions", "aliases", "created"):
+        view.add_column(col)
+    for m in found:
+        view.add_row(m.name, str(m.last_version),
+                     ", ".join(f"{a}→{v}" for a, v in sorted(m.aliases.items())),
+                     m.created_at.strftime("%Y-%m-%d %H:%M"))
+    _console_print(view)
+
+
+@models.command("versions")
+@click.argument("name")
+@url_option
+@json_option
+def models_versions(name: str, url: str | None, as_json: bool) -> None:
+    """The versions of a model: status, aliases and headline metrics."""
+    versions = RegistryStore(url).list_versions(name)
+    if as_json:
+        _print([_version_dict(v) | {"headline": headline(v)} for v in versions])
+        return
+    view = Table(title=f"versions of {name}")
+    for col in ("version", "status", "aliases", "created", "test metrics"):
+        view.add_column(col)
+    for v in versions:
+        metrics = " ".join(f"{k}={val:.4f}" for k, val in headline(v).items())
+        view.add_row(str(v.version), v.status, ", ".join(v.aliases),
+                     v.created_at.strftime("%Y-%m-%d %H:%M:%S"), metrics)
+    _console_print(view)
+
+
+@models.command("show")
+@click.argument("ref")
+@url_option
+@json_option
+def models_show(ref: str, url: str | None, as_json: bool) -> None:
+    """One version (NAME@ALIAS, NAME/VERSION or NAME for the latest ready one)."""
+    store = RegistryStore(url)
+    v = store.resolve(ref)
+    if as_json:
+        _print(_version_dict(v, full=True))
+        return
+    view = Table(title=f"{v.ref} ({v.status})", show_header=False)
+    view.add_column("field")
+    view.add_column("value")
+    for key, value in _version_dict(v).items():
+        view.add_row(key, str(value))
+    view.add_row("plugins", ", ".join(f"{k} {ver}" for k, ver in v.plugins.items()))
+    view.add_row("data", json.dumps(v.data_fingerprint.get("rows", {})))
+    for key, value in headline(v).items():
+        view.add_row(key, f"{value:.4f}")
+    history = store.alias_history(v.model)
+    for move in history[-5:]:
+        view.add_row(f"alias {move.alias}", f"{move.from_version} → {move.to_version} by "
+                     f"{move.moved_by} at {move.moved_at:%Y-%m-%d %H:%M:%S} {move.reason}")
+    _console_print(view)
+
+
+@models.command("promote")
+@click.argument("ref")
+@click.argument("alias")
+@click.option("--reason", default="", help="kept in the alias history")
+@url_option
+def models_promote(ref: str, alias: str, reason: str, url: str | None) -> None:
+    """Point ALIAS at the version REF names."""
+    store = RegistryStore(url)
+    v = store.resolve(ref)
+    move = store.set_alias(v.model, alias, v.version, reason=reason)
+    click.echo(f"{v.model}@{alias}: {move.from_version} → {move.to_version}")
+
+
+@models.command("rollback")
+@click.argument("name")
+@click.argument("alias")
+@url_option
+def models_rollback(name: str, alias: str, url: str | None) -> None:
+    """Move ALIAS back to the version it pointed at before its latest move."""
+    move = RegistryStore(url).rollback(name, alias)
+    click.echo(f"{name}@{alias}: {move.from_version} → {move.to_version}")
+
+
+@models.command("delete")
+@click.argument("ref")
+@click.option("--yes", is_flag=True, help="do not ask")
+@url_option
+def models_delete(ref: str, yes: bool, url: str | None) -> None:
+    """Delete a version (NAME/VERSION) and its artifact; aliased versions are refused."""
+    import shutil
+
+    from rankengine.registry.artifacts import path_of
+
+    store = RegistryStore(url)
+    v = store.resolve(ref)
+    if not yes:
+        click.confirm(f"delete {v.ref} and its artifact?", abort=True)
+    store.delete_version(v.model, v.version)
+    if v.artifact_uri:
+        shutil.rmtree(path_of(v.artifact_uri), ignore_errors=True)
+    click.echo(f"deleted {v.ref} (version numbers are never reused)")
+
+
+@models.command("diff")
+@click.argument("a")
+@click.argument("b")
+@url_option
+@json_option
+def models_diff(a: str, b: str, url: str | None, as_json: bool) -> None:
+    """Config, plugin and metric differences between two versions."""
+    store = RegistryStore(url)
+    va, vb = store.resolve(a), store.resolve(b)
+    config = _dict_diff(_flatten(va.config), _flatten(vb.config))
+    plugins = _dict_diff(va.plugins, vb.plugins)
+    ma, mb = _flatten(va.metrics.get("splits", {})), _flatten(vb.metrics.get("splits", {}))
+    metrics = {k: {"a": ma.get(k), "b": mb.get(k),
+                   "delta": (mb[k] - ma[k]) if isinstance(ma.get(k), float)
+                   and isinstance(mb.get(k), float) else None}
+               for k in sorted(set(ma) | set(mb)) if ma.get(k) != mb.get(k)}
+    if as_json:
+        _print({"a": va.ref, "b": vb.ref, "config": config, "plugins": plugins,
+                "metrics": metrics})
+        return
+    view = Table(title=f"{va.ref} → {vb.ref}")
+    for col in ("what", "key", va.ref, vb.ref, "delta"):
+        view.add_column(col)
+    for key, (x, y) in config.items():
+        view.add_row("config", key, str(x), str(y), "")
+    for key, (x, y) in plugins.items():
+        view.add_row("plugin", key, str(x), str(y), "")
+    for key, m in metrics.items():
+        if key.endswith((".auc", ".gauc", ".logloss", ".rmse", ".auc_cond")):
+            delta = f"{m['delta']:+.4f}" if m["delta"] is not None else ""
+            view.add_row("metric", key, _num(m["a"]), _num(m["b"]), delta)
+    _console_print(view)
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def _dict_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+__all__ = ["db", "models", "resolve_url"]
