@@ -1,4 +1,4 @@
-"""Alembic environment: runs against the connection rankengine hands over in ``config.attributes``."""
+"""Alembic environment: uses the connection rankengine passes in ``config.attributes``."""
 
 from __future__ import annotations
 

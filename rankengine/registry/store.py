@@ -27,6 +27,7 @@ from rankengine.registry.schema import SqlAlias, SqlAliasMove, SqlModel, SqlVers
 DEFAULT_URL = "sqlite:///rankengine.db"
 URL_ENV = "RANKENGINE_REGISTRY_URL"
 STATUSES = ("pending", "ready", "archived", "failed")
+ROLLBACK = "rollback from"  # reason prefix that marks a move made by rollback()
 
 
 class RegistryError(RankEngineError):
@@ -303,25 +304,31 @@ class RegistryStore:
             return [_move(m) for m in s.scalars(query.order_by(SqlAliasMove.id)).all()]
 
     def rollback(self, model: str, alias: str) -> AliasMove:
-        """Point ``alias`` back at the version it pointed to before its latest move."""
+        """Undo the latest move of ``alias`` that is not itself undone; repeatable."""
         with self.session() as s:
             current = s.get(SqlAlias, (model, alias))
             if current is None:
                 raise NotFoundError(self._unknown_alias(s, model, alias))
-            last = s.scalars(select(SqlAliasMove).where(
+            moves = s.scalars(select(SqlAliasMove).where(
                 SqlAliasMove.model_name == model, SqlAliasMove.alias == alias,
-                SqlAliasMove.to_version == current.version,
-            ).order_by(SqlAliasMove.id.desc()).limit(1)).first()
-            if last is None or last.from_version is None:
+            ).order_by(SqlAliasMove.id)).all()
+            undo: list[int | None] = []  # where each still-standing move came from
+            for m in moves:
+                if m.reason.startswith(ROLLBACK):
+                    if undo:
+                        undo.pop()
+                else:
+                    undo.append(m.from_version)
+            if not undo or undo[-1] is None:
                 raise RegistryError(f"alias '{alias}' of '{model}' has no earlier version to "
                                     f"roll back to")
-            target = self._version_row(s, model, last.from_version)
+            target = self._version_row(s, model, undo[-1])
             if target.status != "ready":
                 raise RegistryError(f"cannot roll back to {model}/{target.version}: it is "
                                     f"{target.status}")
             move = SqlAliasMove(model_name=model, alias=alias, from_version=current.version,
                                 to_version=target.version, moved_at=_now(), moved_by=_user(),
-                                reason=f"rollback of the move to {current.version}")
+                                reason=f"{ROLLBACK} {current.version}")
             current.version = target.version
             s.add(move)
             return _move(move)
