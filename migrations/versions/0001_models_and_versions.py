@@ -47,6 +47,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index("ix_model_versions_model_name", table_name="model_versions")
-    op.drop_table("model_versions")
+    op.drop_table("model_versions")  # drops its index too (MariaDB refuses to drop it first)
     op.drop_table("registered_models")

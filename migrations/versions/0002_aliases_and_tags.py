@@ -46,8 +46,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index("ix_alias_history_model_name", table_name="alias_history")
-    op.drop_table("alias_history")
+    op.drop_table("alias_history")  # drops its index too (MariaDB refuses to drop it first)
     op.drop_table("model_aliases")
     with op.batch_alter_table("model_versions") as batch:
         batch.drop_column("tags")

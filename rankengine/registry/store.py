@@ -129,7 +129,11 @@ class RegistryStore:
         if check_schema:
             from rankengine.registry import migrations
 
-            migrations.ensure_current(self, create_if_empty=create_if_empty)
+            try:
+                migrations.ensure_current(self, create_if_empty=create_if_empty)
+            except BaseException:
+                self.engine.dispose()
+                raise
 
     def close(self) -> None:
         self.engine.dispose()
