@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/rankengine simulate --requests $(REQUESTS) -o data/funnel
-	$(BIN)/rankengine train -c engine.toml -o runs/demo --overwrite
-	$(BIN)/rankengine rank runs/demo --data data/funnel/test.parquet
+	$(BIN)/rankengine train -c engine.toml --promote champion --if "order.auc >= champion"
+	$(BIN)/rankengine models versions demo
+	$(BIN)/rankengine rank demo@champion --data data/funnel/test.parquet
 
 test: setup
 	$(BIN)/python -m pytest
@@ -29,7 +30,7 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check rankengine plugins tests benchmarks
+	$(BIN)/ruff check rankengine plugins migrations tests benchmarks
 	$(BIN)/mypy
 
 bench: setup

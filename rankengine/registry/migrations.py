@@ -55,10 +55,15 @@ def ensure_current(store: RegistryStore, *, create_if_empty: bool) -> None:
     have, want = current(store), head()
     if have == want:
         return
-    if have is None and create_if_empty and not store.table_names():
-        upgrade(store)
-        return
     fix = f"rankengine db upgrade --url '{store.url}'"
+    if have is None and not store.table_names():
+        if create_if_empty:
+            upgrade(store)
+            return
+        from rankengine.registry.store import NotFoundError
+
+        raise NotFoundError(f"{store.url} holds no registry yet; train a model first, pass "
+                            f"--registry URL, or create it with: {fix}")
     if have is None:
         raise SchemaOutOfDateError(
             f"{store.url} holds tables but no rankengine schema version; if it is a registry "
