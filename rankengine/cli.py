@@ -85,9 +85,9 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
         raise click.UsageError("--tag takes KEY=VALUE")
     store = None
     if output is None:
-        from rankengine.registry.store import RegistryStore
+        from rankengine.registry.cli import open_store
 
-        store = RegistryStore(config.registry_url(registry))  # refuses an outdated schema now
+        store = open_store(config.registry_url(registry))  # refuses an outdated schema now
     elif output.exists() and not overwrite:
         raise click.ClickException(f"{output} already exists; pass --overwrite to replace it")
     trained = run_training(config, progress=not quiet and sys.stderr.isatty(),
@@ -166,9 +166,9 @@ def load_model(model: str, registry: str | None) -> Any:
 
         return load_artifact(model)
     from rankengine.registry.artifacts import load_version
-    from rankengine.registry.store import RegistryStore
+    from rankengine.registry.cli import open_store
 
-    return load_version(RegistryStore(registry, create_if_empty=False), model)[1]
+    return load_version(open_store(registry, create_if_empty=False), model)[1]
 
 
 @cli.command()

@@ -9,12 +9,19 @@ import click
 from rich.table import Table
 
 from rankengine.registry import migrations
-from rankengine.registry.store import ModelVersion, RegistryStore, resolve_url
+from rankengine.registry.store import AliasMove, ModelVersion, RegistryStore, resolve_url
 
 url_option = click.option(
     "--url", "--registry", "url", default=None,
     help="registry database URL (default: $RANKENGINE_REGISTRY_URL or sqlite:///rankengine.db)")
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+
+
+def open_store(url: str | None, **options: Any) -> RegistryStore:
+    """A store closed when the command finishes (no pooled connection outlives it)."""
+    store = RegistryStore(url, **options)
+    click.get_current_context().call_on_close(store.close)
+    return store
 
 
 def _print(payload: Any) -> None:
@@ -37,7 +44,7 @@ def db() -> None:
 @click.argument("revision", default="head")
 def db_upgrade(url: str | None, revision: str) -> None:
     """Upgrade the schema to REVISION (default: the newest)."""
-    store = RegistryStore(url, check_schema=False)
+    store = open_store(url, check_schema=False)
     before = migrations.current(store)
     migrations.upgrade(store, revision)
     click.echo(f"{store.url}: {before or '(empty)'} → {migrations.current(store)}")
@@ -48,7 +55,7 @@ def db_upgrade(url: str | None, revision: str) -> None:
 @click.argument("revision")
 def db_downgrade(url: str | None, revision: str) -> None:
     """Downgrade the schema to REVISION ('base' removes every table)."""
-    store = RegistryStore(url, check_schema=False)
+    store = open_store(url, check_schema=False)
     before = migrations.current(store)
     migrations.downgrade(store, revision)
     click.echo(f"{store.url}: {before} → {migrations.current(store) or '(base)'}")
@@ -58,7 +65,7 @@ def db_downgrade(url: str | None, revision: str) -> None:
 @url_option
 def db_current(url: str | None) -> None:
     """Show the schema revision of the database and the one this rankengine needs."""
-    store = RegistryStore(url, check_schema=False)
+    store = open_store(url, check_schema=False)
     have, want = migrations.current(store), migrations.head()
     state = "up to date" if have == want else "behind: run rankengine db upgrade"
     click.echo(f"{store.url}: {have or '(empty)'} (head {want}, {state})")
@@ -95,7 +102,7 @@ def headline(v: ModelVersion) -> dict[str, float]:
 @json_option
 def models_list(url: str | None, as_json: bool) -> None:
     """Every registered model with its latest version and aliases."""
-    store = RegistryStore(url)
+    store = open_store(url)
     found = store.list_models()
     if as_json:
         _print([{"name": m.name, "last_version": m.last_version, "aliases": m.aliases,
@@ -117,7 +124,7 @@ def models_list(url: str | None, as_json: bool) -> None:
 @json_option
 def models_versions(name: str, url: str | None, as_json: bool) -> None:
     """The versions of a model: status, aliases and headline metrics."""
-    versions = RegistryStore(url).list_versions(name)
+    versions = open_store(url).list_versions(name)
     if as_json:
         _print([_version_dict(v) | {"headline": headline(v)} for v in versions])
         return
@@ -137,7 +144,7 @@ def models_versions(name: str, url: str | None, as_json: bool) -> None:
 @json_option
 def models_show(ref: str, url: str | None, as_json: bool) -> None:
     """One version (NAME@ALIAS, NAME/VERSION or NAME for the latest ready one)."""
-    store = RegistryStore(url)
+    store = open_store(url)
     v = store.resolve(ref)
     if as_json:
         _print(_version_dict(v, full=True))
@@ -163,42 +170,55 @@ def models_show(ref: str, url: str | None, as_json: bool) -> None:
 @click.argument("alias")
 @click.option("--reason", default="", help="kept in the alias history")
 @url_option
-def models_promote(ref: str, alias: str, reason: str, url: str | None) -> None:
+@json_option
+def models_promote(ref: str, alias: str, reason: str, url: str | None, as_json: bool) -> None:
     """Point ALIAS at the version REF names."""
-    store = RegistryStore(url)
+    store = open_store(url)
     v = store.resolve(ref)
-    move = store.set_alias(v.model, alias, v.version, reason=reason)
-    click.echo(f"{v.model}@{alias}: {move.from_version} → {move.to_version}")
+    _report_move(store.set_alias(v.model, alias, v.version, reason=reason), as_json)
+
+
+def _report_move(move: AliasMove, as_json: bool) -> None:
+    if as_json:
+        _print({"model": move.model, "alias": move.alias, "from": move.from_version,
+                "to": move.to_version, "moved_at": move.moved_at.isoformat(),
+                "moved_by": move.moved_by, "reason": move.reason})
+    else:
+        click.echo(f"{move.model}@{move.alias}: {move.from_version} → {move.to_version}")
 
 
 @models.command("rollback")
 @click.argument("name")
 @click.argument("alias")
 @url_option
-def models_rollback(name: str, alias: str, url: str | None) -> None:
+@json_option
+def models_rollback(name: str, alias: str, url: str | None, as_json: bool) -> None:
     """Move ALIAS back to the version it pointed at before its latest move."""
-    move = RegistryStore(url).rollback(name, alias)
-    click.echo(f"{name}@{alias}: {move.from_version} → {move.to_version}")
+    _report_move(open_store(url).rollback(name, alias), as_json)
 
 
 @models.command("delete")
 @click.argument("ref")
 @click.option("--yes", is_flag=True, help="do not ask")
 @url_option
-def models_delete(ref: str, yes: bool, url: str | None) -> None:
+@json_option
+def models_delete(ref: str, yes: bool, url: str | None, as_json: bool) -> None:
     """Delete a version (NAME/VERSION) and its artifact; aliased versions are refused."""
     import shutil
 
     from rankengine.registry.artifacts import path_of
 
-    store = RegistryStore(url)
+    store = open_store(url)
     v = store.resolve(ref)
     if not yes:
         click.confirm(f"delete {v.ref} and its artifact?", abort=True)
     store.delete_version(v.model, v.version)
     if v.artifact_uri:
         shutil.rmtree(path_of(v.artifact_uri), ignore_errors=True)
-    click.echo(f"deleted {v.ref} (version numbers are never reused)")
+    if as_json:
+        _print(_version_dict(v) | {"deleted": True})
+    else:
+        click.echo(f"deleted {v.ref} (version numbers are never reused)")
 
 
 @models.command("diff")
@@ -208,7 +228,7 @@ def models_delete(ref: str, yes: bool, url: str | None) -> None:
 @json_option
 def models_diff(a: str, b: str, url: str | None, as_json: bool) -> None:
     """Config, plugin and metric differences between two versions."""
-    store = RegistryStore(url)
+    store = open_store(url)
     va, vb = store.resolve(a), store.resolve(b)
     config = _dict_diff(_flatten(va.config), _flatten(vb.config))
     plugins = _dict_diff(va.plugins, vb.plugins)
