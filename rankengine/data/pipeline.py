@@ -63,21 +63,39 @@ class FeaturePipeline:
         self, table: pa.Table, *, where: str = "data"
     ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """Encode ``table`` → (categorical int64 [N, C], dense float32 [N, D], sequences)."""
+        names = [spec.name for spec in self.features]
+        return self.assemble(self.encode(table, names, where=where), table.num_rows)
+
+    def encode(self, table: pa.Table, names: Sequence[str], *,
+               where: str = "data") -> dict[str, np.ndarray]:
+        """Encode only the features ``names`` (serving encodes context and items apart)."""
         if not self.fitted:
-            raise RuntimeError("FeaturePipeline.transform called before fit/load")
-        n = table.num_rows
-        categorical, dense, sequences = [], [], []
+            raise RuntimeError("FeaturePipeline.encode called before fit/load")
+        wanted = set(names)
+        out: dict[str, np.ndarray] = {}
         for spec, encoder in zip(self.features, self.encoders, strict=True):
+            if spec.name not in wanted:
+                continue
             if spec.source not in table.column_names:
                 raise DataError(f"{where}: feature '{spec.name}' needs column '{spec.source}'")
             with _Naming(spec, where):
-                values = encoder.transform(table.column(spec.source))
+                out[spec.name] = np.asarray(encoder.transform(table.column(spec.source)))
+        return out
+
+    def assemble(self, encoded: dict[str, np.ndarray],
+                 n: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Encoded features (each with n rows, or 1 row to broadcast) → model arrays."""
+        categorical, dense, sequences = [], [], []
+        for spec, encoder in zip(self.features, self.encoders, strict=True):
+            values = encoded[spec.name]
             if encoder.output == "categorical":
-                categorical.append(np.asarray(values, dtype=np.int64).reshape(n))
+                categorical.append(np.broadcast_to(values.astype(np.int64).reshape(-1), (n,)))
             elif encoder.output == "dense":
-                dense.append(np.asarray(values, dtype=np.float32).reshape(n, -1))
+                dense.append(np.broadcast_to(values.astype(np.float32).reshape(len(values), -1),
+                                             (n, encoder.width)))
             else:
-                sequences.append(np.asarray(values, dtype=np.int64).reshape(n, -1))
+                seq = values.astype(np.int64).reshape(len(values), -1)
+                sequences.append(np.array(np.broadcast_to(seq, (n, seq.shape[1]))))
         cat = np.stack(categorical, axis=1) if categorical else np.zeros((n, 0), np.int64)
         den = np.concatenate(dense, axis=1) if dense else np.zeros((n, 0), np.float32)
         return np.ascontiguousarray(cat), np.ascontiguousarray(den), sequences
