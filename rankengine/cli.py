@@ -280,6 +280,44 @@ def rank(model: str, registry: str | None, data_path: Path, request_id: str | No
 
 
 @cli.command()
+@click.argument("ref")
+@click.option("--registry", default=None, help="registry URL (default: $RANKENGINE_REGISTRY_URL "
+                                                "or sqlite:///rankengine.db)")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int, help="server processes")
+@click.option("--threads", default=2, show_default=True, type=int,
+              help="inference threads per process (torch threads are split between them)")
+@click.option("--poll-interval", default=30.0, show_default=True, type=float,
+              help="seconds between registry checks for a moved alias")
+@click.option("--max-candidates", default=2000, show_default=True, type=int)
+def serve(ref: str, registry: str | None, host: str, port: int, workers: int, threads: int,
+          poll_interval: float, max_candidates: int) -> None:
+    """Serve NAME[@ALIAS|/VERSION] over HTTP (Open Inference Protocol v2 + /v1/rank)."""
+    import json as json_lib
+    import os
+
+    import torch
+    import uvicorn
+
+    from rankengine.registry.store import RegistryStore, resolve_url
+    from rankengine.serve import ENV
+
+    url = resolve_url(registry)
+    RegistryStore(url, create_if_empty=False).resolve(ref)  # fail fast: schema, name, alias
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // threads))
+    os.environ[ENV] = json_lib.dumps({
+        "registry": url, "ref": ref,
+        "settings": {"threads": threads, "poll_interval": poll_interval,
+                     "max_candidates": max_candidates},
+    })
+    click.echo(f"serving {ref} from {url} on http://{host}:{port} ({workers} worker(s), "
+               f"{threads} inference thread(s) each)", err=True)
+    uvicorn.run("rankengine.serve:app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_level="info", timeout_graceful_shutdown=10)
+
+
+@cli.command()
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
               default=Path("data/funnel"), show_default=True)
 @click.option("--requests", type=int, default=50_000, show_default=True,

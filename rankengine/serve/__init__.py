@@ -1,0 +1,25 @@
+"""Online ranking: ``rankengine serve`` (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from fastapi import FastAPI
+
+from rankengine.serve.app import ServeSettings, create_app
+from rankengine.serve.holder import ModelHolder
+
+ENV = "RANKENGINE_SERVE"
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for ``--workers N``: each worker process builds its own app."""
+    from rankengine.registry.store import RegistryStore
+
+    spec = json.loads(os.environ[ENV])
+    store = RegistryStore(spec["registry"], create_if_empty=False)
+    return create_app(ModelHolder(store, spec["ref"]), ServeSettings(**spec["settings"]))
+
+
+__all__ = ["ModelHolder", "ServeSettings", "app_from_env", "create_app"]

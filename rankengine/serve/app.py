@@ -1,0 +1,340 @@
+"""The HTTP server: Open Inference Protocol v2, a ranking endpoint, health and metrics.
+
+Inference runs in worker threads behind a fixed limiter, never on the event loop. Client
+mistakes are 400 with the field named, unknown models 404, a model still loading 503.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import numpy as np
+import orjson
+import pyarrow as pa
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from rankengine import __version__
+from rankengine.serve.holder import ModelHolder, Served
+from rankengine.serve.scoring import BadRequestError, column, score
+
+
+@dataclass
+class ServeSettings:
+    threads: int = 2
+    max_candidates: int = 2000
+    max_body_bytes: int = 8 << 20
+    max_fusion_weight: float = 100.0
+    poll_interval: float = 30.0
+
+
+class JSONResponse(Response):
+    """orjson-encoded JSON (numpy-free, fast); FastAPI's own JSONResponse is deprecated."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("rankengine_requests_total", "HTTP requests",
+                                ["endpoint", "status"], registry=r)
+        self.latency = Histogram("rankengine_request_seconds", "request latency", ["endpoint"],
+                                 registry=r, buckets=(.001, .0025, .005, .01, .025, .05, .1,
+                                                      .25, .5, 1, 2.5))
+        self.candidates = Counter("rankengine_candidates_scored_total", "rows scored",
+                                  registry=r)
+        self.errors = Counter("rankengine_errors_total", "failed requests", ["endpoint", "kind"],
+                              registry=r)
+        self.version = Gauge("rankengine_model_version", "version being served", ["model"],
+                             registry=r)
+
+
+def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
+               *, load_in_background: bool = True) -> FastAPI:
+    settings = settings or ServeSettings()
+    metrics = Metrics()
+    limiter = anyio.CapacityLimiter(settings.threads)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        def first_load() -> None:
+            try:
+                holder.load()
+            except Exception:
+                return
+        if load_in_background:
+            threading.Thread(target=first_load, daemon=True).start()
+        else:
+            first_load()
+        holder.start_polling(settings.poll_interval)
+        yield
+        holder.stop()
+
+    app = FastAPI(title="rankengine", version=__version__, lifespan=lifespan)
+
+    def served(name: str, version: str | None = None) -> Served:
+        if name != holder.name:
+            raise HTTPError(404, f"unknown model '{name}'; this server serves '{holder.name}'")
+        current = holder.current
+        if current is None:
+            detail = f": {holder.last_error}" if holder.last_error else ""
+            raise HTTPError(503, f"model '{name}' is not loaded yet{detail}")
+        if version is not None and version != str(current.version):
+            raise HTTPError(404, f"version {version} of '{name}' is not loaded; serving "
+                                 f"version {current.version}")
+        return current
+
+    async def body(request: Request) -> Any:
+        raw = await request.body()
+        if len(raw) > settings.max_body_bytes:
+            raise HTTPError(400, f"request body is {len(raw):,} bytes; the limit is "
+                                 f"{settings.max_body_bytes:,}")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise HTTPError(400, f"malformed JSON: {exc}") from None
+
+    def endpoint(name: str) -> Callable[[Callable[..., Awaitable[Any]]],
+                                        Callable[..., Awaitable[Any]]]:
+        def wrap(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+            async def handler(*args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                status = 200
+                try:
+                    result = await fn(*args, **kwargs)
+                    return result if isinstance(result, Response) else JSONResponse(result)
+                except HTTPError as exc:
+                    status = exc.status
+                    metrics.errors.labels(name, str(exc.status)).inc()
+                    return JSONResponse({"error": exc.message}, status_code=exc.status)
+                except BadRequestError as exc:
+                    status = 400
+                    metrics.errors.labels(name, "400").inc()
+                    return JSONResponse({"error": str(exc)}, status_code=400)
+                finally:
+                    metrics.requests.labels(name, str(status)).inc()
+                    metrics.latency.labels(name).observe(time.perf_counter() - started)
+            handler.__name__ = fn.__name__
+            # FastAPI reads parameters from the signature; the result is always a Response.
+            handler.__signature__ = inspect.signature(fn).replace(  # type: ignore[attr-defined]
+                return_annotation=Response)
+            return handler
+        return wrap
+
+    # -- Open Inference Protocol v2 ----------------------------------------------------------
+
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        return JSONResponse({"name": "rankengine", "version": __version__,
+                             "extensions": ["ranking"]})
+
+    @app.get("/v2/health/live")
+    async def live() -> Response:
+        return JSONResponse({"live": True})
+
+    @app.get("/v2/health/ready")
+    async def ready() -> Response:
+        ok = holder.current is not None
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/v2/models/{name}")
+    @endpoint("metadata")
+    async def model_metadata(name: str) -> Any:
+        return _metadata(served(name))
+
+    @app.get("/v2/models/{name}/versions/{version}")
+    @endpoint("metadata")
+    async def version_metadata(name: str, version: str) -> Any:
+        return _metadata(served(name, version))
+
+    @app.get("/v2/models/{name}/ready")
+    @endpoint("ready")
+    async def model_ready(name: str) -> Any:
+        return {"name": name, "ready": served(name) is not None}
+
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    @endpoint("ready")
+    async def version_ready(name: str, version: str) -> Any:
+        return {"name": name, "ready": served(name, version) is not None}
+
+    @app.post("/v2/models/{name}/infer")
+    @endpoint("infer")
+    async def infer(name: str, request: Request) -> Any:
+        return await _infer(served(name), await body(request))
+
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    @endpoint("infer")
+    async def infer_version(name: str, version: str, request: Request) -> Any:
+        return await _infer(served(name, version), await body(request))
+
+    @app.post("/v2/repository/models/{name}/load")
+    @endpoint("load")
+    async def load(name: str) -> Any:
+        if name != holder.name:
+            raise HTTPError(404, f"unknown model '{name}'; this server serves '{holder.name}'")
+        try:
+            current = await anyio.to_thread.run_sync(holder.load)
+        except Exception as exc:
+            kept = holder.current.version if holder.current else None
+            raise HTTPError(409, f"loading failed, still serving version {kept}: {exc}") \
+                from None
+        return {"name": current.name, "version": current.version}
+
+    async def _infer(model: Served, payload: Any) -> dict[str, Any]:
+        if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
+            raise BadRequestError("expected a JSON object with an 'inputs' list")
+        columns: dict[str, pa.Array] = {}
+        n = None
+        for i, tensor in enumerate(payload["inputs"]):
+            if not isinstance(tensor, dict):
+                raise BadRequestError(f"inputs[{i}]: expected an object")
+            tname = tensor.get("name")
+            shape, data = tensor.get("shape"), tensor.get("data")
+            if not isinstance(tname, str) or not isinstance(shape, list) or \
+                    not isinstance(data, list):
+                raise BadRequestError(f"inputs[{i}]: needs 'name', 'shape', 'datatype' and 'data'")
+            if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or \
+                    not all(isinstance(d, int) for d in shape) or shape[0] != len(data):
+                raise BadRequestError(f"input '{tname}': shape {shape} does not match "
+                                 f"{len(data)} values; expected [N] or [N, 1]")
+            if n is not None and len(data) != n:
+                raise BadRequestError(f"input '{tname}': {len(data)} rows, other inputs have {n}")
+            n = len(data)
+            columns[tname] = column(tname, data, tensor.get("datatype"))
+        if not n:
+            raise BadRequestError("no rows to score")
+        _check_size(n)
+        out = await _score(model, {}, columns, n, None)
+        return {
+            "model_name": model.name, "model_version": str(model.version),
+            "id": payload.get("id", ""),
+            "outputs": [{"name": k, "shape": [n], "datatype": "FP32",
+                         "data": v.astype(np.float32).tolist()} for k, v in out.items()],
+        }
+
+    # -- ranking ----------------------------------------------------------------------------
+
+    @app.post("/v1/rank")
+    @endpoint("rank")
+    async def rank(request: Request) -> Any:
+        model = served(holder.name)
+        payload = await body(request)
+        if not isinstance(payload, dict):
+            raise BadRequestError("expected a JSON object with 'context' and 'candidates'")
+        context = payload.get("context", {})
+        candidates = payload.get("candidates")
+        if not isinstance(context, dict):
+            raise BadRequestError("'context' must be an object of feature values")
+        if not isinstance(candidates, list) or not candidates:
+            raise BadRequestError("'candidates' must be a non-empty list of objects")
+        _check_size(len(candidates))
+        top_k = payload.get("top_k", len(candidates))
+        if not isinstance(top_k, int) or top_k < 1:
+            raise BadRequestError(f"'top_k' must be a positive integer, found {top_k!r}")
+        weights = _weights(model, payload.get("fusion_weights"))
+        sides = {f.source: f.side for f in model.loaded.config.features}
+        for key in context:
+            if sides.get(key) == "item":
+                raise BadRequestError(f"context.{key}: '{key}' is an item feature; send it with "
+                                 f"each candidate")
+        item_cols: dict[str, list[Any]] = {}
+        for i, cand in enumerate(candidates):
+            if not isinstance(cand, dict):
+                raise BadRequestError(f"candidates[{i}]: expected an object")
+            for key in cand:
+                if key == "id":
+                    continue
+                if sides.get(key) == "context":
+                    raise BadRequestError(f"candidates[{i}].{key}: '{key}' is a context feature; "
+                                     f"send it once in 'context'")
+                item_cols.setdefault(key, [None] * len(candidates))[i] = cand[key]
+        for key, values in item_cols.items():
+            if any(v is None for v in values):
+                raise BadRequestError(f"candidates[{values.index(None)}]: missing feature '{key}'")
+        ctx = {k: column(f"context.{k}", [v]) for k, v in context.items()}
+        items = {k: column(f"candidates.{k}", v) for k, v in item_cols.items()}
+        out = await _score(model, ctx, items, len(candidates), weights)
+        order = np.argsort(-out["score"], kind="stable")[:top_k]
+        names = model.loaded.graph.names
+        return {
+            "model": model.name, "version": model.version,
+            "ranked": [{"index": int(i), "id": candidates[int(i)].get("id"),
+                        "score": float(out["score"][i]),
+                        "p": {t: float(out[f"p_{t}"][i]) for t in names}} for i in order],
+        }
+
+    def _check_size(n: int) -> None:
+        if n > settings.max_candidates:
+            raise BadRequestError(f"{n} rows to score; the limit is {settings.max_candidates}")
+
+    def _weights(model: Served, raw: Any) -> dict[str, float] | None:
+        if raw is None:
+            return None
+        fusion = model.loaded.fusion
+        if "weights" not in type(fusion.params).model_fields:
+            raise BadRequestError(f"fusion '{model.loaded.config.fusion.kind}' takes no weights")
+        if not isinstance(raw, dict):
+            raise BadRequestError("'fusion_weights' must be an object of task → weight")
+        names = model.loaded.graph.names
+        for task, w in raw.items():
+            if task not in names:
+                raise BadRequestError(f"fusion_weights.{task}: unknown task; tasks: "
+                                 f"{', '.join(names)}")
+            if not isinstance(w, int | float) or not 0 <= w <= settings.max_fusion_weight:
+                raise BadRequestError(f"fusion_weights.{task}: expected a number in "
+                                 f"[0, {settings.max_fusion_weight}], found {w!r}")
+        return {k: float(v) for k, v in raw.items()}
+
+    async def _score(model: Served, ctx: dict[str, pa.Array], items: dict[str, pa.Array],
+                     n: int, weights: dict[str, float] | None) -> dict[str, np.ndarray]:
+        out = await anyio.to_thread.run_sync(score, model, ctx, items, n, weights,
+                                             limiter=limiter)
+        metrics.candidates.inc(n)
+        return out
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        if holder.current is not None:
+            metrics.version.labels(holder.current.name).set(holder.current.version)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _metadata(model: Served) -> dict[str, Any]:
+    graph = model.loaded.graph
+    return {
+        "name": model.name, "versions": [str(model.version)], "platform": "rankengine",
+        "inputs": [{"name": f.source, "shape": [-1],
+                    "datatype": "FP32" if f.kind in ("numeric", "bucketize") else "BYTES",
+                    "parameters": {"side": f.side, "kind": f.kind}}
+                   for f in model.loaded.config.features],
+        "outputs": [{"name": f"p_{t}", "shape": [-1], "datatype": "FP32"} for t in graph.names]
+        + [{"name": "score", "shape": [-1], "datatype": "FP32"}],
+    }

@@ -1,0 +1,92 @@
+"""Request payloads → encoded arrays → predictions, with errors that name the field."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from rankengine.data.batching import TensorData
+from rankengine.data.dataset import EncodedData
+from rankengine.evaluate import predict_arrays
+from rankengine.serve.holder import Served
+
+
+class BadRequestError(Exception):
+    """A client mistake: answered with 400 and this message."""
+
+
+DATATYPES = {
+    "BOOL": pa.bool_(), "INT8": pa.int64(), "INT16": pa.int64(), "INT32": pa.int64(),
+    "INT64": pa.int64(), "UINT8": pa.int64(), "UINT16": pa.int64(), "UINT32": pa.int64(),
+    "UINT64": pa.int64(), "FP16": pa.float64(), "FP32": pa.float64(), "FP64": pa.float64(),
+    "BYTES": pa.string(),
+}
+
+
+def column(name: str, values: Sequence[Any], datatype: str | None = None) -> pa.Array:
+    """A request column as pyarrow; NaN / infinity and mixed types are refused."""
+    for i, v in enumerate(values):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise BadRequestError(f"{name}[{i}]: {v} is not a finite number")
+        if isinstance(v, dict | list):
+            raise BadRequestError(f"{name}[{i}]: expected a scalar, found {type(v).__name__}")
+    try:
+        if datatype is not None:
+            if datatype not in DATATYPES:
+                raise BadRequestError(f"{name}: unknown datatype '{datatype}'; expected one of "
+                                 f"{', '.join(DATATYPES)}")
+            return pa.array(values, type=DATATYPES[datatype])
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        expected = datatype or "one type for every value"
+        raise BadRequestError(f"{name}: values do not match {expected}: {exc}") from None
+
+
+def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, pa.Array],
+          n: int, weights: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Encode the context once (1 row) and the items (n rows), broadcast, predict, fuse."""
+    loaded = served.loaded
+    features = loaded.config.features
+    expected = {f.source for f in features}
+    given = set(context) | set(items)
+    unknown = sorted(given - expected)
+    if unknown:
+        raise BadRequestError(f"unknown feature '{unknown[0]}'; the model takes: "
+                         f"{', '.join(sorted(expected))}")
+    missing = sorted(expected - given)
+    if missing:
+        raise BadRequestError(f"missing required feature '{missing[0]}'")
+    pipeline = loaded.pipeline
+    try:
+        encoded = {}
+        if context:
+            encoded.update(pipeline.encode(pa.table(dict(context)),
+                                           [f.name for f in features if f.source in context],
+                                           where="context"))
+        if items:
+            encoded.update(pipeline.encode(pa.table(dict(items)),
+                                           [f.name for f in features if f.source in items],
+                                           where="candidates"))
+    except Exception as exc:  # encoders raise DataError naming the feature
+        raise BadRequestError(str(exc)) from None
+    categorical, dense, sequences = pipeline.assemble(encoded, n)
+    labels = np.zeros((n, len(loaded.graph)), dtype=np.float32)
+    data = TensorData(EncodedData(categorical, dense, sequences, labels))
+    entire, conditional = predict_arrays(loaded.model, data, max(n, 1))
+    fusion = loaded.fusion
+    if weights:
+        fusion = type(fusion)(loaded.graph.names,
+                              fusion.params.model_copy(update={"weights": dict(weights)}))
+    with torch.inference_mode():
+        fused = fusion(torch.from_numpy(entire)).numpy()
+    out = {f"p_{name}": entire[:, i] for i, name in enumerate(loaded.graph.names)}
+    for i, name in enumerate(loaded.graph.names):
+        if loaded.graph.parent_index[i] >= 0:
+            out[f"pc_{name}"] = conditional[:, i]
+    out["score"] = fused
+    return out

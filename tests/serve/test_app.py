@@ -1,0 +1,237 @@
+"""The HTTP server, run for real by uvicorn on loopback and called over HTTP."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import uvicorn
+
+from rankengine.config import load_config
+from rankengine.predict import score_table
+from rankengine.registry import RegistryStore
+from rankengine.registry.artifacts import load_version, path_of, register
+from rankengine.serve import ModelHolder, ServeSettings, create_app
+from rankengine.train import train
+
+from ..conftest import tiny_config_text
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, funnel_dir: Path) -> Iterator[tuple]:
+    root = tmp_path_factory.mktemp("serve")
+    text = tiny_config_text(funnel_dir).replace("[train]\nepochs = 2", "[train]\nepochs = 1")
+    (root / "engine.toml").write_text(text)
+    trained = train(load_config(root / "engine.toml"), progress=False)
+    store = RegistryStore(f"sqlite:///{root / 'reg.db'}")
+    for _ in range(3):
+        v = register(store, root / "artifacts", trained, "demo")
+    store.set_alias("demo", "champion", 1)
+    yield store, root, funnel_dir, v
+    store.close()
+
+
+class Server:
+    def __init__(self, app: object) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> httpx.Client:
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.02)
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
+        return self.client
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def wait_ready(client: httpx.Client) -> None:
+    deadline = time.time() + 30
+    while client.get("/v2/health/ready").status_code != 200:
+        assert time.time() < deadline, "model never became ready"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def served(registry: tuple) -> Iterator[tuple[httpx.Client, RegistryStore, Path]]:
+    store, _, funnel, _ = registry
+    store.set_alias("demo", "champion", 1)
+    holder = ModelHolder(store, "demo@champion")
+    with Server(create_app(holder, ServeSettings(max_candidates=50, poll_interval=0.2))) as c:
+        wait_ready(c)
+        yield c, store, funnel
+
+
+def test_oip_v2_metadata_and_health(served: tuple) -> None:
+    client, _, _ = served
+    assert client.get("/v2").json()["name"] == "rankengine"
+    assert client.get("/v2/health/live").json() == {"live": True}
+    meta = client.get("/v2/models/demo").json()
+    assert meta["versions"] == ["1"]
+    assert {i["name"] for i in meta["inputs"]} >= {"user_id", "item_id", "position"}
+    assert {o["name"] for o in meta["outputs"]} >= {"p_click", "p_pay", "score"}
+    assert client.get("/v2/models/demo/versions/1/ready").json()["ready"] is True
+    assert client.get("/v2/models/demo/versions/2").status_code == 404
+    assert client.get("/v2/models/nope").status_code == 404
+
+
+def rows(funnel: Path, n: int) -> dict[str, list]:
+    table = pq.read_table(funnel / "test.parquet").slice(0, n)
+    return {c: table.column(c).to_pylist() for c in table.column_names}
+
+
+FEATURES = ["user_id", "device", "user_hist_categories", "item_id", "item_category",
+            "item_price", "position"]
+
+
+def test_infer_matches_offline_scoring(served: tuple) -> None:
+    client, store, funnel = served
+    data = rows(funnel, 8)
+    hist = ["|".join(str(x) for x in h) for h in data["user_hist_categories"]]
+    inputs = [{"name": f, "shape": [8], "datatype": "BYTES" if f in ("device",) else
+               "FP32" if f == "item_price" else "INT64", "data": data[f]}
+              for f in FEATURES if f != "user_hist_categories"]
+    inputs.append({"name": "user_hist_categories", "shape": [8], "datatype": "BYTES",
+                   "data": hist})
+    response = client.post("/v2/models/demo/infer", json={"id": "r1", "inputs": inputs})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == "1" and body["id"] == "r1"
+    outputs = {o["name"]: np.array(o["data"]) for o in body["outputs"]}
+    offline = score_table(load_version(store, "demo/1")[1],
+                          pq.read_table(funnel / "test.parquet").slice(0, 8))
+    for name in ("p_click", "p_order", "score"):
+        np.testing.assert_allclose(outputs[name], offline[name], rtol=1e-5, atol=1e-7)
+
+
+def rank_payload(funnel: Path, n: int = 10) -> dict:
+    data = rows(funnel, n)
+    return {
+        "context": {"user_id": data["user_id"][0], "device": data["device"][0],
+                    "user_hist_categories": "|".join(map(str, data["user_hist_categories"][0]))},
+        "candidates": [{"id": f"item-{data['item_id'][i]}", "item_id": data["item_id"][i],
+                        "item_category": data["item_category"][i],
+                        "item_price": data["item_price"][i], "position": data["position"][i]}
+                       for i in range(n)],
+    }
+
+
+def test_rank_orders_by_fused_score_and_broadcasts_the_context(served: tuple) -> None:
+    client, store, funnel = served
+    payload = rank_payload(funnel)
+    body = client.post("/v1/rank", json=payload | {"top_k": 4}).json()
+    ranked = body["ranked"]
+    assert len(ranked) == 4 and body["version"] == 1
+    scores = [r["score"] for r in ranked]
+    assert scores == sorted(scores, reverse=True)
+    # Same numbers as scoring the request offline with the context repeated on every row.
+    table = pq.read_table(funnel / "test.parquet").slice(0, 10)
+    first = {c: [table.column(c)[0].as_py()] * 10 for c in ("user_id", "device",
+                                                               "user_hist_categories")}
+    import pyarrow as pa
+
+    for c, v in first.items():
+        table = table.set_column(table.column_names.index(c), c, pa.array(v))
+    offline = score_table(load_version(store, "demo/1")[1], table)
+    top = ranked[0]
+    assert top["score"] == pytest.approx(float(offline["score"][top["index"]]), rel=1e-5)
+    assert top["p"]["click"] == pytest.approx(float(offline["p_click"][top["index"]]), rel=1e-5)
+    # Fusion weights per request: only clicks count now.
+    clicks = client.post("/v1/rank", json=payload | {"fusion_weights": {"click": 1.0}}).json()
+    assert [r["score"] for r in clicks["ranked"]] == pytest.approx(
+        sorted((r["p"]["click"] for r in clicks["ranked"]), reverse=True), rel=1e-9)
+
+
+@pytest.mark.parametrize("mutate,status,message", [
+    (lambda p: "{not json", 400, "malformed JSON"),
+    (lambda p: p | {"candidates": []}, 400, "non-empty list"),
+    (lambda p: p | {"candidates": p["candidates"] * 6}, 400, "the limit is 50"),
+    (lambda p: p | {"context": p["context"] | {"colour": "red"}}, 400, "unknown feature 'colour'"),
+    (lambda p: p | {"context": {k: v for k, v in p["context"].items() if k != "device"}}, 400,
+     "missing required feature 'device'"),
+    (lambda p: p | {"candidates": [c | {"user_id": 1} for c in p["candidates"]]}, 400,
+     "'user_id' is a context feature"),
+    (lambda p: p | {"candidates": [c | {"item_price": "cheap"} for c in p["candidates"]]}, 400,
+     "item_price"),
+    (lambda p: p | {"fusion_weights": {"click": 1e9}}, 400, "fusion_weights.click"),
+    (lambda p: p | {"fusion_weights": {"clik": 1}}, 400, "unknown task"),
+    (lambda p: p | {"top_k": 0}, 400, "top_k"),
+])
+def test_rank_rejects_bad_input_with_400_naming_the_field(served: tuple, mutate, status: int,
+                                                          message: str) -> None:
+    client, _, funnel = served
+    payload = mutate(rank_payload(funnel))
+    response = client.post("/v1/rank", content=payload if isinstance(payload, str) else
+                           __import__("orjson").dumps(payload))
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_infer_rejects_bad_tensors(served: tuple) -> None:
+    client, _, _ = served
+    bad_shape = {"inputs": [{"name": "user_id", "shape": [3], "datatype": "INT64",
+                             "data": [1, 2]}]}
+    response = client.post("/v2/models/demo/infer", json=bad_shape)
+    assert response.status_code == 400 and "shape [3]" in response.json()["error"]
+    bad_type = {"inputs": [{"name": "item_price", "shape": [1], "datatype": "FP32",
+                            "data": ["x"]}]}
+    response = client.post("/v2/models/demo/infer", json=bad_type)
+    assert response.status_code == 400 and "item_price" in response.json()["error"]
+    response = client.post("/v2/models/demo/infer", content=b'{"inputs": [{"name": "a", '
+                           b'"shape": [1], "datatype": "FP32", "data": [NaN]}]}')
+    assert response.status_code == 400
+    assert client.post("/v2/models/other/infer", json=bad_shape).status_code == 404
+
+
+def test_hot_reload_on_alias_move_and_failed_load_keeps_serving(served: tuple,
+                                                                registry: tuple) -> None:
+    client, store, funnel = served
+    store.set_alias("demo", "champion", 2)
+    deadline = time.time() + 20
+    while client.get("/v2/models/demo").json()["versions"] != ["2"]:
+        assert time.time() < deadline, "alias move was not picked up"
+        time.sleep(0.1)
+    # Version 3's weights are corrupted: loading it fails and version 2 keeps serving.
+    artifact = path_of(store.get_version("demo", 3).artifact_uri or "")
+    weights = artifact / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    try:
+        store.set_alias("demo", "champion", 3)
+        response = client.post("/v2/repository/models/demo/load")
+        assert response.status_code == 409 and "still serving version 2" in response.text
+        assert client.post("/v1/rank", json=rank_payload(funnel)).json()["version"] == 2
+    finally:
+        weights.write_bytes(original)
+    response = client.post("/v2/repository/models/demo/load")
+    assert response.status_code == 200 and response.json()["version"] == 3
+    metrics = client.get("/metrics").text
+    assert 'rankengine_model_version{model="demo"} 3.0' in metrics
+    assert 'rankengine_requests_total{endpoint="rank",status="200"}' in metrics
+    assert "rankengine_candidates_scored_total" in metrics
+
+
+def test_not_loaded_is_503(registry: tuple) -> None:
+    store, _, _, _ = registry
+    holder = ModelHolder(store, "demo@nonexistent")
+    with Server(create_app(holder, ServeSettings(poll_interval=60))) as client:
+        time.sleep(0.3)
+        assert client.get("/v2/health/ready").status_code == 503
+        response = client.get("/v2/models/demo")
+        assert response.status_code == 503 and "not loaded yet" in response.json()["error"]
