@@ -116,3 +116,23 @@ def test_regression_node_expectation(engine: Engine) -> None:
     assert torch.allclose(out.conditional(graph)[:, 1], torch.tensor([9.0]), atol=1e-5)
     # Entire-space expectation: p(click) · E[gmv | click] = 0.5 · 9.
     assert torch.allclose(out.entire(graph)[:, 1], torch.tensor([4.5]), atol=1e-5)
+
+
+def test_fusions(engine: Engine) -> None:
+    preds = torch.tensor([[0.5, 0.2, 10.0], [0.1, 0.05, 40.0]])
+    tasks = ["click", "pay", "gmv"]
+
+    def fusion(kind: str, **params: object):
+        comp = engine.components.fusions.get(kind)
+        return comp.factory(tasks, comp.parse_params(params))
+
+    assert torch.allclose(fusion("weighted_sum", weights={"click": 1, "pay": 2})(preds),
+                          torch.tensor([0.9, 0.2]))
+    assert torch.allclose(fusion("weighted_product", weights={"click": 1, "pay": 0.5})(preds),
+                          torch.tensor([0.5 * 0.2 ** 0.5, 0.1 * 0.05 ** 0.5]))
+    assert torch.allclose(fusion("expected_value", probability="pay", value="gmv")(preds),
+                          torch.tensor([2.0, 2.0]))
+    with pytest.raises(ValueError, match="value = 'price' is not a task"):
+        fusion("expected_value", probability="pay", value="price")
+    with pytest.raises(ValueError, match="unknown task"):
+        fusion("weighted_sum", weights={"clik": 1})

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import pyarrow.parquet as pq
 import pytest
 import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rankengine.config import load_config
 from rankengine.predict import score_table
@@ -235,3 +238,51 @@ def test_not_loaded_is_503(registry: tuple) -> None:
         assert client.get("/v2/health/ready").status_code == 503
         response = client.get("/v2/models/demo")
         assert response.status_code == 503 and "not loaded yet" in response.json()["error"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False,
+                                                                          allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                 max_size=4),
+    max_leaves=12,
+)
+feature_names = st.sampled_from(FEATURES + ["colour", "id"])
+
+
+@st.composite
+def rank_bodies(draw: st.DrawFn) -> object:
+    candidate = st.dictionaries(feature_names, json_values, max_size=6)
+    return draw(st.one_of(
+        json_values,
+        st.fixed_dictionaries({"context": st.dictionaries(feature_names, json_values,
+                                                          max_size=4),
+                               "candidates": st.lists(candidate, max_size=4)},
+                              optional={"top_k": json_values,
+                                        "fusion_weights": json_values}),
+    ))
+
+
+@st.composite
+def infer_bodies(draw: st.DrawFn) -> object:
+    tensor = st.fixed_dictionaries({"name": feature_names | st.text(max_size=5)},
+                                   optional={"shape": json_values,
+                                             "datatype": st.sampled_from(["INT64", "FP32",
+                                                                          "BYTES", "X"]),
+                                             "data": st.lists(json_values, max_size=3)})
+    return draw(json_values | st.fixed_dictionaries({"inputs": st.lists(tensor, max_size=4)}))
+
+
+def test_fuzzed_request_bodies_never_get_a_500(served: tuple) -> None:
+    client, _, _ = served
+
+    @settings(max_examples=150, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(rank=rank_bodies(), infer=infer_bodies())
+    def check(rank: object, infer: object) -> None:
+        for path, payload in (("/v1/rank", rank), ("/v2/models/demo/infer", infer)):
+            response = client.post(path, content=orjson.dumps(payload))
+            assert response.status_code in (200, 400), (path, payload, response.text)
+
+    check()
