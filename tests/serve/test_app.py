@@ -248,7 +248,7 @@ json_values = st.recursive(
                                                                  max_size=4),
     max_leaves=12,
 )
-feature_names = st.sampled_from(FEATURES + ["colour", "id"])
+feature_names = st.sampled_from([*FEATURES, "colour", "id"])
 
 
 @st.composite
