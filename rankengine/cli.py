@@ -318,6 +318,46 @@ def serve(ref: str, registry: str | None, host: str, port: int, workers: int, th
 
 
 @cli.command()
+@click.argument("model")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--registry", default=None, help="registry URL for NAME@ALIAS references")
+def export(model: str, fmt: str, output: Path, registry: str | None) -> None:
+    """Export MODEL to ONNX or TorchScript (encoded inputs in, predictions + score out)."""
+    import numpy as np
+    import torch
+
+    from rankengine.export import example_inputs, input_names, reference_outputs
+    from rankengine.export import export as run_export
+
+    loaded = load_model(model, registry)
+    path = run_export(loaded, output, fmt)
+    inputs = example_inputs(loaded, 16)
+    generator = torch.Generator().manual_seed(0)
+    inputs = tuple(torch.randint(0, 2, t.shape, generator=generator) if t.dtype == torch.long
+                   else torch.randn(t.shape, generator=generator) for t in inputs)
+    want = reference_outputs(loaded, inputs)
+    if fmt == "torchscript":
+        import warnings
+
+        with warnings.catch_warnings():  # torch.jit.load's deprecation notice; it still loads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            got = torch.jit.load(str(path))(*inputs).detach().numpy()  # type: ignore[no-untyped-call]
+    else:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path))
+        got = session.run(None, {n: t.numpy() for n, t in zip(input_names(loaded), inputs,
+                                                               strict=True)})[0]
+    diff = float(np.abs(got - want).max())
+    if diff > 1e-5:
+        path.unlink()
+        raise click.ClickException(f"exported {fmt} differs from rankengine by {diff:.2e}")
+    click.echo(f"wrote {path} (inputs: {', '.join(input_names(loaded))}; outputs: "
+               f"{', '.join(loaded.graph.names)}, score; max |diff| {diff:.1e})")
+
+
+@cli.command()
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
               default=Path("data/funnel"), show_default=True)
 @click.option("--requests", type=int, default=50_000, show_default=True,

@@ -228,7 +228,7 @@ class CascadeOutput:
         out = self.log_p.exp()
         if graph.regression_index:
             reg = torch.tensor(graph.regression_index, device=out.device)
-            parent_p = self._parent_probability(graph, reg)
+            parent_p = self._parent_probability(graph, graph.regression_index)
             out = out.index_copy(1, reg, parent_p * self.value.index_select(1, reg))
         return out
 
@@ -240,8 +240,8 @@ class CascadeOutput:
             out = out.index_copy(1, reg, self.value.index_select(1, reg))
         return out
 
-    def _parent_probability(self, graph: TaskGraph, reg: torch.Tensor) -> torch.Tensor:
-        parents = [graph.parent_index[i] for i in reg.tolist()]
+    def _parent_probability(self, graph: TaskGraph, reg: list[int]) -> torch.Tensor:
+        parents = [graph.parent_index[i] for i in reg]
         ones = torch.ones(self.log_p.shape[0], 1, device=self.log_p.device)
         cols = [ones if p < 0 else self.log_p[:, p : p + 1].exp() for p in parents]
         return torch.cat(cols, dim=1)

@@ -96,3 +96,12 @@ def test_simulate_writes_splits(tmp_path: Path) -> None:
     assert pq.read_metadata(tmp_path / "f" / "train.parquet").num_rows > 0
     bad = CliRunner().invoke(cli, ["simulate", "-o", str(tmp_path / "g"), "--correlation", "2"])
     assert bad.exit_code != 0 and "conversion_correlation" in bad.output
+
+
+@pytest.mark.parametrize("fmt,suffix", [("torchscript", "pt"), ("onnx", "onnx")])
+def test_export_matches_rankengine(artifact: Path, tmp_path: Path, fmt: str, suffix: str) -> None:
+    out = tmp_path / f"model.{suffix}"
+    result = CliRunner().invoke(cli, ["export", str(artifact), "--format", fmt, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and "max |diff|" in result.output
+    assert "inputs: categorical, dense, user_hist_categories" in result.output

@@ -1,0 +1,88 @@
+"""Export a trained model for serving elsewhere: TorchScript or ONNX.
+
+The exported graph takes the *encoded* inputs (the artifact's ``pipeline.json`` holds the
+vocabularies and normalisers) and returns ``[B, T + 1]``: the entire-space prediction of every
+task in graph order, then the fused score. Outputs match rankengine's own within 1e-5.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rankengine.artifact import LoadedModel
+from rankengine.data.batching import Batch
+from rankengine.errors import RankEngineError
+
+
+class ScoringModule(nn.Module):
+    """``forward(categorical, dense, *sequences) -> [B, T + 1]``."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__()
+        self.model = loaded.model.eval()
+        self.fusion = loaded.fusion
+        self.graph = loaded.graph
+
+    def forward(self, categorical: torch.Tensor, dense: torch.Tensor,
+                *sequences: torch.Tensor) -> torch.Tensor:
+        batch = Batch(categorical, dense, list(sequences), dense.new_zeros(0), {})
+        entire = self.model(batch).entire(self.graph)
+        return torch.cat([entire, self.fusion(entire).unsqueeze(1)], dim=1)
+
+
+def example_inputs(loaded: LoadedModel, rows: int = 4) -> tuple[torch.Tensor, ...]:
+    layout = loaded.pipeline.layout()
+    n_cat = sum(1 for f in layout if f.output == "categorical")
+    n_dense = sum(f.dim for f in layout if f.output == "dense")
+    seqs = [torch.ones(rows, _seq_len(loaded, f.name), dtype=torch.long)
+            for f in sorted(layout, key=lambda f: f.column) if f.output == "sequence"]
+    return (torch.zeros(rows, n_cat, dtype=torch.long), torch.zeros(rows, n_dense), *seqs)
+
+
+def _seq_len(loaded: LoadedModel, name: str) -> int:
+    spec = next(f for f in loaded.config.features if f.name == name)
+    return int(spec.params.get("max_len", 20))
+
+
+def input_names(loaded: LoadedModel) -> list[str]:
+    seqs = [f.name for f in sorted(loaded.pipeline.layout(), key=lambda f: f.column)
+            if f.output == "sequence"]
+    return ["categorical", "dense", *seqs]
+
+
+def export(loaded: LoadedModel, output: Path, fmt: str) -> Path:
+    module = ScoringModule(loaded).eval()
+    inputs = example_inputs(loaded)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    # torch warns that jit.trace is deprecated and that the fusion weights become constants;
+    # both are expected here, and callers running with -W error must not fail on them.
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fmt == "torchscript":
+            traced = torch.jit.trace(  # type: ignore[no-untyped-call]  # torch: unannotated
+                module, inputs, check_trace=False)
+            torch.jit.save(traced, str(tmp))
+        elif fmt == "onnx":
+            batch = torch.export.Dim("batch", min=1)
+            # forward(categorical, dense, *sequences): the varargs are one nested tuple.
+            shapes: Any = ({0: batch}, {0: batch}, tuple({0: batch} for _ in inputs[2:]))
+            torch.onnx.export(module, inputs, str(tmp), dynamo=True, dynamic_shapes=shapes,
+                              input_names=input_names(loaded), output_names=["predictions"],
+                              verbose=False)
+        else:
+            raise RankEngineError(f"unknown export format '{fmt}'; expected onnx or torchscript")
+    tmp.replace(output)
+    return output
+
+
+def reference_outputs(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
+    with torch.inference_mode():
+        result: np.ndarray = ScoringModule(loaded)(*inputs).numpy()
+    return result
