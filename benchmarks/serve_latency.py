@@ -1,0 +1,215 @@
+"""Serving latency of the demo model over real HTTP, next to model-only and ONNX Runtime times.
+
+    python benchmarks/serve_latency.py [--requests 200] [--swap-seconds 60]
+
+Trains the demo engine.toml (2 epochs on a 20k-request simulated funnel: latency does not depend
+on quality), registers it in a temporary SQLite registry, starts ``rankengine serve`` in a
+subprocess (2 inference threads) and measures ``POST /v1/rank`` end to end for 100 / 500 / 1000
+candidates at concurrency 1 and 4. Then it moves the champion alias while 4 clients keep
+ranking for ``--swap-seconds`` and counts failed requests and responses from the old version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from rankengine.config import load_config
+from rankengine.data.batching import TensorData
+from rankengine.data.dataset import EncodedData
+from rankengine.evaluate import predict_arrays
+from rankengine.export import export, input_names
+from rankengine.registry import RegistryStore
+from rankengine.registry.artifacts import load_version, register
+from rankengine.simulate import SimulationConfig, write_funnel
+from rankengine.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+CONTEXT = ("user_segment", "device", "hour", "user_hist_categories")
+
+
+def payload(table: dict[str, list], n: int, offset: int) -> dict:
+    rows = range(offset, offset + n)
+    hist = table["user_hist_categories"][offset]
+    return {
+        "context": {"user_segment": table["user_segment"][offset],
+                    "device": table["device"][offset], "hour": table["hour"][offset],
+                    "user_hist_categories": "|".join(map(str, hist))},
+        "candidates": [{"id": i, "item_category": table["item_category"][i],
+                        "item_brand": table["item_brand"][i],
+                        "item_price": table["item_price"][i],
+                        "position": table["position"][i]} for i in rows],
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.array(values) * 1000, q))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--swap-seconds", type=float, default=60.0)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    write_funnel(tmp / "data", SimulationConfig(requests=20_000, seed=7))
+    config = load_config(REPO / "engine.toml")
+    for split in ("train", "valid", "test"):
+        setattr(config.data, split, str(tmp / "data" / f"{split}.parquet"))
+    config.train.epochs = 2
+    config.train.progress = False
+    trained = train(config, progress=False)
+    url = f"sqlite:///{tmp / 'reg.db'}"
+    store = RegistryStore(url)
+    for _ in range(2):
+        register(store, tmp / "artifacts", trained, "demo")
+    store.set_alias("demo", "champion", 1)
+    table = pq.read_table(tmp / "data" / "test.parquet").to_pydict()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rankengine.cli", "serve", "demo@champion", "--registry", url,
+         "--port", str(port), "--threads", "2", "--poll-interval", "0.5",
+         "--max-candidates", "5000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise SystemExit("server did not become ready")
+            time.sleep(0.2)
+        _, loaded = load_version(store, "demo/1")
+        onnx_path = export(loaded, tmp / "demo.onnx", "onnx")
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(onnx_path))
+        print(f"# demo MMoE + ESM² served by rankengine serve (2 inference threads), "
+              f"{os.cpu_count()} cores, torch {torch.__version__}")
+        print("| candidates | concurrency | p50 ms | p99 ms | candidates/s | model-only p50 ms "
+              "| ONNX Runtime p50 ms | HTTP + encoding overhead |")
+        print("|---|---|---|---|---|---|---|---|")
+        for n in (100, 500, 1000):
+            bodies = [payload(table, n, (i * 37) % (len(table["position"]) - n))
+                      for i in range(20)]
+            model_ms, onnx_ms = model_only(loaded, session, bodies[0], n)
+            for concurrency in (1, 4):
+                lat, wall = load(base, bodies, args.requests, concurrency)
+                p50 = percentile(lat, 50)
+                overhead = (p50 - model_ms) / p50
+                print(f"| {n} | {concurrency} | {p50:.1f} | {percentile(lat, 99):.1f} | "
+                      f"{n * len(lat) / wall:,.0f} | {model_ms:.1f} | {onnx_ms:.1f} | "
+                      f"{overhead:.0%} |", flush=True)
+        swap(base, store, table, args.swap_seconds)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        store.close()
+
+
+def model_only(loaded, session, body: dict, n: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Forward pass alone (already encoded inputs), in this process, and with ONNX Runtime."""
+    import pyarrow as pa
+
+    cols = {**{k: [v] * n for k, v in body["context"].items()},
+            **{k: [c[k] for c in body["candidates"]] for k in body["candidates"][0] if k != "id"}}
+    cat, dense, seqs = loaded.pipeline.transform(pa.table(cols))
+    data = TensorData(EncodedData(cat, dense, seqs, np.zeros((n, len(loaded.graph)),
+                                                             np.float32)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # the server's per-thread budget
+    times, onnx_times = [], []
+    feeds = dict(zip(input_names(loaded), [cat, dense, *seqs], strict=True))
+    for _ in range(30):
+        started = time.perf_counter()
+        predict_arrays(loaded.model, data, n)
+        times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        session.run(None, feeds)
+        onnx_times.append(time.perf_counter() - started)
+    torch.set_num_threads(threads)
+    return percentile(times[5:], 50), percentile(onnx_times[5:], 50)
+
+
+def load(base: str, bodies: list[dict], requests: int, concurrency: int) -> tuple[list[float],
+                                                                                  float]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            for i in range(k, requests, concurrency):
+                started = time.perf_counter()
+                response = http.post("/v1/rank", json=bodies[i % len(bodies)])
+                elapsed = time.perf_counter() - started
+                response.raise_for_status()
+                with lock:
+                    latencies.append(elapsed)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(client, range(concurrency)))
+    return latencies, time.perf_counter() - started
+
+
+def swap(base: str, store: RegistryStore, table: dict[str, list], seconds: float) -> None:
+    body = payload(table, 100, 0)
+    stop = time.time() + seconds
+    swap_at = time.time() + seconds / 2
+    results: list[tuple[float, int, int]] = []
+    lock = threading.Lock()
+
+    def client(_: int) -> None:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            while time.time() < stop:
+                sent = time.time()
+                try:
+                    response = http.post("/v1/rank", json=body)
+                    version = response.json().get("version", -1) if response.status_code == 200 \
+                        else -1
+                    status = response.status_code
+                except httpx.HTTPError:
+                    version, status = -1, 0
+                with lock:
+                    results.append((sent, status, version))
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(max(0.0, swap_at - time.time()))
+    store.set_alias("demo", "champion", 2, reason="benchmark swap")
+    moved = time.time()
+    for t in threads:
+        t.join()
+    failed = sum(1 for _, status, _ in results if status != 200)
+    switched = min((s for s, _, v in results if v == 2), default=None)
+    stale = sum(1 for s, _, v in results if switched is not None and s > switched and v != 2)
+    print(f"\nalias swap under load: {len(results)} requests from 4 clients over {seconds:.0f} s, "
+          f"{failed} failed; first response from version 2 "
+          f"{(switched - moved) if switched else float('nan'):.2f} s after the move; "
+          f"{stale} responses from version 1 after that")
+
+
+if __name__ == "__main__":
+    main()
