@@ -286,3 +286,36 @@ def test_fuzzed_request_bodies_never_get_a_500(served: tuple) -> None:
             assert response.status_code in (200, 400), (path, payload, response.text)
 
     check()
+
+
+def test_alias_swap_under_load_drops_nothing(served: tuple) -> None:
+    """4 clients rank continuously; the alias moves mid-way; no request fails and every
+    response sent after the first new-version response carries the new version."""
+    client, store, funnel = served
+    body = orjson.dumps(rank_payload(funnel))
+    base = str(client.base_url)
+    results: list[tuple[float, float, int, int]] = []
+    lock = threading.Lock()
+    stop = time.time() + 6.0
+
+    def hammer() -> None:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            while time.time() < stop:
+                sent = time.time()
+                response = http.post("/v1/rank", content=body)
+                version = response.json()["version"] if response.status_code == 200 else -1
+                with lock:
+                    results.append((sent, time.time(), response.status_code, version))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2.0)
+    store.set_alias("demo", "champion", 2)
+    for t in threads:
+        t.join()
+    assert results and all(status == 200 for _, _, status, _ in results)
+    # Once any client has received an answer from version 2, later requests never see 1.
+    switched = min(received for _, received, _, version in results if version == 2)
+    assert all(version == 2 for sent, _, _, version in results if sent > switched)
+    assert any(version == 1 for _, _, _, version in results)
