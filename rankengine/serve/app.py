@@ -251,8 +251,11 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
         candidates = payload.get("candidates")
         if not isinstance(context, dict):
             raise BadRequestError("'context' must be an object of feature values")
+        if isinstance(candidates, dict):
+            candidates = _rows_from_columns(candidates)
         if not isinstance(candidates, list) or not candidates:
-            raise BadRequestError("'candidates' must be a non-empty list of objects")
+            raise BadRequestError("'candidates' must be a non-empty list of objects (or an "
+                                  "object of equally long columns)")
         _check_size(len(candidates))
         top_k = payload.get("top_k", len(candidates))
         if not isinstance(top_k, int) or top_k < 1:
@@ -263,30 +266,34 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
             if sides.get(key) == "item":
                 raise BadRequestError(f"context.{key}: '{key}' is an item feature; send it with "
                                  f"each candidate")
-        item_cols: dict[str, list[Any]] = {}
+        keys: dict[str, None] = {}
         for i, cand in enumerate(candidates):
             if not isinstance(cand, dict):
                 raise BadRequestError(f"candidates[{i}]: expected an object")
-            for key in cand:
-                if key == "id":
-                    continue
-                if sides.get(key) == "context":
-                    raise BadRequestError(f"candidates[{i}].{key}: '{key}' is a context feature; "
-                                     f"send it once in 'context'")
-                item_cols.setdefault(key, [None] * len(candidates))[i] = cand[key]
-        for key, values in item_cols.items():
-            if any(v is None for v in values):
-                raise BadRequestError(f"candidates[{values.index(None)}]: missing feature '{key}'")
+            keys.update(dict.fromkeys(cand))
+        keys.pop("id", None)
+        item_cols: dict[str, list[Any]] = {}
+        for key in keys:
+            if sides.get(key) == "context":
+                raise BadRequestError(f"candidates.{key}: '{key}' is a context feature; send "
+                                      f"it once in 'context'")
+            values = [cand.get(key) for cand in candidates]
+            if None in values:
+                raise BadRequestError(f"candidates[{values.index(None)}]: missing feature "
+                                      f"'{key}'")
+            item_cols[key] = values
         ctx = {k: column(f"context.{k}", [v]) for k, v in context.items()}
         items = {k: column(f"candidates.{k}", v) for k, v in item_cols.items()}
         out = await _score(model, ctx, items, len(candidates), weights)
         order = np.argsort(-out["score"], kind="stable")[:top_k]
         names = model.loaded.graph.names
+        probs = np.stack([out[f"p_{t}"] for t in names], axis=1)[order].tolist()
+        scores = out["score"][order].tolist()
         return {
             "model": model.name, "version": model.version,
-            "ranked": [{"index": int(i), "id": candidates[int(i)].get("id"),
-                        "score": float(out["score"][i]),
-                        "p": {t: float(out[f"p_{t}"][i]) for t in names}} for i in order],
+            "ranked": [{"index": i, "id": candidates[i].get("id"), "score": s,
+                        "p": dict(zip(names, p, strict=True))}
+                       for i, s, p in zip(order.tolist(), scores, probs, strict=True)],
         }
 
     def _check_size(n: int) -> None:
@@ -325,6 +332,16 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _rows_from_columns(columns: dict[str, Any]) -> list[dict[str, Any]]:
+    """``{"item_id": [..], "price": [..]}`` → one object per candidate."""
+    lengths = {k: len(v) for k, v in columns.items() if isinstance(v, list)}
+    if len(lengths) != len(columns) or len(set(lengths.values())) != 1:
+        raise BadRequestError("columnar 'candidates' must map every feature to a list, all of "
+                              "the same length")
+    keys = list(columns)
+    return [dict(zip(keys, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
 def _metadata(model: Served) -> dict[str, Any]:

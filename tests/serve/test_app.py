@@ -319,3 +319,17 @@ def test_alias_swap_under_load_drops_nothing(served: tuple) -> None:
     switched = min(received for _, received, _, version in results if version == 2)
     assert all(version == 2 for sent, _, _, version in results if sent > switched)
     assert any(version == 1 for _, _, _, version in results)
+
+
+def test_columnar_candidates_rank_like_rows(served: tuple) -> None:
+    client, _, funnel = served
+    payload = rank_payload(funnel)
+    keys = list(payload["candidates"][0])
+    columnar = payload | {"candidates": {k: [c[k] for c in payload["candidates"]]
+                                         for k in keys}}
+    by_rows = client.post("/v1/rank", json=payload).json()["ranked"]
+    by_columns = client.post("/v1/rank", json=columnar).json()["ranked"]
+    assert by_rows == by_columns
+    ragged = payload | {"candidates": {"item_id": [1, 2], "position": [1]}}
+    response = client.post("/v1/rank", json=ragged)
+    assert response.status_code == 400 and "same length" in response.json()["error"]
