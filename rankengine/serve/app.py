@@ -231,6 +231,17 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
             raise BadRequestError("no rows to score")
         _check_size(n)
         out = await _score(model, {}, columns, n, None)
+        requested = payload.get("outputs")
+        if requested is not None:
+            if not isinstance(requested, list) or not all(
+                    isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested):
+                raise BadRequestError("'outputs' must be a list of objects with a 'name'")
+            names = [o["name"] for o in requested]
+            unknown = [name for name in names if name not in out]
+            if unknown:
+                raise BadRequestError(f"unknown output '{unknown[0]}'; outputs: "
+                                      f"{', '.join(out)}")
+            out = {name: out[name] for name in names}
         return {
             "model_name": model.name, "model_version": str(model.version),
             "id": payload.get("id", ""),

@@ -121,6 +121,12 @@ def test_infer_matches_offline_scoring(served: tuple) -> None:
                           pq.read_table(funnel / "test.parquet").slice(0, 8))
     for name in ("p_click", "p_order", "score"):
         np.testing.assert_allclose(outputs[name], offline[name], rtol=1e-5, atol=1e-7)
+    only = client.post("/v2/models/demo/infer",
+                       json={"inputs": inputs, "outputs": [{"name": "score"}]}).json()
+    assert [o["name"] for o in only["outputs"]] == ["score"]
+    unknown = client.post("/v2/models/demo/infer",
+                          json={"inputs": inputs, "outputs": [{"name": "p_buy"}]})
+    assert unknown.status_code == 400 and "unknown output 'p_buy'" in unknown.json()["error"]
 
 
 def rank_payload(funnel: Path, n: int = 10) -> dict:
@@ -333,3 +339,34 @@ def test_columnar_candidates_rank_like_rows(served: tuple) -> None:
     ragged = payload | {"candidates": {"item_id": [1, 2], "position": [1]}}
     response = client.post("/v1/rank", json=ragged)
     assert response.status_code == 400 and "same length" in response.json()["error"]
+
+
+def test_standard_triton_http_client_works_unchanged(served: tuple) -> None:
+    httpclient = pytest.importorskip("tritonclient.http")
+    client, store, funnel = served
+    triton = httpclient.InferenceServerClient(url=str(client.base_url).removeprefix("http://"))
+    assert triton.is_server_live() and triton.is_server_ready()
+    assert triton.is_model_ready("demo")
+    assert triton.get_model_metadata("demo")["versions"] == ["1"]
+    data = rows(funnel, 5)
+    inputs = []
+    for name in FEATURES:
+        if name == "user_hist_categories":
+            values = np.array(["|".join(map(str, h)) for h in data[name]], dtype=object)
+            datatype = "BYTES"
+        elif name == "device":
+            values, datatype = np.array(data[name], dtype=object), "BYTES"
+        elif name == "item_price":
+            values, datatype = np.array(data[name], dtype=np.float32), "FP32"
+        else:
+            values, datatype = np.array(data[name], dtype=np.int64), "INT64"
+        tensor = httpclient.InferInput(name, [5], datatype)
+        tensor.set_data_from_numpy(values, binary_data=False)
+        inputs.append(tensor)
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=False) for n in ("score", "p_pay")]
+    result = triton.infer("demo", inputs, outputs=outputs)
+    offline = score_table(load_version(store, "demo/1")[1],
+                          pq.read_table(funnel / "test.parquet").slice(0, 5))
+    np.testing.assert_allclose(result.as_numpy("score"), offline["score"], rtol=1e-4)
+    np.testing.assert_allclose(result.as_numpy("p_pay"), offline["p_pay"], rtol=1e-4)
+    triton.close()
