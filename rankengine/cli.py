@@ -402,7 +402,7 @@ def plugins(config_path: Path, show_all: bool) -> None:
     view = Table(title="rankengine plugins")
     for col in ("name", "version", "origin", "hooks", "components"):
         view.add_column(col)
-    tables = [getattr(engine.components, f) for f in engine.components.__dataclass_fields__]
+    tables = engine.components.tables()
     for name, plugin in sorted(engine.plugins.items()):
         comps = [f"{t.singular}:{c.name}" for t in tables for c in t if c.plugin == name]
         view.add_row(name, plugin.info.version, plugin.info.origin,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
@@ -373,40 +373,27 @@ TaskGraphTemplate = Mapping[str, Mapping[str, Any]]
 """Node name → task table, exactly as it would be written under [tasks] in engine.toml."""
 
 
-@dataclass
 class Components:
     """All name tables, filled by the registration hooks of the enabled plugins."""
 
-    encoders: ComponentTable[EncoderFactory] = field(
-        default_factory=lambda: ComponentTable("encoders", "feature encoder")
-    )
-    task_graphs: ComponentTable[TaskGraphTemplate] = field(
-        default_factory=lambda: ComponentTable("task_graphs", "task graph template")
-    )
-    backbones: ComponentTable[BackboneFactory] = field(
-        default_factory=lambda: ComponentTable("backbones", "backbone")
-    )
-    towers: ComponentTable[TowerFactory] = field(
-        default_factory=lambda: ComponentTable("towers", "tower")
-    )
-    cascades: ComponentTable[CascadeFactory] = field(
-        default_factory=lambda: ComponentTable("cascades", "cascade")
-    )
-    losses: ComponentTable[LossFactory] = field(
-        default_factory=lambda: ComponentTable("losses", "loss")
-    )
-    loss_weightings: ComponentTable[LossWeightingFactory] = field(
-        default_factory=lambda: ComponentTable("loss_weightings", "loss weighting")
-    )
-    sample_weightings: ComponentTable[SampleWeightingFactory] = field(
-        default_factory=lambda: ComponentTable("sample_weightings", "sample weighting")
-    )
-    fusions: ComponentTable[FusionFactory] = field(
-        default_factory=lambda: ComponentTable("fusions", "fusion")
-    )
-    metrics: ComponentTable[Metric] = field(
-        default_factory=lambda: ComponentTable("metrics", "metric")
-    )
+    def __init__(self) -> None:
+        self.encoders: ComponentTable[EncoderFactory] = ComponentTable(
+            "encoders", "feature encoder")
+        self.task_graphs: ComponentTable[TaskGraphTemplate] = ComponentTable(
+            "task_graphs", "task graph template")
+        self.backbones: ComponentTable[BackboneFactory] = ComponentTable("backbones", "backbone")
+        self.towers: ComponentTable[TowerFactory] = ComponentTable("towers", "tower")
+        self.cascades: ComponentTable[CascadeFactory] = ComponentTable("cascades", "cascade")
+        self.losses: ComponentTable[LossFactory] = ComponentTable("losses", "loss")
+        self.loss_weightings: ComponentTable[LossWeightingFactory] = ComponentTable(
+            "loss_weightings", "loss weighting")
+        self.sample_weightings: ComponentTable[SampleWeightingFactory] = ComponentTable(
+            "sample_weightings", "sample weighting")
+        self.fusions: ComponentTable[FusionFactory] = ComponentTable("fusions", "fusion")
+        self.metrics: ComponentTable[Metric] = ComponentTable("metrics", "metric")
+
+    def tables(self) -> list[ComponentTable[Any]]:
+        return [t for t in vars(self).values() if isinstance(t, ComponentTable)]
 
 
 def head_value(spec: Any, out: torch.Tensor) -> torch.Tensor:

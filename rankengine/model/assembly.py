@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -195,14 +194,3 @@ def build_model(
         towers.append(t_factory(t_params, input_dim=backbone.output_dim + len(cols)))
     return RankingModel(embedder, backbone, towers, cascade, backbone_columns, tower_columns)
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def describe(model: RankingModel) -> dict[str, Any]:
-    return {
-        "parameters": count_parameters(model),
-        "heads": [h.name for h in model.cascade.heads()],
-        "input_dim": model.embedder.output_dim,
-    }

@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, inspect, select, update
+from sqlalchemy import Engine, create_engine, event, inspect, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -390,9 +389,6 @@ class RegistryStore:
         return (f"model '{model}' has no alias '{alias}'; aliases: "
                 f"{', '.join(known) or '(none)'}")
 
-    def delete_model_rows(self, model: str) -> None:
-        with self.session() as s:
-            s.execute(delete(SqlModel).where(SqlModel.name == model))
 
 
 def _retryable(exc: OperationalError) -> bool:
@@ -430,6 +426,3 @@ def _aware(value: datetime) -> datetime:
     # SQLite and MariaDB hand back naive datetimes; everything is stored in UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
-
-def sqlite_path(url: str) -> Path | None:
-    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
