@@ -6,7 +6,16 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from rankengine import Activation, Backbone, ExpertBank, Params, Register, hookimpl, mlp
+from rankengine import (
+    Activation,
+    Backbone,
+    CrossNetwork,
+    ExpertBank,
+    Params,
+    Register,
+    hookimpl,
+    mlp,
+)
 
 
 @hookimpl
@@ -27,6 +36,8 @@ class SharedBottomParams(Params):
 
 class MoEParams(Params):
     experts: int = Field(default=4, ge=1)
+    #: DCN-v2 cross layers on the input before the experts (0 = none).
+    cross_layers: int = Field(default=0, ge=0)
     expert_hidden: list[int] = Field(default=[64], min_length=1)
     activation: Activation = "relu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -77,6 +88,8 @@ class MixtureOfExperts(Backbone):
 
     def __init__(self, params: MoEParams, input_dim: int, num_outputs: int, gates: int) -> None:
         super().__init__()
+        self.cross = CrossNetwork(input_dim, params.cross_layers) if params.cross_layers \
+            else nn.Identity()
         self.experts = ExpertBank(input_dim, params.experts, params.expert_hidden,
                                   params.activation, params.dropout)
         self.gates = nn.Linear(input_dim, gates * params.experts)  # every gate in one GEMM
@@ -86,6 +99,7 @@ class MixtureOfExperts(Backbone):
         self.last_gate_weights: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.cross(x)
         experts = self.experts(x)  # [B, E, H]
         gate = self.gates(x).view(-1, self.num_gates, self.num_experts).softmax(dim=-1)
         self.last_gate_weights = gate.detach()

@@ -31,7 +31,7 @@ from rankengine.errors import (
 )
 from rankengine.graph import TaskGraph
 from rankengine.hookspecs import HOOK_API_VERSION, hookimpl
-from rankengine.layers import Activation, ExpertBank, mlp
+from rankengine.layers import Activation, CrossNetwork, ExpertBank, mlp
 
 __version__ = "0.1.0"
 
@@ -44,6 +44,7 @@ __all__ = [
     "CascadeOutput",
     "Component",
     "ConfigError",
+    "CrossNetwork",
     "DataError",
     "EngineConfig",
     "ExpertBank",

@@ -67,3 +67,20 @@ class ExpertBank(nn.Module):
         for w, b in zip(list(self.weights)[1:], list(self.biases)[1:], strict=True):
             h = self.dropout(self.act(torch.baddbmm(b, h, w)))
         return h.transpose(0, 1)  # [B, E, H]
+
+
+class CrossNetwork(nn.Module):
+    """DCN-v2 cross layers (Wang et al., 2021): ``x_{l+1} = x_0 * (W_l x_l + b_l) + x_l``.
+
+    Explicit feature crosses of bounded degree; the MLP experts after it learn the rest.
+    """
+
+    def __init__(self, dim: int, layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        for layer in self.layers:
+            out = x * layer(out) + out
+        return out

@@ -61,3 +61,17 @@ def test_mlp_tower_outputs_one_value_per_row(engine: Engine) -> None:
     comp = engine.components.towers.get("mlp")
     tower = comp.factory(comp.parse_params({"hidden": [8], "dropout": 0.1}), input_dim=6)
     assert tower(torch.randn(4, 6)).shape == (4,)
+
+
+def test_cross_network_matches_the_dcn_v2_formula(engine: Engine) -> None:
+    from rankengine import CrossNetwork
+
+    torch.manual_seed(2)
+    cross = CrossNetwork(4, 2)
+    x = torch.randn(3, 4)
+    x1 = x * cross.layers[0](x) + x
+    x2 = x * cross.layers[1](x1) + x1
+    assert torch.allclose(cross(x), x2)
+    backbone = build(engine, "mmoe", experts=2, cross_layers=2)
+    assert len(backbone.cross.layers) == 2
+    assert all(r.shape == (5, 64) for r in backbone(torch.randn(5, 12)))
