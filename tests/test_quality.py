@@ -65,11 +65,12 @@ def test_demo_model_is_close_to_the_oracle(esm2) -> None:
 
 
 def test_entire_space_training_beats_the_clicked_subspace(esm2, independent) -> None:
-    """The sample-selection-bias effect: p(order | click) and p(favorite | click) judged on
-    every impression (with the simulator's counterfactual labels) are better from ESM² than
-    from a model trained on clicked rows only (measured: +1.8 and +1.5 points)."""
+    """The sample-selection-bias effect: the conditional heads judged on every impression (with
+    the simulator's counterfactual labels) are better from ESM² than from models trained on the
+    parent-positive rows only (measured: favorite +1.5, order +1.3, pay +0.7 points)."""
     for task in ("favorite", "order"):
         assert esm2[task]["auc_cond_entire"] > independent[task]["auc_cond_entire"] + 0.005
+    assert esm2["pay"]["auc_cond_entire"] > independent["pay"]["auc_cond_entire"]
     for task in ("click", "favorite", "order", "pay"):
         assert esm2[task]["auc"] > independent[task]["auc"]
 
