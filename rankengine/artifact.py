@@ -40,16 +40,17 @@ def _json_default(value: Any) -> Any:
 
 def to_json(data: Any) -> str:
     """JSON with NaN / inf written as null (strict JSON has no NaN)."""
-    return json.dumps(_finite(data), indent=2, sort_keys=False, default=_json_default) + "\n"
+    return json.dumps(json_safe(data), indent=2, sort_keys=False, default=_json_default) + "\n"
 
 
-def _finite(data: Any) -> Any:
+def json_safe(data: Any) -> Any:
+    """NaN and infinity become None, recursively (strict JSON has no NaN)."""
     if isinstance(data, float) and not math.isfinite(data):
         return None
     if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
+        return {k: json_safe(v) for k, v in data.items()}
     if isinstance(data, list | tuple):
-        return [_finite(v) for v in data]
+        return [json_safe(v) for v in data]
     return data
 
 

@@ -43,6 +43,22 @@ def shard_files(directory: Path) -> list[Path]:
     return files
 
 
+def open_dataset(path: str | Path, *, format: str = "auto",
+                 csv: CsvOptions | None = None) -> ds.Dataset:
+    """A pyarrow dataset over a file or a directory of shards (nothing is read yet)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: data file or directory not found")
+    fmt = detect_format(path, format)
+    files = [str(p) for p in (shard_files(path) if path.is_dir() else [path])]
+    try:
+        if fmt == "parquet":
+            return ds.dataset(files, format="parquet")
+        return ds.dataset(files, format=_csv_format(csv or CsvOptions()))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: cannot read as {fmt}: {exc}") from exc
+
+
 def read_table(
     path: str | Path,
     columns: Sequence[str] | None = None,
@@ -55,18 +71,9 @@ def read_table(
     A missing column is an error naming the file, the column and the columns that exist.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: data file or directory not found")
+    dataset = open_dataset(path, format=format, csv=csv)
     fmt = detect_format(path, format)
     csv = csv or CsvOptions()
-    files = [str(p) for p in (shard_files(path) if path.is_dir() else [path])]
-    try:
-        if fmt == "parquet":
-            dataset = ds.dataset(files, format="parquet")
-        else:
-            dataset = ds.dataset(files, format=_csv_format(csv))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: cannot read as {fmt}: {exc}") from exc
     available = dataset.schema.names
     if columns is not None:
         missing = [c for c in dict.fromkeys(columns) if c not in available]

@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-import pyarrow.dataset as ds
-
-from rankengine.artifact import MANIFEST, LoadedModel, load_artifact, save_artifact
+from rankengine.artifact import MANIFEST, LoadedModel, json_safe, load_artifact, save_artifact
 from rankengine.config import EngineConfig
-from rankengine.data.io import _csv_format, detect_format, shard_files
+from rankengine.data.io import open_dataset, shard_files
 from rankengine.errors import ArtifactError
 from rankengine.registry.store import ModelVersion, RegistryError, RegistryStore
 from rankengine.train import Trained
@@ -51,9 +49,7 @@ def data_fingerprint(config: EngineConfig, rows: dict[str, int]) -> dict[str, An
             continue
         path = config.resolve_path(raw)
         files = shard_files(path) if path.is_dir() else [path]
-        fmt = detect_format(path, config.data.format)
-        schema = ds.dataset([str(f) for f in files], format="parquet" if fmt == "parquet"
-                            else _csv_format(config.data.csv)).schema
+        schema = open_dataset(path, format=config.data.format, csv=config.data.csv).schema
         sources[split] = {
             "path": str(path.resolve()), "files": len(files),
             "bytes": sum(f.stat().st_size for f in files),
@@ -83,11 +79,9 @@ def register(store: RegistryStore, root: Path, trained: Trained, model: str, *,
     metrics = {"splits": result.metrics, "best_epoch": result.best_epoch,
                "loss_weights": result.loss_weights,
                "samples_per_second": result.samples_per_second}
-    from rankengine.artifact import _finite
-
     return store.mark_ready(model, version.version, artifact_uri=uri_for(root, model,
                                                                           version.version),
-                            artifact_sha256=sha, artifact_size=size, metrics=_finite(metrics))
+                            artifact_sha256=sha, artifact_size=size, metrics=json_safe(metrics))
 
 
 def load_version(store: RegistryStore, ref: str) -> tuple[ModelVersion, LoadedModel]:

@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from rankengine.registry import migrations
-from rankengine.registry.store import AliasMove, ModelVersion, RegistryStore, resolve_url
+from rankengine.registry.store import AliasMove, ModelVersion, RegistryStore
 
 url_option = click.option(
     "--url", "--registry", "url", default=None,
@@ -272,4 +272,4 @@ def _dict_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
-__all__ = ["db", "models", "resolve_url"]
+__all__ = ["db", "models"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 from rankengine.artifact import LoadedModel
 from rankengine.registry.artifacts import load_version
@@ -21,9 +20,6 @@ class Served:
     name: str
     version: int
     loaded: LoadedModel
-
-    def features(self) -> list[Any]:
-        return list(self.loaded.config.features)
 
 
 class ModelHolder:
