@@ -37,6 +37,10 @@ class NotFoundError(RegistryError):
     """No such model, version or alias."""
 
 
+class RegistryBusyError(RegistryError):
+    """A lock race or deadlock the database gave up on; the operation may be retried."""
+
+
 class SchemaOutOfDateError(RegistryError):
     """The database schema is behind the code; ``rankengine db upgrade`` fixes it."""
 
@@ -153,6 +157,11 @@ class RegistryStore:
         except IntegrityError:
             session.rollback()
             raise
+        except OperationalError as exc:
+            session.rollback()
+            error = RegistryBusyError if _retryable(exc) else RegistryError
+            raise error(f"registry database error ({self.url}): "
+                                f"{type(exc.orig).__name__}: {exc.orig}") from exc
         except SQLAlchemyError as exc:
             session.rollback()
             cause = getattr(exc, "orig", None) or exc
@@ -203,10 +212,8 @@ class RegistryStore:
                     s.add(row)
                     s.flush()
                     return _version(row, ())
-            except (IntegrityError, OperationalError) as exc:
-                if isinstance(exc, OperationalError) and not _retryable(exc):
-                    raise RegistryError(f"registry database error ({self.url}): {exc.orig}") \
-                        from exc
+            except (IntegrityError, RegistryBusyError):
+                # a lost race for the first version row, or a deadlock/lock timeout
                 time.sleep(min(0.5, 0.005 * (attempt + 1)) * random.random())
         raise RegistryError(f"could not allocate a version of '{model}' after 200 attempts")
 
