@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -254,6 +254,8 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
     @app.post("/v1/rank")
     @endpoint("rank")
     async def rank(request: Request) -> Any:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
         model = served(holder.name)
         payload = await body(request)
         if not isinstance(payload, dict):
@@ -262,50 +264,37 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
         candidates = payload.get("candidates")
         if not isinstance(context, dict):
             raise BadRequestError("'context' must be an object of feature values")
-        if isinstance(candidates, dict):
-            candidates = _rows_from_columns(candidates)
-        if not isinstance(candidates, list) or not candidates:
-            raise BadRequestError("'candidates' must be a non-empty list of objects (or an "
-                                  "object of equally long columns)")
-        _check_size(len(candidates))
-        top_k = payload.get("top_k", len(candidates))
-        if not isinstance(top_k, int) or top_k < 1:
+        sides = {f.source: f.side for f in model.loaded.config.features}
+        item_cols, ids = _candidate_columns(candidates, sides)
+        n = len(ids)
+        _check_size(n)
+        top_k = payload.get("top_k", n)
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise BadRequestError(f"'top_k' must be a positive integer, found {top_k!r}")
         weights = _weights(model, payload.get("fusion_weights"))
-        sides = {f.source: f.side for f in model.loaded.config.features}
         for key in context:
             if sides.get(key) == "item":
                 raise BadRequestError(f"context.{key}: '{key}' is an item feature; send it with "
-                                 f"each candidate")
-        keys: dict[str, None] = {}
-        for i, cand in enumerate(candidates):
-            if not isinstance(cand, dict):
-                raise BadRequestError(f"candidates[{i}]: expected an object")
-            keys.update(dict.fromkeys(cand))
-        keys.pop("id", None)
-        item_cols: dict[str, list[Any]] = {}
-        for key in keys:
-            if sides.get(key) == "context":
-                raise BadRequestError(f"candidates.{key}: '{key}' is a context feature; send "
-                                      f"it once in 'context'")
-            values = [cand.get(key) for cand in candidates]
-            if None in values:
-                raise BadRequestError(f"candidates[{values.index(None)}]: missing feature "
-                                      f"'{key}'")
-            item_cols[key] = values
+                                      f"each candidate")
         ctx = {k: column(f"context.{k}", [v]) for k, v in context.items()}
         items = {k: column(f"candidates.{k}", v) for k, v in item_cols.items()}
-        out = await _score(model, ctx, items, len(candidates), weights)
+        timings["parse"] = time.perf_counter() - started
+        out = await _score(model, ctx, items, n, weights, timings)
+        respond_at = time.perf_counter()
         order = np.argsort(-out["score"], kind="stable")[:top_k]
         names = model.loaded.graph.names
         probs = np.stack([out[f"p_{t}"] for t in names], axis=1)[order].tolist()
         scores = out["score"][order].tolist()
-        return {
+        content = orjson.dumps({
             "model": model.name, "version": model.version,
-            "ranked": [{"index": i, "id": candidates[i].get("id"), "score": s,
+            "ranked": [{"index": i, "id": ids[i], "score": s,
                         "p": dict(zip(names, p, strict=True))}
                        for i, s, p in zip(order.tolist(), scores, probs, strict=True)],
-        }
+        })
+        timings["respond"] = time.perf_counter() - respond_at
+        timings["total"] = time.perf_counter() - started
+        return Response(content, media_type="application/json",
+                        headers={"Server-Timing": _server_timing(timings)})
 
     def _check_size(n: int) -> None:
         if n > settings.max_candidates:
@@ -330,8 +319,9 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
         return {k: float(v) for k, v in raw.items()}
 
     async def _score(model: Served, ctx: dict[str, pa.Array], items: dict[str, pa.Array],
-                     n: int, weights: dict[str, float] | None) -> dict[str, np.ndarray]:
-        out = await anyio.to_thread.run_sync(score, model, ctx, items, n, weights,
+                     n: int, weights: dict[str, float] | None,
+                     timings: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+        out = await anyio.to_thread.run_sync(score, model, ctx, items, n, weights, timings,
                                              limiter=limiter)
         metrics.candidates.inc(n)
         return out
@@ -345,14 +335,62 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
     return app
 
 
-def _rows_from_columns(columns: dict[str, Any]) -> list[dict[str, Any]]:
-    """``{"item_id": [..], "price": [..]}`` → one object per candidate."""
-    lengths = {k: len(v) for k, v in columns.items() if isinstance(v, list)}
-    if len(lengths) != len(columns) or len(set(lengths.values())) != 1:
-        raise BadRequestError("columnar 'candidates' must map every feature to a list, all of "
-                              "the same length")
-    keys = list(columns)
-    return [dict(zip(keys, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+def _server_timing(timings: dict[str, float]) -> str:
+    """W3C Server-Timing: where the server spent a request, in milliseconds."""
+    return ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in timings.items())
+
+
+def _candidate_columns(candidates: Any, sides: Mapping[str, str]
+                       ) -> tuple[dict[str, list[Any]], list[Any]]:
+    """Candidates as feature columns plus their ids (``None`` where a candidate has none).
+
+    Accepts a list of objects or an object of equally long columns; the common case (every
+    candidate has the same keys) is one pass per key, no per-candidate checks in Python.
+    """
+    if isinstance(candidates, dict):
+        columns = dict(candidates)
+        lengths = {len(v) for v in columns.values() if isinstance(v, list)}
+        if not columns or len(lengths) != 1 or \
+                not all(isinstance(v, list) for v in columns.values()):
+            raise BadRequestError("columnar 'candidates' must map every feature to a list, all "
+                                  "of the same length")
+        n = lengths.pop()
+        if not n:
+            raise BadRequestError("'candidates' is empty")
+        ids = columns.pop("id", [None] * n)
+    elif isinstance(candidates, list) and candidates:
+        first = candidates[0]
+        if not isinstance(first, dict):
+            raise BadRequestError("candidates[0]: expected an object")
+        keys = first.keys()
+        if all(isinstance(c, dict) and c.keys() == keys for c in candidates):
+            columns = {k: [c[k] for c in candidates] for k in keys}
+        else:
+            _explain_ragged(candidates, keys)  # raises unless only some ids are absent
+            columns = {k: [c.get(k) for c in candidates] for k in {*keys, "id"}}
+        ids = columns.pop("id", None) or [None] * len(candidates)
+    else:
+        raise BadRequestError("'candidates' must be a non-empty list of objects (or an object "
+                              "of equally long columns)")
+    for key, values in columns.items():
+        if sides.get(key) == "context":
+            raise BadRequestError(f"candidates.{key}: '{key}' is a context feature; send it "
+                                  f"once in 'context'")
+        if None in values:
+            raise BadRequestError(f"candidates[{values.index(None)}]: missing feature '{key}'")
+    return columns, ids
+
+
+def _explain_ragged(candidates: list[Any], keys: Any) -> None:
+    """Name the first candidate that is not an object or lacks a feature another one has."""
+    features = set(keys) | {k for c in candidates if isinstance(c, dict) for k in c}
+    features.discard("id")
+    for i, cand in enumerate(candidates):
+        if not isinstance(cand, dict):
+            raise BadRequestError(f"candidates[{i}]: expected an object")
+        absent = sorted(features - set(cand))
+        if absent:
+            raise BadRequestError(f"candidates[{i}]: missing feature '{absent[0]}'")
 
 
 def _metadata(model: Served) -> dict[str, Any]:

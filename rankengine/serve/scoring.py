@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -52,8 +53,13 @@ def column(name: str, values: Sequence[Any], datatype: str | None = None) -> pa.
 
 
 def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, pa.Array],
-          n: int, weights: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
-    """Encode the context once (1 row) and the items (n rows), broadcast, predict, fuse."""
+          n: int, weights: Mapping[str, float] | None = None,
+          timings: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Encode the context once (1 row) and the items (n rows), broadcast, predict, fuse.
+
+    ``timings`` (if given) receives the seconds spent encoding and in the model.
+    """
+    started = time.perf_counter()
     loaded = served.loaded
     features = loaded.config.features
     expected = {f.source for f in features}
@@ -81,6 +87,7 @@ def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, p
     categorical, dense, sequences = pipeline.assemble(encoded, n)
     labels = np.zeros((n, len(loaded.graph)), dtype=np.float32)
     data = TensorData(EncodedData(categorical, dense, sequences, labels))
+    encoded_at = time.perf_counter()
     entire, conditional = predict_arrays(loaded.model, data, max(n, 1))
     fusion = loaded.fusion
     if weights:
@@ -93,4 +100,7 @@ def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, p
         if loaded.graph.parent_index[i] >= 0:
             out[f"pc_{name}"] = conditional[:, i]
     out["score"] = fused
+    if timings is not None:
+        timings["encode"] = encoded_at - started
+        timings["model"] = time.perf_counter() - encoded_at
     return out

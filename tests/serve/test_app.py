@@ -181,6 +181,17 @@ def test_rank_orders_by_fused_score_and_broadcasts_the_context(served: tuple) ->
     (lambda p: p | {"fusion_weights": {"click": 1e9}}, 400, "fusion_weights.click"),
     (lambda p: p | {"fusion_weights": {"clik": 1}}, 400, "unknown task"),
     (lambda p: p | {"top_k": 0}, 400, "top_k"),
+    (lambda p: p | {"top_k": True}, 400, "top_k"),
+    (lambda p: p | {"candidates": p["candidates"][:2] + [
+        {k: v for k, v in p["candidates"][2].items() if k != "item_price"}]}, 400,
+     "candidates[2]: missing feature 'item_price'"),
+    (lambda p: p | {"candidates": p["candidates"][:1] + [
+        p["candidates"][1] | {"item_colour": "red"}]}, 400,
+     "candidates[0]: missing feature 'item_colour'"),
+    (lambda p: p | {"candidates": p["candidates"][:3] + [7]}, 400,
+     "candidates[3]: expected an object"),
+    (lambda p: p | {"candidates": [c | {"item_price": None} for c in p["candidates"]]}, 400,
+     "candidates[0]: missing feature 'item_price'"),
 ])
 def test_rank_rejects_bad_input_with_400_naming_the_field(served: tuple, mutate, status: int,
                                                           message: str) -> None:
@@ -336,9 +347,27 @@ def test_columnar_candidates_rank_like_rows(served: tuple) -> None:
     by_rows = client.post("/v1/rank", json=payload).json()["ranked"]
     by_columns = client.post("/v1/rank", json=columnar).json()["ranked"]
     assert by_rows == by_columns
+    # Ids are optional per candidate and come back with each ranked row.
+    some_ids = payload | {"candidates": [c if i % 2 else {k: v for k, v in c.items()
+                                                          if k != "id"}
+                                         for i, c in enumerate(payload["candidates"])]}
+    ranked = client.post("/v1/rank", json=some_ids).json()["ranked"]
+    assert {r["index"]: r["id"] for r in ranked} == {
+        i: (c["id"] if i % 2 else None) for i, c in enumerate(payload["candidates"])}
     ragged = payload | {"candidates": {"item_id": [1, 2], "position": [1]}}
     response = client.post("/v1/rank", json=ragged)
     assert response.status_code == 400 and "same length" in response.json()["error"]
+
+
+def test_rank_reports_where_the_time_went_in_server_timing(served: tuple) -> None:
+    client, _, funnel = served
+    response = client.post("/v1/rank", json=rank_payload(funnel))
+    stages = dict(part.split(";dur=") for part in response.headers["server-timing"].split(", "))
+    assert list(stages) == ["parse", "encode", "model", "respond", "total"]
+    durations = {k: float(v) for k, v in stages.items()}
+    assert all(d > 0 for d in durations.values())
+    assert sum(durations[k] for k in ("parse", "encode", "model", "respond")) \
+        <= durations["total"]
 
 
 def test_standard_triton_http_client_works_unchanged(served: tuple) -> None:
