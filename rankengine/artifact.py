@@ -26,7 +26,7 @@ from rankengine.data.pipeline import FeaturePipeline
 from rankengine.errors import ArtifactError, PluginError
 from rankengine.graph import TaskGraph
 from rankengine.model.assembly import RankingModel, build_model
-from rankengine.pluginmanager import Engine, load_engine
+from rankengine.pluginmanager import Engine, check_model_plugins, load_engine
 from rankengine.train import Trained
 
 FORMAT_VERSION = 1
@@ -111,6 +111,7 @@ def save_artifact(trained: Trained, destination: str | Path, *, overwrite: bool 
             "rankengine_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "plugins": trained.engine.plugin_versions(),
+            "plugin_distributions": trained.engine.plugin_distributions(),
             "task_graph": trained.graph.to_dict(),
             "data": result.data_sources,
             "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
@@ -180,6 +181,10 @@ def load_artifact(path: str | Path, *, engine: Engine | None = None) -> LoadedMo
     config = parse_config(json.loads((path / "config.json").read_text()),
                           source=str(path / "config.json"), base_dir=path)
     if engine is None:
+        try:
+            check_model_plugins(manifest["plugins"], manifest.get("plugin_distributions"))
+        except PluginError as exc:
+            raise ArtifactError(f"{path}: {exc}") from exc
         try:
             engine = load_engine(list(manifest["plugins"]))
         except PluginError as exc:

@@ -3,7 +3,10 @@ the component tables by calling their registration hooks.
 
 Built-ins take exactly this path: they are entry points of the ``rankengine`` distribution.
 Entry points are only imported when enabled, so a broken third-party package that is not
-enabled cannot break a run.
+enabled cannot break a run. Two environment variables restrict third-party code further:
+``RANKENGINE_DISABLE_PLUGIN_AUTOLOAD=1`` imports no third-party entry point at all, and
+``RANKENGINE_PLUGINS=a,b`` is an allow-list (the only third-party plugins that may be imported,
+even with autoload disabled).
 """
 
 from __future__ import annotations
@@ -25,7 +28,12 @@ from rankengine.errors import PluginError, suggest
 
 BUILTIN_DISTRIBUTION = "rankengine"
 BUILTIN_ALIAS = "builtin"
+IN_PROCESS = "in-process"
 TRACE_ENV = "RANKENGINE_TRACE"
+#: Set to a non-empty value other than 0/false/no: no third-party entry point is imported.
+DISABLE_AUTOLOAD_ENV = "RANKENGINE_DISABLE_PLUGIN_AUTOLOAD"
+#: Comma-separated allow-list: the only third-party plugins that may be imported.
+ALLOW_ENV = "RANKENGINE_PLUGINS"
 
 # Registration hook name → attribute of Components it fills.
 REGISTRATION_HOOKS: dict[str, str] = {
@@ -103,6 +111,36 @@ def resolve_enabled(
     return [available[n] for n in names if n not in disabled]
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def check_trusted(plugins: Sequence[PluginInfo]) -> None:
+    """Refuse third-party plugins that the environment does not allow to be imported.
+
+    ``RANKENGINE_PLUGINS`` (comma-separated names), when set, is the allow-list; otherwise
+    ``RANKENGINE_DISABLE_PLUGIN_AUTOLOAD`` allows none; otherwise every enabled plugin is allowed.
+    Built-ins ship inside rankengine itself and are always allowed.
+    """
+    raw = os.environ.get(ALLOW_ENV)
+    if raw is None and not _env_flag(DISABLE_AUTOLOAD_ENV):
+        return
+    allowed = {n.strip() for n in (raw or "").split(",") if n.strip()}
+    for info in plugins:
+        if info.origin == "built-in" or info.name in allowed:
+            continue
+        if raw is not None:
+            why = f"{ALLOW_ENV}={raw!r} does not list it"
+            fix = f"add it to {ALLOW_ENV}"
+        else:
+            why = f"{DISABLE_AUTOLOAD_ENV} is set"
+            fix = f"allow it with {ALLOW_ENV}={info.name} or unset {DISABLE_AUTOLOAD_ENV}"
+        raise PluginError(
+            f"plugin '{info.name}' ({info.distribution} {info.version}) is enabled but not "
+            f"imported: {why}; {fix}"
+        )
+
+
 @dataclass
 class LoadedPlugin:
     info: PluginInfo
@@ -132,13 +170,14 @@ class Engine:
                 f"or an instance of it"
             )
         _check_api_version(info.name, plugin)
+        _check_unmarked_hooks(info.name, plugin)
         try:
             self.pm.register(plugin, name=info.name)
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            self.pm.unregister(name=info.name)
-            detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-            raise PluginError(f"plugin '{info.name}' is invalid: {detail}") from exc
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            raise PluginError(_explain_invalid(info.name, plugin, exc)) from exc
         except ValueError as exc:
             raise PluginError(f"plugin '{info.name}': {exc}") from exc
         hooks = sorted(
@@ -168,6 +207,10 @@ class Engine:
     def plugin_versions(self) -> dict[str, str]:
         return {name: p.info.version for name, p in sorted(self.plugins.items())}
 
+    def plugin_distributions(self) -> dict[str, str]:
+        """Plugin name → the distribution (pip package) that provides it."""
+        return {name: p.info.distribution for name, p in sorted(self.plugins.items())}
+
     # -- typed facade over the non-registration hooks -----------------------------------------
 
     def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
@@ -186,17 +229,128 @@ class Engine:
         return results
 
 
+def _api_version(text: str) -> tuple[int, int] | None:
+    parts = text.strip().split(".")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
 def _check_api_version(name: str, plugin: Any) -> None:
+    """A plugin declaring ``RANKENGINE_HOOK_API = "M.m"`` needs the same major version M and
+    a minor version of at least m (minor versions only add hooks and arguments)."""
     wanted = getattr(plugin, "RANKENGINE_HOOK_API", None)
     if wanted is None:
         return
-    have_major = hookspecs.HOOK_API_VERSION.split(".")[0]
-    if str(wanted).split(".")[0] != have_major:
+    have_text = hookspecs.HOOK_API_VERSION
+    have = _api_version(have_text)
+    need = _api_version(str(wanted)) if isinstance(wanted, str) else None
+    assert have is not None
+    if need is None:
         raise PluginError(
-            f"plugin '{name}' needs rankengine hook API {wanted}, but this rankengine provides "
-            f"{hookspecs.HOOK_API_VERSION}; install a version of the plugin built for "
-            f"API {have_major}.x"
+            f"plugin '{name}' declares RANKENGINE_HOOK_API = {wanted!r}; expected a string "
+            f"'MAJOR.MINOR' such as '{have_text}'"
         )
+    if need[0] == have[0] and need[1] <= have[1]:
+        return
+    if need > have:
+        fix = f"upgrade rankengine to one providing hook API {need[0]}.{need[1]} or later"
+    else:
+        fix = f"install a version of the plugin built for hook API {have[0]}.x"
+    raise PluginError(
+        f"plugin '{name}' needs rankengine hook API {wanted}, but this rankengine provides "
+        f"{have_text}; {fix}"
+    )
+
+
+def _hook_names() -> list[str]:
+    return [n for n in dir(hookspecs) if n.startswith(f"{hookspecs.PROJECT}_")]
+
+
+def _check_unmarked_hooks(name: str, plugin: Any) -> None:
+    """A ``rankengine_*`` function without ``@hookimpl`` would silently never be called."""
+    for attr in dir(plugin):
+        if not attr.startswith(f"{hookspecs.PROJECT}_"):
+            continue
+        value = getattr(plugin, attr, None)
+        if callable(value) and not hasattr(value, f"{hookspecs.PROJECT}_impl"):
+            raise PluginError(
+                f"plugin '{name}' defines {attr} without @rankengine.hookimpl, so it would "
+                f"never be called; decorate it with @hookimpl"
+            )
+
+
+def _explain_invalid(name: str, plugin: Any, exc: pluggy.PluginValidationError) -> str:
+    """Turn pluggy's validation errors into one line with the fix (and a close match)."""
+    hooks = _hook_names()
+    for attr in dir(plugin):
+        if not attr.startswith(f"{hookspecs.PROJECT}_") or attr in hooks:
+            continue
+        if hasattr(getattr(plugin, attr, None), f"{hookspecs.PROJECT}_impl"):
+            return (f"plugin '{name}' implements unknown hook {attr}{suggest(attr, hooks)} "
+                    f"(hooks are listed in docs/plugins.md)")
+    for hook in hooks:
+        impl = getattr(plugin, hook, None)
+        if impl is None or not callable(impl):
+            continue
+        spec_args = list(inspect.signature(getattr(hookspecs, hook)).parameters)
+        impl_args = [p for p in inspect.signature(impl).parameters if p != "self"]
+        extra = [a for a in impl_args if a not in spec_args]
+        if extra:
+            return (f"plugin '{name}': hook {hook} has no argument '{extra[0]}'"
+                    f"{suggest(extra[0], spec_args)}; the hook is "
+                    f"{hook}({', '.join(spec_args)})")
+    detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"plugin '{name}' is invalid: {detail}"
+
+
+def check_model_plugins(recorded: dict[str, str], distributions: dict[str, str] | None = None,
+                        available: dict[str, PluginInfo] | None = None) -> None:
+    """Check that the plugins a model was trained with are installed in a compatible version.
+
+    ``recorded`` is plugin name → version (an artifact's manifest, a registry version);
+    ``distributions`` plugin name → pip package, when recorded. A plugin that is missing, or
+    installed with another major version, is refused, naming every such plugin and the
+    ``pip install`` command that brings the recorded version back.
+    """
+    available = discover_plugins() if available is None else available
+    distributions = distributions or {}
+    problems: list[str] = []
+    installs: dict[str, str] = {}
+    for name, version in sorted(recorded.items()):
+        found = available.get(name)
+        dist = distributions.get(name) or (found.distribution if found else None)
+        if dist == IN_PROCESS:
+            if found is None:
+                problems.append(f"'{name}' was an in-process plugin when the model was trained; "
+                                f"pass an engine that has it")
+            continue
+        if found is not None and _major(found.version) == _major(version):
+            continue
+        if found is None:
+            problems.append(f"'{name}' {version} is not installed")
+        else:
+            problems.append(f"'{name}' is installed in version {found.version} "
+                            f"({found.distribution}), the model needs {version}")
+        if dist is not None:
+            installs[dist] = version
+        else:
+            problems[-1] += " (install the package that provides this rankengine plugin)"
+    if problems:
+        fix = ""
+        if installs:
+            fix = "; install them with: pip install " + " ".join(
+                f"{d}=={v}" for d, v in sorted(installs.items()))
+        raise PluginError(
+            f"the model needs plugins that are not available: "
+            f"{'; '.join(problems)}{fix}"
+        )
+
+
+def _major(version: str) -> str:
+    head = version.split(".")[0]
+    digits = "".join(ch for ch in head if ch.isdigit()) if head[:1].isdigit() else head
+    return digits or version
 
 
 def load_engine(
@@ -210,7 +364,9 @@ def load_engine(
     """
     engine = Engine()
     available = discover_plugins()
-    for info in resolve_enabled(enabled, disabled, available):
+    selected = resolve_enabled(enabled, disabled, available)
+    check_trusted(selected)
+    for info in selected:
         try:
             module: ModuleType = importlib_metadata.EntryPoint(
                 name=info.name, value=info.module, group=hookspecs.PROJECT
@@ -222,5 +378,5 @@ def load_engine(
             ) from exc
         engine.add_plugin(info, module)
     for name, plugin in extra:
-        engine.add_plugin(PluginInfo(name, repr(plugin), "in-process", "0"), plugin)
+        engine.add_plugin(PluginInfo(name, repr(plugin), IN_PROCESS, "0"), plugin)
     return engine
