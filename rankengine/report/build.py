@@ -1,0 +1,374 @@
+"""Gather what a report shows: registry entity, stored metrics and history, and curves.
+
+The metrics tables come from the registry (what ``models show`` / ``models diff`` read); the
+per-epoch history, gate statistics and fusion search come from the artifact's ``metrics.json``;
+ROC and reliability curves are computed here by scoring the version's evaluation split, at
+most ``max_rows`` rows of it (a seeded random sample beyond that).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from rankengine.artifact import MANIFEST, LoadedModel, read_manifest, sha256_file
+from rankengine.errors import ArtifactError, RankEngineError
+from rankengine.registry.artifacts import digest, load_version, path_of
+from rankengine.registry.store import ModelVersion, RegistryError, RegistryStore
+
+MAX_ROWS = 200_000
+ROC_POINTS = 300
+RELIABILITY_BINS = 15
+
+Direction = Literal["higher", "lower", "one", "none"]
+
+# Metrics the registry stores per task that are counts or properties of the data, not quality.
+NEUTRAL = {"rows", "positives", "rows_cond"}
+
+
+@dataclass
+class Curve:
+    """One ROC curve (downsampled for drawing; ``auc`` is computed on every point)."""
+
+    fpr: list[float]
+    tpr: list[float]
+    auc: float
+    rows: int
+    positives: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"fpr": self.fpr, "tpr": self.tpr, "auc": _num(self.auc), "rows": self.rows,
+                "positives": self.positives}
+
+
+@dataclass
+class Reliability:
+    """Equal-count bins: mean prediction, observed rate and rows per bin."""
+
+    predicted: list[float]
+    observed: list[float]
+    rows: list[int]
+    calibration: float  # mean prediction / mean label over all rows
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"predicted": self.predicted, "observed": self.observed, "rows": self.rows,
+                "calibration": _num(self.calibration)}
+
+
+@dataclass
+class TaskCurves:
+    roc: Curve | None = None
+    roc_cond: Curve | None = None  # on the parent-positive rows, with p(task | parent)
+    reliability: Reliability | None = None
+    reliability_cond: Reliability | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (v.as_dict() if v is not None else None) for k, v in (
+            ("roc", self.roc), ("roc_cond", self.roc_cond), ("reliability", self.reliability),
+            ("reliability_cond", self.reliability_cond))}
+
+
+@dataclass
+class CurveSet:
+    split: str
+    source: str
+    rows: int  # rows scored
+    rows_total: int  # rows in the split
+    tasks: dict[str, TaskCurves] = field(default_factory=dict)
+
+
+@dataclass
+class VersionReport:
+    """Everything one version's report shows."""
+
+    version: ModelVersion
+    graph: dict[str, dict[str, Any]]  # task → {type, after, via, label}
+    metrics: dict[str, dict[str, dict[str, float | None]]]  # split → task → metric → value
+    history: list[dict[str, Any]]
+    artifact_metrics: dict[str, Any]
+    curves: CurveSet | None = None
+    notes: dict[str, str] = field(default_factory=dict)  # section → why it is partial / skipped
+
+    @property
+    def ref(self) -> str:
+        return self.version.ref
+
+    @property
+    def gate_stats(self) -> dict[str, Any] | None:
+        found = self.artifact_metrics.get("gate_stats") or self.version.metrics.get("gate_stats")
+        return found if isinstance(found, dict) and found else None
+
+    @property
+    def fusion_search(self) -> dict[str, Any] | None:
+        found = (self.artifact_metrics.get("fusion_search")
+                 or self.version.metrics.get("fusion_search"))
+        return found if isinstance(found, dict) and found.get("points") else None
+
+    @property
+    def best_epoch(self) -> int | None:
+        value = self.version.metrics.get("best_epoch", self.artifact_metrics.get("best_epoch"))
+        return int(value) if isinstance(value, int | float) else None
+
+
+@dataclass
+class CompareReport:
+    a: VersionReport
+    b: VersionReport
+    directions: dict[str, Direction]
+
+
+# -- gathering ------------------------------------------------------------------------------
+
+
+def gather_report(store: RegistryStore, ref: str, *, max_rows: int = MAX_ROWS,
+                  seed: int = 0) -> VersionReport:
+    """Resolve ``ref``, load its verified artifact and score its evaluation split for curves."""
+    version = _ready(store, ref)
+    try:
+        _, loaded = load_version(store, version.ref)
+    except ArtifactError as exc:
+        raise ArtifactError(f"cannot report on {version.ref} ({ref}): {exc}") from exc
+    report = _report_of(version, loaded.metrics)
+    try:
+        report.curves = score_curves(loaded, _split_of(report), max_rows=max_rows, seed=seed)
+    except RankEngineError as exc:
+        # The stored metrics still make a useful report when the data has moved away.
+        report.notes["curves"] = f"no curves: {exc}"
+    return report
+
+
+def gather_compare(store: RegistryStore, a: str, b: str) -> CompareReport:
+    """Two versions' registry entities and stored metrics (no scoring)."""
+    reports = []
+    for ref in (a, b):
+        version = _ready(store, ref)
+        reports.append(_report_of(version, artifact_metrics(version)))
+    return CompareReport(reports[0], reports[1], metric_directions())
+
+
+def _ready(store: RegistryStore, ref: str) -> ModelVersion:
+    version = store.resolve(ref)
+    if version.status != "ready" or not version.artifact_uri:
+        raise RegistryError(f"{version.ref} ({ref}) is {version.status} and has no artifact to "
+                            f"report on; only ready versions have one")
+    return version
+
+
+def artifact_metrics(version: ModelVersion) -> dict[str, Any]:
+    """The artifact's ``metrics.json``, checked against the registry's and manifest's hashes."""
+    assert version.artifact_uri is not None
+    path = path_of(version.artifact_uri)
+    try:
+        sha, _ = digest(path)
+        if sha != version.artifact_sha256:
+            raise ArtifactError(f"{path / MANIFEST}: sha256 does not match the registry's; the "
+                                f"artifact was modified or replaced")
+        manifest = read_manifest(path)
+        file = path / "metrics.json"
+        if not file.is_file() or sha256_file(file) != manifest["files"].get("metrics.json"):
+            raise ArtifactError(f"{file}: missing or does not match its manifest checksum")
+    except ArtifactError as exc:
+        raise ArtifactError(f"cannot report on {version.ref}: {exc}") from exc
+    found: dict[str, Any] = json.loads(file.read_text())
+    return found
+
+
+def _report_of(version: ModelVersion, stored: dict[str, Any]) -> VersionReport:
+    graph = version.task_graph or {}
+    splits = version.metrics.get("splits") or stored.get("metrics") or {}
+    history = stored.get("history") or []
+    report = VersionReport(version, graph, splits, history, stored)
+    if not history:
+        report.notes["training"] = "no per-epoch history in the artifact's metrics.json"
+    return report
+
+
+def _split_of(report: VersionReport) -> str:
+    return "test" if "test" in report.metrics else "valid"
+
+
+# -- curves -----------------------------------------------------------------------------------
+
+
+def score_curves(loaded: LoadedModel, split: str, *, max_rows: int = MAX_ROWS,
+                 seed: int = 0) -> CurveSet:
+    """Score ``split`` of the loaded model's data (as its config names it) and build curves."""
+    from rankengine.data.batching import TensorData
+    from rankengine.data.dataset import encode_table, label_columns
+    from rankengine.evaluate import predict_arrays
+
+    cfg, graph = loaded.config, loaded.graph
+    columns = [*loaded.pipeline.source_columns, *label_columns(graph)]
+    if cfg.data.group:
+        columns.append(cfg.data.group)
+    columns = list(dict.fromkeys(columns))
+    table, source, total = _read_split(loaded, split, columns, max_rows, seed)
+    data = encode_table(table, loaded.pipeline, graph, policy=cfg.data.inconsistent,
+                        group=cfg.data.group, where=source)
+    entire, conditional = predict_arrays(loaded.model, TensorData(data),
+                                         cfg.train.eval_batch_size)
+    labels = data.labels.astype(np.float64)
+    out = CurveSet(split, source, len(data), total)
+    for i, node in enumerate(graph.nodes):
+        if node.type != "binary":
+            continue
+        parent = graph.parent_index[i]
+        curves = TaskCurves(roc_curve(labels[:, i], entire[:, i]), None,
+                            reliability(labels[:, i], entire[:, i]), None)
+        if parent >= 0:
+            sub = labels[:, parent] == 1
+            curves.roc_cond = roc_curve(labels[sub, i], conditional[sub, i])
+            curves.reliability_cond = reliability(labels[sub, i], conditional[sub, i])
+        out.tasks[node.name] = curves
+    return out
+
+
+def _read_split(loaded: LoadedModel, split: str, columns: list[str], max_rows: int,
+                seed: int) -> tuple[pa.Table, str, int]:
+    """The split's rows (a seeded sample of ``max_rows`` when larger), a description, total."""
+    from rankengine.data.io import detect_format, open_dataset, read_table
+
+    data = loaded.config.data
+    direct = {"test": data.test if data.valid or data.valid_from != "test" else None,
+              "valid": data.valid}.get(split)
+    rng = np.random.default_rng(seed)
+    if direct:
+        path = loaded.config.resolve_path(direct)
+        if detect_format(path, data.format) == "parquet":
+            dataset = open_dataset(path, format=data.format, csv=data.csv)
+            missing = [c for c in columns if c not in dataset.schema.names]
+            if not missing:
+                total = dataset.count_rows()
+                if total > max_rows:
+                    rows = np.sort(rng.choice(total, max_rows, replace=False))
+                    return dataset.take(pa.array(rows), columns=columns), str(path), total
+                return dataset.to_table(columns=columns), str(path), total
+        table = read_table(path, columns, format=data.format, csv=data.csv)  # names what's wrong
+        source = str(path)
+    else:
+        # Carved out of another file at training time: redo the same seeded split.
+        from rankengine.train import read_splits
+
+        splits = read_splits(loaded.config, columns, loaded.config.engine.seed)
+        chosen = splits.test if split == "test" else splits.valid
+        if chosen is None:
+            raise ArtifactError(f"the config of {loaded.path} names no {split} split")
+        table, source = chosen, splits.sources[split]
+    total = table.num_rows
+    if total > max_rows:
+        table = table.take(pa.array(np.sort(rng.choice(total, max_rows, replace=False))))
+    return table, source, total
+
+
+def roc_curve(y: np.ndarray, p: np.ndarray, points: int = ROC_POINTS) -> Curve | None:
+    """ROC with ties as one step (so its area is the Mann-Whitney AUC, ties counting half)."""
+    positives = float(y.sum())
+    negatives = float(len(y) - positives)
+    if positives == 0 or negatives == 0:
+        return None
+    order = np.argsort(-p, kind="mergesort")
+    ys, ps = y[order], p[order]
+    last = np.r_[np.flatnonzero(np.diff(ps)), len(ps) - 1]
+    tps = np.cumsum(ys)[last]
+    fps = (last + 1) - tps
+    tpr = np.r_[0.0, tps / positives]
+    fpr = np.r_[0.0, fps / negatives]
+    area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+    if len(fpr) > points:
+        # Keep points evenly spaced along the curve's length (corners where it bends).
+        length = np.r_[0.0, np.cumsum(np.hypot(np.diff(fpr), np.diff(tpr)))]
+        keep = np.unique(np.searchsorted(length, np.linspace(0.0, length[-1], points)))
+        keep = np.unique(np.r_[0, keep.clip(0, len(fpr) - 1), len(fpr) - 1])
+        fpr, tpr = fpr[keep], tpr[keep]
+    return Curve([round(float(v), 6) for v in fpr], [round(float(v), 6) for v in tpr], area,
+                 len(y), int(positives))
+
+
+def reliability(y: np.ndarray, p: np.ndarray, bins: int = RELIABILITY_BINS) -> Reliability | None:
+    """Equal-count bins over the prediction (rare events crowd near 0; equal widths waste bins)."""
+    if len(y) == 0 or float(y.sum()) == 0:
+        return None
+    order = np.argsort(p, kind="mergesort")
+    chunks = np.array_split(order, min(bins, len(y)))
+    predicted = [float(p[c].mean()) for c in chunks if len(c)]
+    observed = [float(y[c].mean()) for c in chunks if len(c)]
+    rows = [len(c) for c in chunks if len(c)]
+    return Reliability(predicted, observed, rows, float(p.mean()) / float(y.mean()))
+
+
+# -- metric direction ---------------------------------------------------------------------------
+
+
+def base_metric(metric: str) -> str:
+    for suffix in ("_cond_entire", "_cond", "_entire"):
+        if metric.endswith(suffix):
+            return metric.removesuffix(suffix)
+    return metric
+
+
+BUILTIN_DIRECTIONS: dict[str, Direction] = {"auc": "higher", "gauc": "higher",
+                                             "logloss": "lower", "rmse": "lower",
+                                             "calibration": "one"}
+
+
+def metric_directions() -> dict[str, Direction]:
+    """``higher`` / ``lower`` per metric the installed plugins register; calibration → ``one``."""
+    out = dict(BUILTIN_DIRECTIONS)
+    try:
+        from rankengine.pluginmanager import load_engine
+
+        for component in load_engine().components.metrics:
+            out.setdefault(component.name,
+                           "higher" if component.factory.higher_is_better else "lower")
+    except RankEngineError:
+        pass  # the built-in table above still covers the standard metrics
+    return out
+
+
+def direction(metric: str, directions: dict[str, Direction]) -> Direction:
+    if metric in NEUTRAL or metric.startswith("oracle_"):
+        return "none"
+    return directions.get(base_metric(metric), "none")
+
+
+Verdict = Literal["better", "worse", "same", "none"]
+
+
+def verdict(a: float | None, b: float | None, how: Direction, tol: float = 1e-12) -> Verdict:
+    """Is ``b`` better than ``a`` for a metric with direction ``how``?"""
+    if a is None or b is None or how == "none" or not (_finite(a) and _finite(b)):
+        return "none"
+    if how == "one":
+        a, b = -abs(a - 1.0), -abs(b - 1.0)
+    elif how == "lower":
+        a, b = -a, -b
+    if abs(b - a) <= tol:
+        return "same"
+    return "better" if b > a else "worse"
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _num(value: float) -> float | None:
+    return float(value) if _finite(value) else None
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``a.b.c`` keys."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def dict_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
