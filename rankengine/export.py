@@ -36,6 +36,25 @@ class ScoringModule(nn.Module):
         return torch.cat([entire, self.fusion(entire).unsqueeze(1)], dim=1)
 
 
+class PredictionModule(nn.Module):
+    """``forward(categorical, dense, *sequences) -> (entire [B, T], conditional [B, T])``.
+
+    What the ONNX Runtime serving back end runs: fusion stays outside the graph so that
+    per-request fusion weights keep working.
+    """
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        super().__init__()
+        self.model = loaded.model.eval()
+        self.graph = loaded.graph
+
+    def forward(self, categorical: torch.Tensor, dense: torch.Tensor,
+                *sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = Batch(categorical, dense, list(sequences), dense.new_zeros(0), {})
+        out = self.model(batch)
+        return out.entire(self.graph), out.conditional(self.graph)
+
+
 def example_inputs(loaded: LoadedModel, rows: int = 4) -> tuple[torch.Tensor, ...]:
     layout = loaded.pipeline.layout()
     n_cat = sum(1 for f in layout if f.output == "categorical")
@@ -56,8 +75,11 @@ def input_names(loaded: LoadedModel) -> list[str]:
     return ["categorical", "dense", *seqs]
 
 
-def export(loaded: LoadedModel, output: Path, fmt: str) -> Path:
-    module = ScoringModule(loaded).eval()
+def export(loaded: LoadedModel, output: Path, fmt: str, *,
+           module: nn.Module | None = None, output_names: tuple[str, ...] = ("predictions",)
+           ) -> Path:
+    """Write ``module`` (default: :class:`ScoringModule`) to ``output``, atomically."""
+    module = (module or ScoringModule(loaded)).eval()
     inputs = example_inputs(loaded)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
@@ -74,7 +96,7 @@ def export(loaded: LoadedModel, output: Path, fmt: str) -> Path:
             # forward(categorical, dense, *sequences): the varargs are one nested tuple.
             shapes: Any = ({0: batch}, {0: batch}, tuple({0: batch} for _ in inputs[2:]))
             torch.onnx.export(module, inputs, str(tmp), dynamo=True, dynamic_shapes=shapes,
-                              input_names=input_names(loaded), output_names=["predictions"],
+                              input_names=input_names(loaded), output_names=list(output_names),
                               verbose=False)
         else:
             raise RankEngineError(f"unknown export format '{fmt}'; expected onnx or torchscript")
@@ -86,3 +108,29 @@ def reference_outputs(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> 
     with torch.inference_mode():
         result: np.ndarray = ScoringModule(loaded)(*inputs).numpy()
     return result
+
+
+class OnnxPredictor:
+    """Entire-space and conditional predictions from ONNX Runtime (the ``onnxruntime`` serving
+    back end): the model is exported once at load time and run with a fixed thread budget."""
+
+    def __init__(self, loaded: LoadedModel, workdir: Path, threads: int) -> None:
+        try:
+            import onnxruntime
+        except ImportError as exc:
+            raise RankEngineError("the onnxruntime back end needs onnxruntime: "
+                                  "pip install 'rankengine[export]'") from exc
+        path = export(loaded, workdir / "model.onnx", "onnx", module=PredictionModule(loaded),
+                      output_names=("entire", "conditional"))
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(path), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.names = input_names(loaded)
+
+    def __call__(self, categorical: np.ndarray, dense: np.ndarray,
+                 sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        feeds = dict(zip(self.names, [categorical, dense, *sequences], strict=True))
+        entire, conditional = self.session.run(None, feeds)
+        return entire.astype(np.float64), conditional.astype(np.float64)

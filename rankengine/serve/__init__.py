@@ -19,7 +19,9 @@ def app_from_env() -> FastAPI:
 
     spec = json.loads(os.environ[ENV])
     store = RegistryStore(spec["registry"], create_if_empty=False)
-    return create_app(ModelHolder(store, spec["ref"]), ServeSettings(**spec["settings"]))
+    holder = ModelHolder(store, spec["ref"], backend=spec.get("backend", "torch"),
+                         threads=spec.get("torch_threads", 1))
+    return create_app(holder, ServeSettings(**spec["settings"]))
 
 
 __all__ = ["ModelHolder", "ServeSettings", "app_from_env", "create_app"]

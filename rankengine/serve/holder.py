@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from rankengine.artifact import LoadedModel
+from rankengine.data.batching import TensorData
+from rankengine.data.dataset import EncodedData
+from rankengine.errors import RankEngineError
+from rankengine.evaluate import predict_arrays
 from rankengine.registry.artifacts import load_version
 from rankengine.registry.store import RegistryStore
 
 log = logging.getLogger("rankengine.serve")
+BACKENDS = ("torch", "onnxruntime")
+
+# (categorical, dense, sequences) -> (entire-space [N, T], conditional [N, T]) as float64
+Predictor = Callable[[np.ndarray, np.ndarray, list[np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -20,12 +33,45 @@ class Served:
     name: str
     version: int
     loaded: LoadedModel
+    predict: Predictor
+
+
+def torch_predictor(loaded: LoadedModel) -> Predictor:
+    tasks = len(loaded.graph)
+
+    def predict(categorical: np.ndarray, dense: np.ndarray,
+                sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        n = len(categorical)
+        labels = np.zeros((n, tasks), dtype=np.float32)
+        data = TensorData(EncodedData(categorical, dense, sequences, labels))
+        return predict_arrays(loaded.model, data, max(n, 1))
+
+    return predict
+
+
+def make_predictor(loaded: LoadedModel, backend: str, threads: int) -> Predictor:
+    """The forward pass for ``backend``: the torch model itself, or the same model exported to
+    ONNX and run by ONNX Runtime (about twice as fast on CPU)."""
+    if backend == "torch":
+        return torch_predictor(loaded)
+    if backend == "onnxruntime":
+        from rankengine.export import OnnxPredictor
+
+        with tempfile.TemporaryDirectory(prefix="rankengine-onnx-") as workdir:
+            return OnnxPredictor(loaded, Path(workdir), threads)
+    raise RankEngineError(f"unknown serving back end '{backend}'; expected one of "
+                          f"{', '.join(BACKENDS)}")
 
 
 class ModelHolder:
     """Holds the current :class:`Served`; ``ref`` is ``NAME``, ``NAME@ALIAS`` or ``NAME/N``."""
 
-    def __init__(self, store: RegistryStore, ref: str) -> None:
+    def __init__(self, store: RegistryStore, ref: str, *, backend: str = "torch",
+                 threads: int = 1) -> None:
+        if backend not in BACKENDS:
+            raise RankEngineError(f"unknown serving back end '{backend}'; expected one of "
+                                  f"{', '.join(BACKENDS)}")
+        self.backend, self.threads = backend, threads
         self.store = store
         self.ref = ref
         self.name = ref.split("@")[0].split("/")[0]
@@ -43,12 +89,13 @@ class ModelHolder:
                 if current is not None and current.version == target.version:
                     return current
                 version, loaded = load_version(self.store, f"{target.model}/{target.version}")
+                predict = make_predictor(loaded, self.backend, self.threads)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("loading %s failed, keeping %s: %s", self.ref,
-                          current.version if current else "nothing", exc)
+                log.error("loading %s (%s back end) failed, keeping %s: %s", self.ref,
+                          self.backend, current.version if current else "nothing", exc)
                 raise
-            served = Served(version.model, version.version, loaded)
+            served = Served(version.model, version.version, loaded, predict)
             self.current = served  # one reference assignment: an atomic swap
             self.last_error = None
             log.info("serving %s/%s", served.name, served.version)

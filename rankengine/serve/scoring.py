@@ -10,9 +10,6 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from rankengine.data.batching import TensorData
-from rankengine.data.dataset import EncodedData
-from rankengine.evaluate import predict_arrays
 from rankengine.serve.holder import Served
 
 
@@ -85,10 +82,8 @@ def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, p
     except Exception as exc:  # encoders raise DataError naming the feature
         raise BadRequestError(str(exc)) from None
     categorical, dense, sequences = pipeline.assemble(encoded, n)
-    labels = np.zeros((n, len(loaded.graph)), dtype=np.float32)
-    data = TensorData(EncodedData(categorical, dense, sequences, labels))
     encoded_at = time.perf_counter()
-    entire, conditional = predict_arrays(loaded.model, data, max(n, 1))
+    entire, conditional = served.predict(categorical, dense, sequences)
     fusion = loaded.fusion
     if weights:
         fusion = type(fusion)(loaded.graph.names,

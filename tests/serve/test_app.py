@@ -370,6 +370,31 @@ def test_rank_reports_where_the_time_went_in_server_timing(served: tuple) -> Non
         <= durations["total"]
 
 
+def test_onnxruntime_backend_serves_the_same_scores(served: tuple) -> None:
+    pytest.importorskip("onnxruntime")
+    client, store, funnel = served
+    payload = rank_payload(funnel, 30)
+    holder = ModelHolder(store, "demo@champion", backend="onnxruntime")
+    with Server(create_app(holder, ServeSettings(max_candidates=50))) as onnx_client:
+        wait_ready(onnx_client)
+        by_onnx = onnx_client.post("/v1/rank", json=payload).json()["ranked"]
+        tensors = {"inputs": [{"name": "item_id", "shape": [1], "datatype": "INT64",
+                               "data": [payload["candidates"][0]["item_id"]]}]}
+        infer = onnx_client.post("/v2/models/demo/infer", json=tensors)
+    by_torch = client.post("/v1/rank", json=payload).json()["ranked"]
+    onnx_rows, torch_rows = ({r["index"]: r for r in ranked} for ranked in (by_onnx, by_torch))
+    assert onnx_rows.keys() == torch_rows.keys() == set(range(30))
+    for i, row in torch_rows.items():
+        assert onnx_rows[i]["score"] == pytest.approx(row["score"], abs=1e-5)
+        assert onnx_rows[i]["p"] == pytest.approx(row["p"], abs=1e-5)
+    assert infer.status_code == 400 and "missing required feature" in infer.json()["error"]
+
+
+def test_unknown_backend_is_refused(registry: tuple) -> None:
+    with pytest.raises(Exception, match="unknown serving back end 'tensorrt'.*onnxruntime"):
+        ModelHolder(registry[0], "demo@champion", backend="tensorrt")
+
+
 def test_standard_triton_http_client_works_unchanged(served: tuple) -> None:
     httpclient = pytest.importorskip("tritonclient.http")
     client, store, funnel = served
