@@ -291,8 +291,11 @@ def rank(model: str, registry: str | None, data_path: Path, request_id: str | No
 @click.option("--poll-interval", default=30.0, show_default=True, type=float,
               help="seconds between registry checks for a moved alias")
 @click.option("--max-candidates", default=2000, show_default=True, type=int)
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch",
+              show_default=True, help="what runs the forward pass; onnxruntime exports the "
+              "model at load time (needs rankengine[export])")
 def serve(ref: str, registry: str | None, host: str, port: int, workers: int, threads: int,
-          poll_interval: float, max_candidates: int) -> None:
+          poll_interval: float, max_candidates: int, backend: str) -> None:
     """Serve NAME[@ALIAS|/VERSION] over HTTP (Open Inference Protocol v2 + /v1/rank)."""
     import json as json_lib
     import os
@@ -305,14 +308,21 @@ def serve(ref: str, registry: str | None, host: str, port: int, workers: int, th
 
     url = resolve_url(registry)
     RegistryStore(url, create_if_empty=False).resolve(ref)  # fail fast: schema, name, alias
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // threads))
+    if backend == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise RankEngineError("--backend onnxruntime needs onnxruntime: "
+                                  "pip install 'rankengine[export]'") from None
+    per_thread = max(1, (os.cpu_count() or 1) // threads)
+    torch.set_num_threads(per_thread)
     os.environ[ENV] = json_lib.dumps({
-        "registry": url, "ref": ref,
+        "registry": url, "ref": ref, "backend": backend, "torch_threads": per_thread,
         "settings": {"threads": threads, "poll_interval": poll_interval,
                      "max_candidates": max_candidates},
     })
     click.echo(f"serving {ref} from {url} on http://{host}:{port} ({workers} worker(s), "
-               f"{threads} inference thread(s) each)", err=True)
+               f"{threads} inference thread(s) each, {backend})", err=True)
     uvicorn.run("rankengine.serve:app_from_env", factory=True, host=host, port=port,
                 workers=workers, log_level="info", timeout_graceful_shutdown=10)
 
@@ -453,9 +463,11 @@ def _load_extra_commands() -> None:
 
 def _add_registry_commands() -> None:
     from rankengine.registry.cli import db, models
+    from rankengine.report.cli import report
 
     cli.add_command(db)
     cli.add_command(models)
+    cli.add_command(report)
 
 
 _add_registry_commands()
