@@ -1,6 +1,6 @@
 """Serving latency of the demo model over real HTTP, next to model-only and ONNX Runtime times.
 
-    python benchmarks/serve_latency.py [--requests 200] [--swap-seconds 60]
+    python benchmarks/serve_latency.py [--requests 200] [--swap-seconds 60] [--backend torch]
 
 Trains the demo engine.toml (2 epochs on a 20k-request simulated funnel: latency does not depend
 on quality), registers it in a temporary SQLite registry, starts ``rankengine serve`` in a
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import pyarrow.parquet as pq
 import torch
 
@@ -64,6 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--swap-seconds", type=float, default=60.0)
+    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     write_funnel(tmp / "data", SimulationConfig(requests=20_000, seed=7))
@@ -86,7 +88,7 @@ def main() -> None:
     server = subprocess.Popen(
         [sys.executable, "-m", "rankengine.cli", "serve", "demo@champion", "--registry", url,
          "--port", str(port), "--threads", "2", "--poll-interval", "0.5",
-         "--max-candidates", "5000"],
+         "--max-candidates", "5000", "--backend", args.backend],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -105,22 +107,25 @@ def main() -> None:
         import onnxruntime
 
         session = onnxruntime.InferenceSession(str(onnx_path))
-        print(f"# demo MMoE + ESM² served by rankengine serve (2 inference threads), "
+        print(f"# demo MMoE + ESM² served by rankengine serve --backend {args.backend} "
+              f"(2 inference threads), "
               f"{os.cpu_count()} cores, torch {torch.__version__}")
-        print("| candidates | concurrency | p50 ms | p99 ms | candidates/s | model-only p50 ms "
-              "| ONNX Runtime p50 ms | HTTP + encoding overhead |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| candidates | concurrency | p50 ms | p99 ms | candidates/s "
+              "| server p50 ms: parse / encode / model / respond = total "
+              "| model-only p50 ms | ONNX Runtime p50 ms | overhead / model time |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for n in (100, 500, 1000):
             bodies = [payload(table, n, (i * 37) % (len(table["position"]) - n))
                       for i in range(20)]
             model_ms, onnx_ms = model_only(loaded, session, bodies[0], n)
             for concurrency in (1, 4):
-                lat, wall = load(base, bodies, args.requests, concurrency)
+                lat, wall, stages = load(base, bodies, args.requests, concurrency)
                 p50 = percentile(lat, 50)
-                overhead = (p50 - model_ms) / p50
+                breakdown = " / ".join(f"{np.median(stages[k]):.2f}" for k in STAGES[:-1])
                 print(f"| {n} | {concurrency} | {p50:.1f} | {percentile(lat, 99):.1f} | "
-                      f"{n * len(lat) / wall:,.0f} | {model_ms:.1f} | {onnx_ms:.1f} | "
-                      f"{overhead:.0%} |", flush=True)
+                      f"{n * len(lat) / wall:,.0f} | {breakdown} = "
+                      f"{np.median(stages['total']):.2f} | {model_ms:.1f} | {onnx_ms:.1f} | "
+                      f"{(p50 - model_ms) / model_ms:.0%} |", flush=True)
         swap(base, store, table, args.swap_seconds)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -152,25 +157,38 @@ def model_only(loaded, session, body: dict, n: int) -> tuple[float, float]:  # t
     return percentile(times[5:], 50), percentile(onnx_times[5:], 50)
 
 
-def load(base: str, bodies: list[dict], requests: int, concurrency: int) -> tuple[list[float],
-                                                                                  float]:
+STAGES = ("parse", "encode", "model", "respond", "total")
+
+
+def load(base: str, bodies: list[dict], requests: int, concurrency: int
+         ) -> tuple[list[float], float, dict[str, list[float]]]:
+    """End-to-end latencies (s), wall time (s) and the server's own stage times (ms)."""
     latencies: list[float] = []
+    stages: dict[str, list[float]] = {k: [] for k in STAGES}
     lock = threading.Lock()
+    encoded = [orjson.dumps(b) for b in bodies]  # client JSON work is not the server's
+    headers = {"content-type": "application/json"}
 
     def client(k: int) -> None:
         with httpx.Client(base_url=base, timeout=30) as http:
             for i in range(k, requests, concurrency):
                 started = time.perf_counter()
-                response = http.post("/v1/rank", json=bodies[i % len(bodies)])
-                elapsed = time.perf_counter() - started
+                response = http.post("/v1/rank", content=encoded[i % len(bodies)],
+                                     headers=headers)
                 response.raise_for_status()
+                orjson.loads(response.content)
+                elapsed = time.perf_counter() - started
+                timing = dict(p.split(";dur=") for p in
+                              response.headers["server-timing"].split(", "))
                 with lock:
                     latencies.append(elapsed)
+                    for key in STAGES:
+                        stages[key].append(float(timing[key]))
 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(client, range(concurrency)))
-    return latencies, time.perf_counter() - started
+    return latencies, time.perf_counter() - started, stages
 
 
 def swap(base: str, store: RegistryStore, table: dict[str, list], seconds: float) -> None:
