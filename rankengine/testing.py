@@ -127,7 +127,9 @@ def make_dataset(out_dir: str | Path, *, requests: int = 1500, seed: int = 5) ->
 def tiny_config_text(data_dir: str | Path, *, plugins: Sequence[str] = ("builtin",),
                      fusion: str = DEFAULT_FUSION, model: str = DEFAULT_MODEL,
                      tasks: str = TINY_TASKS, epochs: int = 1, extra: str = "") -> str:
-    """An engine.toml that trains in about a second on :func:`make_dataset`'s data.
+    """An engine.toml that trains in a second or two on :func:`make_dataset`'s data.
+
+    One epoch of a 3k-parameter MMoE + ESM² already ranks (validation AUC around 0.7).
 
     ``fusion`` is the body of the ``[fusion]`` table, ``model`` the whole ``[model]`` table,
     ``extra`` any further tables (``[evaluate]``, ``[loss]``, ``[registry]`` ...).
@@ -147,8 +149,8 @@ def tiny_config_text(data_dir: str | Path, *, plugins: Sequence[str] = ("builtin
 
         [train]
         epochs = {epochs}
-        batch_size = 512
-        lr = 3e-3
+        batch_size = 128
+        lr = 1e-2
         progress = false
         """)
     return f"{head}\n[fusion]\n{fusion}\n{extra}\n{model}\n{tasks}\n{TINY_FEATURES}"
