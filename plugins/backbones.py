@@ -41,6 +41,9 @@ class MoEParams(Params):
     expert_hidden: list[int] = Field(default=[64], min_length=1)
     activation: Activation = "relu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    #: Sparse gating (Shazeer et al. 2017, named by the MMoE paper): each gate keeps its k
+    #: largest logits and renormalises over them; 0 = dense softmax over every expert.
+    top_k: int = Field(default=0, ge=0)
 
 
 class PLEParams(Params):
@@ -94,6 +97,9 @@ class MixtureOfExperts(Backbone):
                                   params.activation, params.dropout)
         self.gates = nn.Linear(input_dim, gates * params.experts)  # every gate in one GEMM
         self.num_gates, self.num_experts = gates, params.experts
+        if params.top_k > params.experts:
+            raise ValueError(f"top_k = {params.top_k} exceeds the {params.experts} experts")
+        self.top_k = params.top_k if params.top_k < params.experts else 0
         self.num_outputs = num_outputs
         self.output_dim = self.experts.output_dim
         self.last_gate_weights: torch.Tensor | None = None
@@ -101,12 +107,26 @@ class MixtureOfExperts(Backbone):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.cross(x)
         experts = self.experts(x)  # [B, E, H]
-        gate = self.gates(x).view(-1, self.num_gates, self.num_experts).softmax(dim=-1)
+        logits = self.gates(x).view(-1, self.num_gates, self.num_experts)
+        if self.top_k:
+            kth = logits.topk(self.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        gate = logits.softmax(dim=-1)
         self.last_gate_weights = gate.detach()
         mixed = torch.bmm(gate, experts)  # [B, G, H]
         if self.num_gates == 1:
             return [mixed[:, 0]] * self.num_outputs
         return list(mixed.unbind(dim=1))
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        return [self.experts.weights[-1], self.experts.biases[-1]]
+
+    def gate_weights(self) -> tuple[list[str], torch.Tensor] | None:
+        if self.last_gate_weights is None:
+            return None
+        gate = self.last_gate_weights.expand(-1, self.num_outputs, -1) \
+            if self.num_gates == 1 else self.last_gate_weights
+        return [f"expert_{e}" for e in range(self.num_experts)], gate
 
 
 class ProgressiveLayeredExtraction(Backbone):
@@ -133,6 +153,25 @@ class ProgressiveLayeredExtraction(Backbone):
             task_inputs, shared = level(task_inputs, shared)
         return task_inputs
 
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        bank = self.levels[-1].shared_experts
+        return [bank.weights[-1], bank.biases[-1]]
+
+    def gate_weights(self) -> tuple[list[str], torch.Tensor] | None:
+        """The last level's gates over every expert (zero weight on other heads' own ones)."""
+        last = self.levels[-1]
+        if last.last_gate_weights is None:
+            return None
+        own, shared = last.task_experts[0].num_experts, last.shared_experts.num_experts
+        names = [f"head_{h}.expert_{e}" for h in range(self.num_outputs) for e in range(own)]
+        names += [f"shared.expert_{e}" for e in range(shared)]
+        rows = last.last_gate_weights[0].shape[0]
+        full = torch.zeros(rows, self.num_outputs, len(names))
+        for h, w in enumerate(last.last_gate_weights):
+            full[:, h, h * own:(h + 1) * own] = w[:, :own]
+            full[:, h, self.num_outputs * own:] = w[:, own:]
+        return names, full
+
 
 class _CGCLevel(nn.Module):
     def __init__(self, params: PLEParams, input_dim: int, num_tasks: int,
@@ -147,16 +186,19 @@ class _CGCLevel(nn.Module):
         self.task_gates = nn.ModuleList(nn.Linear(input_dim, per_task) for _ in range(num_tasks))
         total = num_tasks * params.task_experts + params.shared_experts
         self.shared_gate = nn.Linear(input_dim, total) if shared_output else None
+        self.last_gate_weights: list[torch.Tensor] | None = None
 
     def forward(
         self, task_inputs: list[torch.Tensor], shared_input: torch.Tensor
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         shared = self.shared_experts(shared_input)  # [B, S, H]
         own = [bank(x) for bank, x in zip(self.task_experts, task_inputs, strict=True)]
-        outputs = []
+        outputs, gates = [], []
         for x, mine, gate in zip(task_inputs, own, self.task_gates, strict=True):
             weights = gate(x).softmax(dim=-1).unsqueeze(1)  # [B, 1, E]
+            gates.append(weights.detach().squeeze(1))
             outputs.append(torch.bmm(weights, torch.cat([mine, shared], dim=1)).squeeze(1))
+        self.last_gate_weights = gates
         if self.shared_gate is None:
             return outputs, shared_input
         everything = torch.cat([*own, shared], dim=1)

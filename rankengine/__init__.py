@@ -18,6 +18,7 @@ from rankengine.components import (
     Params,
     Register,
     SampleWeighting,
+    SharedParameters,
     head_value,
 )
 from rankengine.config import EngineConfig, FeatureSpec, TaskSpec, load_config
@@ -62,6 +63,7 @@ __all__ = [
     "RankEngineError",
     "Register",
     "SampleWeighting",
+    "SharedParameters",
     "TaskGraph",
     "TaskSpec",
     "__version__",

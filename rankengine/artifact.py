@@ -100,6 +100,7 @@ def save_artifact(trained: Trained, destination: str | Path, *, overwrite: bool 
                 "train_seconds": result.train_seconds,
                 "samples_per_second": result.samples_per_second,
                 "label_reports": result.label_reports, "loss_weights": result.loss_weights,
+                "gate_stats": result.gate_stats,
             },
         }
         for name, payload in files.items():

@@ -17,7 +17,12 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from rankengine.errors import PluginError, UnknownComponentError, unknown_name_message
+from rankengine.errors import (
+    DataError,
+    PluginError,
+    UnknownComponentError,
+    unknown_name_message,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -181,10 +186,20 @@ EncoderFactory = Callable[["FeatureSpec", Any], FeatureEncoder]
 class Backbone(nn.Module):
     """Shared representation: ``forward(x[B, D]) -> list of num_outputs tensors [B, output_dim]``.
 
-    Backbones that gate experts may expose ``last_gate_weights`` (list of ``[B, E]``) for analysis.
+    Backbones that gate experts expose :meth:`gate_weights` for analysis (which experts each
+    head uses) and :meth:`last_shared_parameters` for GradNorm.
     """
 
     output_dim: int
+
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """The last layer every head depends on; default: the last ``nn.Linear``."""
+        linears = [m for m in self.modules() if isinstance(m, nn.Linear)]
+        return list(linears[-1].parameters()) if linears else list(self.parameters())
+
+    def gate_weights(self) -> tuple[list[str], torch.Tensor] | None:
+        """Expert names and the last forward's gate weights ``[B, num_outputs, E]``, if any."""
+        return None
 
 
 BackboneFactory = Callable[..., Backbone]
@@ -297,11 +312,21 @@ PointwiseLoss = Callable[[NodePrediction, torch.Tensor], torch.Tensor]
 LossFactory = Callable[[Any], PointwiseLoss]
 
 
+@dataclass(frozen=True)
+class SharedParameters:
+    """What gradient-level weightings look at: every parameter that all tasks share (the
+    feature embeddings and the backbone) and the backbone's last shared layer (GradNorm)."""
+
+    all: list[nn.Parameter]
+    last: list[nn.Parameter]
+
+
 class LossWeighting(nn.Module):
     """Combines per-task losses ``[T]`` (graph order) into the scalar that is optimised.
 
     Weightings with learnable state (uncertainty weighting) hold it as parameters; the trainer
     adds them to the optimiser. :meth:`after_epoch` sees the mean training loss per task.
+    Gradient-level methods (GradNorm, PCGrad, Pareto) override :meth:`backward`.
     """
 
     def __init__(self, graph: TaskGraph, params: Any) -> None:
@@ -315,6 +340,15 @@ class LossWeighting(nn.Module):
 
     def current_weights(self) -> dict[str, float]:
         raise NotImplementedError
+
+    def backward(self, losses: torch.Tensor, shared: SharedParameters) -> torch.Tensor:
+        """Fill ``.grad`` of every trainable parameter for one step; returns the combined loss.
+
+        The default is ``combine(losses).backward()``; the optimiser steps afterwards.
+        """
+        total = self.combine(losses)
+        total.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+        return total
 
     def after_epoch(self, epoch: int, mean_losses: dict[str, float]) -> None:
         """Update state between epochs (DWA-style schemes); default: nothing."""
@@ -337,6 +371,17 @@ class SampleWeighting(ABC):
     def columns(self) -> list[str]:
         """Raw data columns this weighting needs in ``extras``."""
         return []
+
+    def check(self, extras: Mapping[str, np.ndarray], where: str) -> None:
+        """Refuse unusable weight columns once, before training (row numbers are 0-based rows
+        of ``where``); default: every column in :meth:`columns` must be finite."""
+        for name in self.columns():
+            values = extras[name]
+            bad = np.flatnonzero(~np.isfinite(values))
+            if len(bad):
+                raise DataError(f"{where}: column '{name}' row {bad[0]}: expected a finite "
+                                f"number for the sample weighting, found {values[bad[0]]} "
+                                f"({len(bad):,} such rows)")
 
 
 SampleWeightingFactory = Callable[["TaskGraph", Any], SampleWeighting]

@@ -175,6 +175,8 @@ class TrainResult:
     data_sources: dict[str, str]
     loss_weights: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
+    #: task → {"experts": names, "weights": mean gate weight per expert} (gated backbones)
+    gate_stats: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -190,9 +192,10 @@ class Trained:
 class Objective:
     """Per-task pointwise losses → masked, sample-weighted means ``[T]``.
 
-    ``loss_k = Σ_i w_ik · m_ik · loss_ik / Σ_i m_ik`` where ``m`` is 1 on the rows the task is
-    trained on (all rows, or the parent-positive rows for conditional spaces and regression
-    tasks) and ``w`` comes from the sample-weighting plugin.
+    ``loss_k = Σ_i w_ik · m_ik · loss_ik / Σ_i w_ik · m_ik`` where ``m`` is 1 on the rows the
+    task is trained on (all rows, or the parent-positive rows for conditional spaces and
+    regression tasks) and ``w`` comes from the sample-weighting plugin: a row of weight 2 counts
+    exactly like the row twice, a row of weight 0 exactly like no row at all.
     """
 
     def __init__(self, graph: TaskGraph, model: RankingModel, losses: list[PointwiseLoss],
@@ -223,10 +226,10 @@ class Objective:
         ], dim=1)
         weights = self.sample_weighting.weights(labels, batch.extras)
         if not self.needs_mask:
-            return (per_sample * weights).mean(dim=0)
+            return _weighted_mean(per_sample, weights)
         parent_positive = labels.index_select(1, self.parent) == 1
         mask = torch.where(self.conditional, parent_positive, True).to(per_sample.dtype)
-        losses = (per_sample * weights * mask).sum(0) / mask.sum(0).clamp(min=1.0)
+        losses = _weighted_mean(per_sample, weights * mask)
         if self.aux:
             cond = torch.stack([
                 loss(NodePrediction(out.cond_log_p[:, i], out.cond_log_q[:, i],
@@ -234,9 +237,14 @@ class Objective:
                 for i, loss in enumerate(self.losses)
             ], dim=1)
             sub = (parent_positive & self.has_parent).to(cond.dtype)
-            losses = losses + self.aux_weight * (cond * weights * sub).sum(0) / \
-                sub.sum(0).clamp(min=1.0)
+            losses = losses + self.aux_weight * _weighted_mean(cond, weights * sub)
         return losses
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Column-wise ``Σ w·v / Σ w`` (0 where a column has no weight at all)."""
+    total = weights.sum(0)
+    return (values * weights).sum(0) / torch.where(total > 0, total, 1.0)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -264,6 +272,8 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
                                                     graph, sw_params)
     extras = [*oracle_columns(graph), *sample_weighting.columns()]
     encoded, sources = _encoded_splits(config, graph, pipeline, extras, say)
+    for split, data in encoded.items():
+        sample_weighting.check(data.extras, where=sources.get(split, split))
     tensors = {name: TensorData(data) for name, data in encoded.items()}
 
     model = build_model(config, engine, graph, pipeline.layout())
@@ -281,6 +291,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     stopper = EarlyStopper(config, graph, metric_components)
 
     params = list(model.parameters()) + list(weighting.parameters())
+    shared = model.shared_parameters()
     optimizer = _optimizer(config, params)
     context = TrainContext(config, engine, graph, pipeline, model,
                            {k: len(v) for k, v in encoded.items()})
@@ -300,15 +311,15 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
         for batch in iterate_batches(train_data, config.train.batch_size, shuffle=True,
                                      generator=generator):
             task_losses = objective(model(batch), batch)
-            total = weighting.combine(task_losses)
+            optimizer.zero_grad(set_to_none=True)
+            total = weighting.backward(task_losses, shared) \
+                if torch.isfinite(task_losses).all() else task_losses.sum()
             if not torch.isfinite(total):
                 raise TrainingError(
                     f"epoch {epoch}, step {steps + 1}: loss became {total.item()} "
                     f"(per task: {dict(zip(graph.names, task_losses.tolist(), strict=True))}); "
                     f"lower [train] lr or check the inputs"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
             optimizer.step()
             sums += task_losses.detach()
             steps += 1
@@ -325,7 +336,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
             metric_components)
         record = {
             "epoch": epoch, "train_loss": train_loss,
-            "train_loss_total": float(weighting.combine(sums / max(steps, 1))),
+            "train_loss_total": float(weighting.combine(sums / max(steps, 1)).detach()),
             "valid_loss": valid_loss,
             "valid": valid_metrics, "loss_weights": weighting.current_weights(),
         }
@@ -354,6 +365,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
         label_reports={k: v.report.as_dict() for k, v in encoded.items() if v.report},
         data_sources=sources, loss_weights=weighting.current_weights(),
         rows={k: len(v) for k, v in encoded.items()},
+        gate_stats=gate_statistics(model, tensors["valid"], config.train.eval_batch_size),
     )
     engine.call("rankengine_after_train", context=context, result=result)
     return Trained(config, engine, graph, pipeline, model, result)
@@ -405,6 +417,38 @@ def _optimizer(config: EngineConfig, params: list[torch.nn.Parameter]) -> torch.
     if t.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay, momentum=0.9)
+
+
+@torch.inference_mode()
+def gate_statistics(model: RankingModel, data: TensorData, batch_size: int,
+                    max_rows: int = 200_000) -> dict[str, dict[str, list[Any]]]:
+    """Mean gate weight per expert for each task's main head (the MMoE paper's analysis of
+    which experts each task uses); empty for backbones without gates."""
+    model.eval()
+    names: list[str] = []
+    sums: torch.Tensor | None = None
+    rows = 0
+    for batch in iterate_batches(data, batch_size, shuffle=False):
+        if rows >= max_rows:
+            break
+        model(batch)
+        gates = model.backbone.gate_weights()
+        if gates is None:
+            return {}
+        names, weights = gates
+        total = weights.double().sum(dim=0)  # [heads, E]
+        sums = total if sums is None else sums + total
+        rows += len(batch)
+    if sums is None:
+        return {}
+    heads = model.cascade.heads()
+    stats = {}
+    for node in model.graph.nodes:
+        index = next((i for i, h in enumerate(heads) if h.node == node.name and h.role == "main"),
+                     next((i for i, h in enumerate(heads) if h.node == node.name), None))
+        if index is not None:
+            stats[node.name] = {"experts": names, "weights": (sums[index] / rows).tolist()}
+    return stats
 
 
 @torch.inference_mode()

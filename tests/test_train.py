@@ -13,6 +13,8 @@ import torch
 
 from rankengine.artifact import load_artifact, save_artifact
 from rankengine.config import load_config
+from rankengine.data.batching import TensorData, iterate_batches
+from rankengine.data.dataset import encode_table
 from rankengine.errors import ArtifactError, DataError, GraphError
 from rankengine.predict import score_table
 from rankengine.train import train
@@ -40,6 +42,27 @@ def test_training_learns_and_reports_graph_metrics(trained) -> None:
     assert last["train_loss"]["click"] < first["train_loss"]["click"]
     assert last["loss_weights"]["dwell"] == pytest.approx(0.1)  # the task's `weight`
     assert result.samples_per_second > 0
+
+
+def test_gate_statistics_say_which_experts_each_task_uses(trained) -> None:
+    stats = trained.result.gate_stats
+    assert set(stats) == {"click", "favorite", "order", "pay", "dwell"}
+    for entry in stats.values():
+        assert entry["experts"] == ["expert_0", "expert_1"]  # the tiny MMoE has 2 experts
+        assert sum(entry["weights"]) == pytest.approx(1.0, abs=1e-6)
+    # Recomputed by hand on the validation rows: the click head's mean gate.
+    model = trained.model.eval()
+    head = next(i for i, h in enumerate(model.cascade.heads()) if h.node == "click")
+    valid = pq.read_table(trained.config.data.valid)
+    data = TensorData(encode_table(valid, trained.pipeline, trained.graph,
+                                   policy=trained.config.data.inconsistent))
+    total, rows = torch.zeros(2, dtype=torch.float64), 0
+    with torch.inference_mode():
+        for batch in iterate_batches(data, 4096, shuffle=False):
+            model(batch)
+            total += model.backbone.gate_weights()[1][:, head].double().sum(0)
+            rows += len(batch)
+    assert stats["click"]["weights"] == pytest.approx((total / rows).tolist(), abs=1e-6)
 
 
 def test_same_seed_same_model(funnel_dir: Path, tmp_path: Path, trained) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from rankengine.components import Backbone, Cascade, CascadeOutput
+from rankengine.components import Backbone, Cascade, CascadeOutput, SharedParameters
 from rankengine.config import EngineConfig, resolve_component
 from rankengine.data.batching import Batch
 from rankengine.data.pipeline import FeatureLayout
@@ -128,6 +128,13 @@ class RankingModel(nn.Module):
                 f"tower_columns_{i}", torch.tensor(cols, dtype=torch.long), persistent=False
             )
         self.tower_has_columns = [bool(cols) for cols in tower_columns]
+
+    def shared_parameters(self) -> SharedParameters:
+        """Parameters every task depends on (embeddings + backbone) and the last shared layer."""
+        return SharedParameters(
+            all=[p for p in [*self.embedder.parameters(), *self.backbone.parameters()]
+                 if p.requires_grad],
+            last=self.backbone.last_shared_parameters())
 
     def forward(self, batch: Batch) -> CascadeOutput:
         x = self.embedder(batch)

@@ -77,7 +77,8 @@ def register(store: RegistryStore, root: Path, trained: Trained, model: str, *,
         store.set_status(model, version.version, "failed")
         raise
     metrics = {"splits": result.metrics, "best_epoch": result.best_epoch,
-               "loss_weights": result.loss_weights,
+               "loss_weights": result.loss_weights, "gate_stats": result.gate_stats,
+               "loss_weight_history": [h["loss_weights"] for h in result.history],
                "samples_per_second": result.samples_per_second}
     return store.mark_ready(model, version.version, artifact_uri=uri_for(root, model,
                                                                           version.version),

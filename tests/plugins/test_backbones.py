@@ -75,3 +75,49 @@ def test_cross_network_matches_the_dcn_v2_formula(engine: Engine) -> None:
     backbone = build(engine, "mmoe", experts=2, cross_layers=2)
     assert len(backbone.cross.layers) == 2
     assert all(r.shape == (5, 64) for r in backbone(torch.randn(5, 12)))
+
+
+def test_top_k_gating_keeps_k_experts_per_row_and_head(engine: Engine) -> None:
+    torch.manual_seed(0)
+    dense, sparse = build(engine, "mmoe", experts=4), build(engine, "mmoe", experts=4, top_k=2)
+    sparse.load_state_dict(dense.state_dict())
+    x = torch.randn(8, 12)
+    dense(x)
+    reps = sparse(x)
+    gates = sparse.last_gate_weights
+    assert ((gates > 0).sum(-1) == 2).all()
+    assert torch.allclose(gates.sum(-1), torch.ones(8, 3))
+    # The two kept experts are the dense gate's two largest, renormalised.
+    full = dense.last_gate_weights
+    top = full.topk(2, dim=-1)
+    kept = torch.zeros_like(full).scatter(-1, top.indices, top.values)
+    assert torch.allclose(gates, kept / kept.sum(-1, keepdim=True), atol=1e-6)
+    sum(r.sum() for r in reps).backward()
+    with pytest.raises(ValueError, match="top_k = 5 exceeds the 4 experts"):
+        build(engine, "mmoe", experts=4, top_k=5)
+
+
+@pytest.mark.parametrize("kind,params,experts", [
+    ("mmoe", {"experts": 3}, 3), ("omoe", {"experts": 3}, 3),
+    ("ple", {"levels": 2, "shared_experts": 2, "task_experts": 1}, 5),
+])
+def test_gate_weights_name_experts_and_are_distributions(
+        engine: Engine, kind: str, params: dict, experts: int) -> None:
+    backbone = build(engine, kind, **params)
+    assert backbone.gate_weights() is None  # nothing before the first forward
+    backbone(torch.randn(7, 12))
+    names, weights = backbone.gate_weights()
+    assert len(names) == experts and weights.shape == (7, 3, experts)
+    assert torch.allclose(weights.sum(-1), torch.ones(7, 3), atol=1e-6)
+    assert build(engine, "shared_bottom").gate_weights() is None
+
+
+@pytest.mark.parametrize("kind", ["shared_bottom", "mmoe", "ple"])
+def test_last_shared_parameters_feed_every_head(engine: Engine, kind: str) -> None:
+    backbone = build(engine, kind)
+    last = backbone.last_shared_parameters()
+    assert last and all(isinstance(p, torch.nn.Parameter) for p in last)
+    reps = backbone(torch.randn(4, 12))
+    for rep in reps:
+        grads = torch.autograd.grad(rep.sum(), last, retain_graph=True, allow_unused=True)
+        assert all(g is not None and g.abs().sum() > 0 for g in grads)

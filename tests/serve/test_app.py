@@ -182,13 +182,13 @@ def test_rank_orders_by_fused_score_and_broadcasts_the_context(served: tuple) ->
     (lambda p: p | {"fusion_weights": {"clik": 1}}, 400, "unknown task"),
     (lambda p: p | {"top_k": 0}, 400, "top_k"),
     (lambda p: p | {"top_k": True}, 400, "top_k"),
-    (lambda p: p | {"candidates": p["candidates"][:2] + [
-        {k: v for k, v in p["candidates"][2].items() if k != "item_price"}]}, 400,
+    (lambda p: p | {"candidates": [*p["candidates"][:2], {
+        k: v for k, v in p["candidates"][2].items() if k != "item_price"}]}, 400,
      "candidates[2]: missing feature 'item_price'"),
-    (lambda p: p | {"candidates": p["candidates"][:1] + [
-        p["candidates"][1] | {"item_colour": "red"}]}, 400,
+    (lambda p: p | {"candidates": [*p["candidates"][:1],
+                                   p["candidates"][1] | {"item_colour": "red"}]}, 400,
      "candidates[0]: missing feature 'item_colour'"),
-    (lambda p: p | {"candidates": p["candidates"][:3] + [7]}, 400,
+    (lambda p: p | {"candidates": [*p["candidates"][:3], 7]}, 400,
      "candidates[3]: expected an object"),
     (lambda p: p | {"candidates": [c | {"item_price": None} for c in p["candidates"]]}, 400,
      "candidates[0]: missing feature 'item_price'"),
@@ -391,7 +391,7 @@ def test_onnxruntime_backend_serves_the_same_scores(served: tuple) -> None:
 
 
 def test_unknown_backend_is_refused(registry: tuple) -> None:
-    with pytest.raises(Exception, match="unknown serving back end 'tensorrt'.*onnxruntime"):
+    with pytest.raises(Exception, match=r"unknown serving back end 'tensorrt'.*onnxruntime"):
         ModelHolder(registry[0], "demo@champion", backend="tensorrt")
 
 
