@@ -142,10 +142,16 @@ def models_versions(name: str, url: str | None, as_json: bool) -> None:
 @click.argument("ref")
 @url_option
 @json_option
-def models_show(ref: str, url: str | None, as_json: bool) -> None:
+@click.option("--open", "open_report", is_flag=True,
+              help="also write the version's HTML report to a temporary file and open it")
+def models_show(ref: str, url: str | None, as_json: bool, open_report: bool) -> None:
     """One version (NAME@ALIAS, NAME/VERSION or NAME for the latest ready one)."""
     store = open_store(url)
     v = store.resolve(ref)
+    if open_report:
+        from rankengine.report.cli import open_report as write_and_open
+
+        write_and_open(store, v.ref)
     if as_json:
         _print(_version_dict(v, full=True))
         return

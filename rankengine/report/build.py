@@ -20,8 +20,8 @@ from rankengine.artifact import MANIFEST, LoadedModel, read_manifest, sha256_fil
 from rankengine.errors import ArtifactError, RankEngineError
 from rankengine.registry.artifacts import digest, load_version, path_of
 from rankengine.registry.store import ModelVersion, RegistryError, RegistryStore
+from rankengine.report import MAX_ROWS
 
-MAX_ROWS = 200_000
 ROC_POINTS = 300
 RELIABILITY_BINS = 15
 
@@ -132,7 +132,7 @@ def gather_report(store: RegistryStore, ref: str, *, max_rows: int = MAX_ROWS,
     try:
         _, loaded = load_version(store, version.ref)
     except ArtifactError as exc:
-        raise ArtifactError(f"cannot report on {version.ref} ({ref}): {exc}") from exc
+        raise ArtifactError(f"cannot report on {_named(version, ref)}: {exc}") from exc
     report = _report_of(version, loaded.metrics)
     try:
         report.curves = score_curves(loaded, _split_of(report), max_rows=max_rows, seed=seed)
@@ -154,9 +154,13 @@ def gather_compare(store: RegistryStore, a: str, b: str) -> CompareReport:
 def _ready(store: RegistryStore, ref: str) -> ModelVersion:
     version = store.resolve(ref)
     if version.status != "ready" or not version.artifact_uri:
-        raise RegistryError(f"{version.ref} ({ref}) is {version.status} and has no artifact to "
-                            f"report on; only ready versions have one")
+        raise RegistryError(f"{_named(version, ref)} is {version.status} and has no artifact "
+                            f"to report on; only ready versions have one")
     return version
+
+
+def _named(version: ModelVersion, ref: str) -> str:
+    return version.ref if ref == version.ref else f"{version.ref} ({ref})"
 
 
 def artifact_metrics(version: ModelVersion) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from rankengine.registry.store import RegistryStore
-from rankengine.report.build import MAX_ROWS
+from rankengine.report import MAX_ROWS
 
 
 @click.command()
@@ -67,7 +67,8 @@ def open_report(store: RegistryStore, ref: str) -> Path:
         click.echo("no display to open a browser on; open the file above yourself")
         return path
     try:
-        failed = click.launch(str(path))
+        # Waiting for the opener (it hands off to the browser and exits) reports its failure.
+        failed = click.launch(str(path), wait=True)
     except OSError as exc:
         failed, why = 1, str(exc)
     else:

@@ -70,13 +70,13 @@ header .meta span { margin-right: 18px; white-space: nowrap; }
 nav { padding: 8px 32px; background: #eaeded; border-bottom: 1px solid var(--line);
       font-size: 13px; }
 nav a { margin-right: 14px; color: var(--accent); text-decoration: none; }
-main { padding: 8px 32px 40px; max-width: 1400px; }
+main { padding: 8px 32px 40px; max-width: 1600px; }
 section { margin: 22px 0; padding: 14px 18px; background: #fff; border: 1px solid var(--line);
           border-radius: 8px; }
 h2 { font-size: 17px; margin: 0 0 10px; }
 h3 { font-size: 14px; margin: 14px 0 6px; color: var(--muted); }
 table { border-collapse: collapse; font-size: 12.5px; margin: 4px 0 10px; }
-th, td { border-bottom: 1px solid var(--line); padding: 4px 9px; text-align: right; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 7px; text-align: right; }
 th { background: #f4f6f6; font-weight: 600; position: sticky; top: 0; }
 td:first-child, th:first-child { text-align: left; }
 td.text { text-align: left; font-family: ui-monospace, "DejaVu Sans Mono", monospace;

@@ -23,14 +23,15 @@ PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
            "#7f7f7f", "#bcbd22", "#17becf"]
 STYLE: Any = {"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False,
               "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
-              "legend.fontsize": 8, "legend.frameon": False, "svg.fonttype": "path"}
+              "legend.fontsize": 8, "legend.frameon": False}
 _salt = itertools.count()
 
 
 def to_svg(fig: Figure) -> str:
     """The figure as an ``<svg>`` element (no XML prolog, ids unique across the page)."""
     buffer = io.StringIO()
-    with rc_context({"svg.hashsalt": f"re{next(_salt)}"}):
+    # Text as <text> (the browser's sans-serif), not glyph paths: smaller, faster, selectable.
+    with rc_context({"svg.hashsalt": f"re{next(_salt)}", "svg.fonttype": "none"}):
         fig.savefig(buffer, format="svg", bbox_inches="tight",
                     metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
     text = buffer.getvalue()

@@ -1,0 +1,350 @@
+"""``rankengine report``: the page's sections and numbers against the registry's, on real models."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rankengine_plugins.metrics import auc as plugin_auc
+
+from rankengine.registry import RegistryStore
+from rankengine.registry.artifacts import path_of
+from rankengine.report.build import (
+    artifact_metrics,
+    gather_report,
+    reliability,
+    roc_curve,
+    verdict,
+)
+from rankengine.report.html import pareto_front, render_report
+
+from .conftest import Dom, Registry, invoke
+
+SECTIONS = {"graph", "metrics", "curves", "training", "gates", "fusion", "provenance"}
+
+
+@pytest.fixture(scope="module")
+def page(champion_page: Path) -> Dom:
+    return Dom(champion_page.read_text())
+
+
+def stored(registry: Registry, ref: str = "m/2") -> tuple[dict, dict]:
+    store = RegistryStore(registry.url)
+    try:
+        version = store.resolve(ref)
+    finally:
+        store.close()
+    return version.metrics, {"plugins": version.plugins, "fingerprint": version.data_fingerprint,
+                             "graph": version.task_graph}
+
+
+def test_sections_and_self_containment(registry: Registry, page: Dom) -> None:
+    assert page.ids >= SECTIONS | {"task-graph", "report-data", "loss-curves", "loss-weights"}
+    assert page.data["ref"] == "m/2" and page.data["aliases"] == ["champion"]
+    text = (registry.root / "m-champion.html").read_text()
+    csp = page.find("meta", http_equiv="Content-Security-Policy")
+    assert csp and "default-src 'none'" in csp[0]["content"]
+    # Nothing is loaded from anywhere: every src / href / xlink:href points inside the page.
+    links = [v for _, a in page.elements for k, v in a.items() if k == "src" or
+             k.endswith("href")]
+    assert links and all(v.startswith(("#", "data:")) for v in links), links
+    assert not re.search(r"url\((?!#)", text) and "@import" not in text
+    # A section the model has no data for says so instead of disappearing.
+    assert "no fusion weight search" in text
+
+
+def test_gate_heatmap_is_the_artifacts_gate_stats(registry: Registry, page: Dom) -> None:
+    store = RegistryStore(registry.url)
+    try:
+        version = store.resolve("m/2")
+    finally:
+        store.close()
+    stats = artifact_metrics(version).get("gate_stats")
+    text = (registry.root / "m-champion.html").read_text()
+    if stats is None:  # a rankengine that does not record gate statistics yet
+        assert "no gate statistics recorded" in text and "gate-heatmap" not in page.ids
+        return
+    assert "gate-heatmap" in page.ids
+    cells = {(c["data-task"], c["data-expert"]): float(c["data-value"])
+             for c in page.having("td", "data-expert")}
+    assert cells == {(task, e): w for task, entry in stats.items()
+                     for e, w in zip(entry["experts"], entry["weights"], strict=True)}
+
+
+def test_metric_cells_are_the_registry_metrics(registry: Registry, page: Dom) -> None:
+    metrics, _ = stored(registry)
+    cells = page.having("td", "data-metric")
+    assert page.data["metrics"] == metrics["splits"]
+    checked = 0
+    for cell in cells:
+        want = metrics["splits"][cell["data-split"]][cell["data-task"]].get(cell["data-metric"])
+        if want is None:
+            assert cell["data-value"] == ""
+        else:
+            assert float(cell["data-value"]) == want
+            checked += 1
+    # Every (split, task, metric) the registry holds has its cell.
+    assert checked == sum(v is not None for split in metrics["splits"].values()
+                          for task in split.values() for v in task.values())
+    assert {"auc", "auc_cond", "gauc", "logloss", "calibration", "rmse"} <= {
+        c["data-metric"] for c in cells}
+
+
+def test_curves_match_the_stored_metrics(registry: Registry, page: Dom) -> None:
+    """All 3,000 test rows are scored, so the ROC areas are the registry's AUCs."""
+    metrics, _ = stored(registry)
+    test = metrics["splits"]["test"]
+    curves = page.data["curves"]
+    assert curves["split"] == "test" and curves["rows"] == curves["rows_total"] == 3000
+    for task in ("click", "favorite", "order", "pay"):
+        got = curves["tasks"][task]
+        assert got["roc"]["auc"] == pytest.approx(test[task]["auc"], abs=1e-9)
+        assert got["roc"]["positives"] == test[task]["positives"]
+        assert got["reliability"]["calibration"] == pytest.approx(test[task]["calibration"],
+                                                                  rel=1e-6)
+        assert sum(got["reliability"]["rows"]) == 3000
+        figure = page.find("div", id=f"curves-{task}")[0]
+        assert float(figure["data-auc"]) == pytest.approx(test[task]["auc"], abs=1e-9)
+        if task != "click":
+            assert got["roc_cond"]["auc"] == pytest.approx(test[task]["auc_cond"], abs=1e-9)
+            assert got["reliability_cond"]["calibration"] == pytest.approx(
+                test[task]["calibration_cond"], rel=1e-6)
+    assert curves["tasks"]["click"]["roc_cond"] is None  # a root has no parent subspace
+    assert "dwell" not in curves["tasks"]  # regression: no ROC
+
+
+def test_training_history_and_provenance(registry: Registry, page: Dom) -> None:
+    _, facts = stored(registry)
+    history = page.data["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert set(history[0]["train_loss"]) == set(facts["graph"])
+    assert history[-1]["loss_weights"]["dwell"] == pytest.approx(0.1)
+    assert [r["data-epoch"] for r in page.having("tr", "data-epoch")] == ["1", "2"]
+    assert page.data["plugins"] == facts["plugins"]
+    assert {p["data-plugin"] for p in page.having("tr", "data-plugin")} == set(facts["plugins"])
+    assert page.data["data_fingerprint"] == facts["fingerprint"]
+    shas = [c["data-sha"] for c in page.having("td", "data-sha")]
+    assert shas == [s["schema_sha256"] for s in facts["fingerprint"]["sources"].values()]
+
+
+def test_task_graph_diagram(registry: Registry, page: Dom) -> None:
+    _, facts = stored(registry)
+    graph = facts["graph"]
+    nodes = {n["data-task"]: n["data-type"] for n in page.find("g", **{"class": "node"})}
+    assert nodes == {t: spec["type"] for t, spec in graph.items()}
+    after = {(e["data-from"], e["data-to"]) for e in page.find("path", **{"class":
+                                                                           "edge edge-after"})}
+    assert after == {(s["after"], t) for t, s in graph.items() if s["after"]}
+    via = page.find("path", **{"class": "edge edge-via"})
+    assert [(e["data-from"], e["data-to"]) for e in via] == [("favorite", "order")]
+    assert via[0]["stroke-dasharray"]  # dashed
+
+
+def test_sampled_curves_say_so(registry: Registry, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    code, output = invoke("report", "m/1", "--registry", registry.url, "-o", str(out),
+                          "--max-rows", "500")
+    assert code == 0, output
+    dom = Dom(out.read_text())
+    assert dom.data["curves"]["rows"] == 500 and dom.data["curves"]["rows_total"] == 3000
+    assert "a seeded random 500 of its 3,000 rows" in out.read_text()
+    assert sum(dom.data["curves"]["tasks"]["click"]["reliability"]["rows"]) == 500
+
+
+def test_gate_stats_and_fusion_front_render_when_present(registry: Registry) -> None:
+    store = RegistryStore(registry.url)
+    try:
+        report = gather_report(store, "m/2")
+    finally:
+        store.close()
+    # What training and fusion tuning will record (metrics.json keys gate_stats, fusion_search).
+    report.artifact_metrics["gate_stats"] = {
+        "click": {"experts": ["e0", "e1"], "weights": [0.7, 0.3]},
+        "order": {"experts": ["e0", "e1", "order_own"], "weights": [0.2, 0.5, 0.3]},
+    }
+    points = [{"weights": {"click": 1.0, "order": w}, "metrics": {"click.auc": a,
+                                                                  "order.auc": b}}
+              for w, a, b in ((0.5, 0.70, 0.60), (1.0, 0.68, 0.64), (2.0, 0.66, 0.63),
+                              (3.0, 0.60, 0.66))]
+    report.artifact_metrics["fusion_search"] = {"points": points, "recommended": 1}
+    dom = Dom(render_report(report))
+    assert {"gate-heatmap", "gate-table", "pareto", "fusion-table"} <= dom.ids
+    cells = {(c["data-task"], c["data-expert"]): c["data-value"]
+             for c in dom.having("td", "data-expert")}
+    assert cells[("click", "e0")] == "0.7" and cells[("order", "order_own")] == "0.3"
+    assert cells[("click", "order_own")] == ""  # click has no such expert: blank, not 0
+    rows = {r["data-point"]: r.get("class") for r in dom.having("tr", "data-point")}
+    assert rows["1"] == "better"  # the recommended point is highlighted
+    assert dom.data["gate_stats"]["order"]["weights"] == [0.2, 0.5, 0.3]
+    # Point 2 (0.66, 0.63) is beaten by point 1 (0.68, 0.64) on both AUCs.
+    assert pareto_front(points, ["click.auc", "order.auc"],
+                        {"click.auc": "higher", "order.auc": "higher"}) == [0, 1, 3]
+
+
+def test_compare_marks_deltas_by_metric_direction(registry: Registry, tmp_path: Path) -> None:
+    out = tmp_path / "c.html"
+    code, output = invoke("report", "--compare", "m/1", "m@champion", "--registry",
+                          registry.url, "-o", str(out))
+    assert code == 0, output
+    dom = Dom(out.read_text())
+    assert {"compare-metrics", "compare-training", "compare-config", "compare-loss"} <= dom.ids
+    a, _ = stored(registry, "m/1")
+    b, _ = stored(registry, "m/2")
+    rows = dom.data["deltas"]
+    seen = set()
+    for r in rows:
+        x = a["splits"][r["split"]][r["task"]].get(r["metric"])
+        y = b["splits"][r["split"]][r["task"]].get(r["metric"])
+        assert (r["a"], r["b"]) == (x, y)
+        if x is None or y is None:
+            assert r["verdict"] == "none"
+            continue
+        assert r["delta"] == pytest.approx(y - x, abs=1e-15)
+        base = re.sub(r"_(cond_entire|cond|entire)$", "", r["metric"])
+        if r["metric"].startswith("oracle_") or base in ("rows", "positives"):
+            expected = "none"
+        elif base == "calibration":
+            expected = "better" if abs(y - 1) < abs(x - 1) else "worse"
+        elif base in ("logloss", "rmse"):
+            expected = "better" if y < x else "worse"
+        else:
+            expected = "better" if y > x else "worse"
+        if x == y:
+            expected = "same" if expected != "none" else "none"
+        assert r["verdict"] == expected, r
+        seen.add(base)
+        cell = dom.find("tr", data_split=r["split"], data_task=r["task"],
+                        data_metric=r["metric"])[0]
+        assert cell["data-verdict"] == expected
+    assert {"auc", "gauc", "logloss", "calibration", "rmse"} <= seen
+    summary = dom.find("p", id="compare-summary")[0]
+    assert int(summary["data-better"]) == sum(r["verdict"] == "better" for r in rows)
+    assert int(summary["data-better"]) + int(summary["data-worse"]) > 0
+    # The two versions differ in [train] epochs and nothing else in their configs.
+    assert [k["data-key"] for k in dom.having("tr", "data-key")
+            if k["data-key"].startswith("train.")] == ["train.epochs"]
+
+
+def test_verdict_directions() -> None:
+    assert verdict(0.70, 0.71, "higher") == "better"
+    assert verdict(0.30, 0.31, "lower") == "worse"
+    assert verdict(1.10, 0.95, "one") == "better" and verdict(0.98, 1.05, "one") == "worse"
+    assert verdict(None, 0.5, "higher") == "none" and verdict(0.5, 0.5, "higher") == "same"
+    assert verdict(math.nan, 0.5, "higher") == "none" and verdict(0.4, 0.5, "none") == "none"
+
+
+def test_roc_area_is_the_metric_auc_with_ties() -> None:
+    rng = np.random.default_rng(5)
+    y = (rng.random(5000) < 0.2).astype(np.float64)
+    p = np.round(rng.random(5000) * 0.5 + y * 0.2, 2)  # many ties
+    curve = roc_curve(y, p)
+    assert curve is not None and len(curve.fpr) <= 300
+    assert curve.auc == pytest.approx(plugin_auc(y, p), abs=1e-12)
+    assert (curve.fpr[0], curve.tpr[0], curve.fpr[-1], curve.tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
+    assert roc_curve(np.zeros(10), rng.random(10)) is None
+    bins = reliability(y, p)
+    assert bins is not None and sum(bins.rows) == 5000
+    assert np.average(bins.predicted, weights=bins.rows) == pytest.approx(p.mean())
+
+
+def test_bad_references_are_one_clear_line(registry: Registry, tmp_path: Path) -> None:
+    out = tmp_path / "x.html"
+    for args, message in (
+        (["nope/1"], "no model named 'nope'"),
+        (["m@nope"], "model 'm' has no alias 'nope'; aliases: champion"),
+        (["m/9"], "model 'm' has no version 9"),
+        (["--compare", "m/1", "m/9"], "model 'm' has no version 9"),
+        ([], "give either REF or --compare A B"),
+    ):
+        code, output = invoke("report", *args, "--registry", registry.url, "-o", str(out))
+        assert code != 0 and message in output, output
+        assert "Traceback" not in output and not out.exists()
+
+
+def test_versions_without_an_artifact_are_refused(registry: Registry, tmp_path: Path) -> None:
+    store = RegistryStore(registry.url)
+    try:
+        pending = store.create_version("m", config={}, task_graph={}, plugins={},
+                                       data_fingerprint={})
+        champion = store.resolve("m@champion")
+        # A ready version whose artifact directory has since gone away.
+        gone = store.create_version("m", config={}, task_graph={}, plugins={},
+                                    data_fingerprint={})
+        missing = tmp_path / "deleted-artifact"
+        store.mark_ready("m", gone.version, artifact_uri=missing.as_uri(),
+                         artifact_sha256=champion.artifact_sha256 or "", artifact_size=1,
+                         metrics={})
+    finally:
+        store.close()
+    out = tmp_path / "x.html"
+    code, output = invoke("report", f"m/{pending.version}", "--registry", registry.url,
+                          "-o", str(out))
+    assert code == 1 and f"m/{pending.version}" in output and "is pending" in output
+    for args in ([f"m/{gone.version}"], ["--compare", "m/1", f"m/{gone.version}"]):
+        code, output = invoke("report", *args, "--registry", registry.url, "-o", str(out))
+        assert code == 1 and f"cannot report on m/{gone.version}" in output, output
+        assert str(missing) in output and "Traceback" not in output
+    assert not out.exists()
+
+
+def test_models_show_open_prints_the_path_without_a_display(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # documented: where temp files go
+    code, output = invoke("models", "show", "m/1", "--url", registry.url, "--open")
+    assert code == 0, output
+    path = Path(re.search(r"report: (\S+\.html)", output).group(1))  # type: ignore[union-attr]
+    assert path.parent == tmp_path and Dom(path.read_text()).data["ref"] == "m/1"
+    assert "no display" in output and "m/1 (ready)" in output  # the usual table follows
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="xdg-open is Linux's opener")
+def test_models_show_open_launches_the_opener(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    opened = tmp_path / "opened.txt"
+    opener = bin_dir / "xdg-open"  # stands in for the desktop's opener: records what it got
+    opener.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+    opener.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("DISPLAY", ":99")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # documented: where temp files go
+    code, output = invoke("models", "show", "m@champion", "--url", registry.url, "--open",
+                          "--json")
+    assert code == 0, output
+    path = re.search(r"report: (\S+\.html)", output).group(1)  # type: ignore[union-attr]
+    assert opened.read_text().strip() == path
+    assert "could not open" not in output
+
+
+def test_missing_data_still_reports_stored_metrics(registry: Registry, tmp_path: Path) -> None:
+    """Curves need the evaluation data; without it the report says why and shows the rest."""
+    store = RegistryStore(registry.url)
+    try:
+        version = store.resolve("m/1")
+    finally:
+        store.close()
+    config = path_of(version.artifact_uri or "") / "config.json"
+    test_file = Path(version.config["data"]["test"])
+    assert config.is_file() and test_file.is_file()
+    moved = tmp_path / "test.parquet"
+    shutil.move(test_file, moved)
+    try:
+        out = tmp_path / "r.html"
+        code, output = invoke("report", "m/1", "--registry", registry.url, "-o", str(out))
+    finally:
+        shutil.move(moved, test_file)
+    assert code == 0, output
+    dom = Dom(out.read_text())
+    assert dom.data["curves"] is None and "not found" in dom.data["notes"]["curves"]
+    assert str(test_file) in dom.data["notes"]["curves"]
+    assert dom.having("td", "data-metric")
