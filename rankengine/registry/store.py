@@ -235,6 +235,28 @@ class RegistryStore:
             row.status = status
             return _version(row, self._aliases_of(s, model, version))
 
+    def patch_version(self, model: str, version: int, *, metrics: dict[str, Any] | None = None,
+                      tags: dict[str, Any] | None = None) -> ModelVersion:
+        """Set top-level keys of a version's ``metrics`` and ``tags`` in one transaction.
+
+        A key whose value is None is removed. Nothing else (config, artifact, status) changes.
+        The row is locked for the read-modify-write (FOR UPDATE where the database has it;
+        SQLite serialises writers itself).
+        """
+        with self.session() as s:
+            self._model_row(s, model)
+            row = s.scalars(select(SqlVersion).where(SqlVersion.model_name == model,
+                                                     SqlVersion.version == version)
+                            .with_for_update()).first()
+            if row is None:
+                raise NotFoundError(f"model '{model}' has no version {version}")
+            if metrics:
+                row.metrics = _patched(row.metrics, metrics)  # a new dict: JSON change tracked
+            if tags:
+                row.tags = _patched(row.tags, tags)
+            s.flush()
+            return _version(row, self._aliases_of(s, model, version))
+
     def get_version(self, model: str, version: int) -> ModelVersion:
         with self.session() as s:
             row = self._version_row(s, model, version)
@@ -396,6 +418,16 @@ class RegistryStore:
         return (f"model '{model}' has no alias '{alias}'; aliases: "
                 f"{', '.join(known) or '(none)'}")
 
+
+
+def _patched(current: dict[str, Any] | None, patch: dict[str, Any]) -> dict[str, Any]:
+    out = dict(current or {})
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
 
 
 def _retryable(exc: OperationalError) -> bool:
