@@ -19,6 +19,9 @@ from rankengine.errors import ArtifactError
 from rankengine.registry.store import ModelVersion, RegistryError, RegistryStore
 from rankengine.train import Trained
 
+#: Version tag holding fusion weights that replace the config's at load time (``task=w,...``).
+FUSION_WEIGHTS_TAG = "fusion_weights"
+
 
 def uri_for(root: Path, model: str, version: int) -> str:
     return (root / model / str(version)).resolve().as_uri()
@@ -97,4 +100,10 @@ def load_version(store: RegistryStore, ref: str) -> tuple[ModelVersion, LoadedMo
             f"{path / MANIFEST}: sha256 {sha[:12]}… does not match the registry's "
             f"{(version.artifact_sha256 or '')[:12]}… for {version.ref}; the artifact was "
             f"modified or replaced")
-    return version, load_artifact(path)
+    loaded = load_artifact(path)
+    if version.tags.get(FUSION_WEIGHTS_TAG):  # written by `rankengine tune-fusion --write`
+        from rankengine.tune import apply_fusion_weights
+
+        loaded = apply_fusion_weights(loaded, version.tags[FUSION_WEIGHTS_TAG],
+                                      where=f"{version.ref} tag {FUSION_WEIGHTS_TAG}")
+    return version, loaded
