@@ -239,12 +239,14 @@ class PCGrad(FixedWeighting):
     def backward(self, losses: torch.Tensor, shared: SharedParameters) -> torch.Tensor:
         weighted = losses * self.weights
         projected = project_conflicting(_task_gradients(weighted, shared.all), self.generator)
+        earlier = [p.grad for p in shared.all]  # e.g. a ranking loss's, kept as is
         total = weighted.sum()
         total.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         offset = 0
-        for p in shared.all:
+        for p, before in zip(shared.all, earlier, strict=True):
             size = p.numel()
-            p.grad = projected[offset:offset + size].view_as(p).clone()
+            grad = projected[offset:offset + size].view_as(p)
+            p.grad = grad + before if before is not None else grad.clone()
             offset += size
         return total
 

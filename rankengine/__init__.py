@@ -15,11 +15,14 @@ from rankengine.components import (
     Metric,
     NodePrediction,
     NoParams,
+    PairwiseLoss,
     Params,
+    RankingLoss,
     Register,
     SampleWeighting,
     SharedParameters,
     head_value,
+    sample_pairs,
 )
 from rankengine.config import EngineConfig, FeatureSpec, TaskSpec, load_config
 from rankengine.errors import (
@@ -58,9 +61,11 @@ __all__ = [
     "Metric",
     "NoParams",
     "NodePrediction",
+    "PairwiseLoss",
     "Params",
     "PluginError",
     "RankEngineError",
+    "RankingLoss",
     "Register",
     "SampleWeighting",
     "SharedParameters",
@@ -71,4 +76,5 @@ __all__ = [
     "hookimpl",
     "load_config",
     "mlp",
+    "sample_pairs",
 ]

@@ -321,6 +321,64 @@ class SharedParameters:
     last: list[nn.Parameter]
 
 
+class RankingLoss(ABC):
+    """A learning-to-rank loss over request groups, registered through
+    ``rankengine_register_losses`` like pointwise losses and selected by ``[loss.ranking]``.
+
+    ``scores [B]`` are the ranking scores (a task's logit or the log fused score),
+    ``relevance [B]`` graded relevance (>= 0), ``groups [B]`` request ids with each group's rows
+    contiguous. Returns a scalar (0 when the batch has nothing to rank).
+    """
+
+    @abstractmethod
+    def __call__(self, scores: torch.Tensor, relevance: torch.Tensor, groups: torch.Tensor,
+                 *, max_pairs_per_group: int, generator: torch.Generator | None = None
+                 ) -> torch.Tensor: ...
+
+
+def sample_pairs(relevance: torch.Tensor, groups: torch.Tensor, max_pairs_per_group: int,
+                 generator: torch.Generator | None = None, *, ties: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row pairs ``(i, j)`` of one group with ``relevance[i] > relevance[j]`` (and, with
+    ``ties``, equal relevance and ``i < j``), at most ``max_pairs_per_group`` per group drawn
+    uniformly at random. Vectorised: one ``[B, B]`` comparison, no loop over groups."""
+    same = groups.unsqueeze(1) == groups.unsqueeze(0)
+    order = relevance.unsqueeze(1) > relevance.unsqueeze(0)
+    if ties:
+        upper = torch.ones_like(same).triu(diagonal=1)
+        order = order | ((relevance.unsqueeze(1) == relevance.unsqueeze(0)) & upper)
+    i, j = (same & order).nonzero(as_tuple=True)
+    if len(i) == 0:
+        return i, j
+    priority = torch.rand(len(i), generator=generator)
+    by_priority = torch.argsort(priority)
+    by_group = by_priority[torch.sort(groups[i][by_priority], stable=True).indices]
+    pair_groups = groups[i][by_group]
+    _, counts = torch.unique_consecutive(pair_groups, return_counts=True)
+    first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    keep = by_group[(torch.arange(len(by_group)) - first) < max_pairs_per_group]
+    return i[keep], j[keep]
+
+
+class PairwiseLoss(RankingLoss):
+    """A loss on score differences ``s_i - s_j`` of sampled pairs, averaged over pairs.
+    Subclasses implement :meth:`pair_loss`; ``ties`` adds equal-relevance pairs."""
+
+    ties = False
+
+    @abstractmethod
+    def pair_loss(self, difference: torch.Tensor, tied: torch.Tensor) -> torch.Tensor:
+        """Per-pair loss of ``s_i - s_j``; ``tied`` is True for equal-relevance pairs."""
+
+    def __call__(self, scores: torch.Tensor, relevance: torch.Tensor, groups: torch.Tensor,
+                 *, max_pairs_per_group: int, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+        i, j = sample_pairs(relevance, groups, max_pairs_per_group, generator, ties=self.ties)
+        if len(i) == 0:
+            return scores.sum() * 0.0
+        return self.pair_loss(scores[i] - scores[j], relevance[i] == relevance[j]).mean()
+
+
 class LossWeighting(nn.Module):
     """Combines per-task losses ``[T]`` (graph order) into the scalar that is optimised.
 

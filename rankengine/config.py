@@ -159,9 +159,30 @@ class TrainSection(Section):
     progress: bool = True
 
 
+class RankingSection(BaseModel):
+    """``[loss.ranking]``: a learning-to-rank loss within request groups; other keys are the
+    ranking loss's own parameters (e.g. ``margin``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+    #: a binary task's logit, or "fused": the log of the configured fusion's score
+    target: str = "fused"
+    weight: float = Field(default=1.0, ge=0.0)
+    max_pairs_per_group: int = Field(default=64, ge=1)
+    #: graded relevance per binary task (a row's grade is the highest of its positive tasks);
+    #: default: 1, 2, 3 ... in graph order (impression 0 < click < ... < pay)
+    relevance: dict[str, float] = {}
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class LossSection(Section):
     weighting: ComponentRef = ComponentRef(kind="fixed")
     sample_weighting: ComponentRef = ComponentRef(kind="none")
+    ranking: RankingSection | None = None
 
 
 class FusionSection(BaseModel):

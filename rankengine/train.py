@@ -26,6 +26,7 @@ from rankengine.components import (
     Metric,
     NodePrediction,
     PointwiseLoss,
+    RankingLoss,
     SampleWeighting,
 )
 from rankengine.config import EngineConfig, TaskSpec, resolve_component, validate_components
@@ -39,6 +40,7 @@ from rankengine.evaluate import Metrics, node_metrics, predict_arrays, select_me
 from rankengine.graph import TaskGraph
 from rankengine.model.assembly import RankingModel, build_model
 from rankengine.pluginmanager import Engine, load_engine
+from rankengine.ranking import RankingObjective
 
 
 def engine_for(config: EngineConfig) -> Engine:
@@ -285,8 +287,14 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     for node in graph.nodes:
         loss = engine.components.losses.get(node.spec.loss_name, key=f"tasks.{node.name}.loss",
                                             source=config.source)
-        losses.append(loss.factory(loss.parse_params({})))
+        pointwise = loss.factory(loss.parse_params({}))
+        if isinstance(pointwise, RankingLoss):
+            raise ConfigError(f"'{node.spec.loss_name}' is a ranking loss; use it in "
+                              f"[loss.ranking] and give the task a pointwise loss",
+                              source=config.source, key=f"tasks.{node.name}.loss")
+        losses.append(pointwise)
     objective = Objective(graph, model, losses, sample_weighting)
+    ranking = RankingObjective(config, engine, graph) if config.loss.ranking else None
     metric_components = select_metrics(engine.components.metrics, config.evaluate.metrics)
     stopper = EarlyStopper(config, graph, metric_components)
 
@@ -305,15 +313,24 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     for epoch in range(1, config.train.epochs + 1):
         model.train()
         sums = torch.zeros(len(graph))
+        rank_sum = 0.0
         steps = 0
         bar = tqdm(total=len(train_data), unit="rows", unit_scale=True, disable=not show,
                    desc=f"epoch {epoch}/{config.train.epochs}", leave=False)
         for batch in iterate_batches(train_data, config.train.batch_size, shuffle=True,
-                                     generator=generator):
-            task_losses = objective(model(batch), batch)
+                                     generator=generator, keep_groups=ranking is not None):
+            out = model(batch)
+            task_losses = objective(out, batch)
             optimizer.zero_grad(set_to_none=True)
+            if ranking is not None:  # its gradient first; the weighting's backward adds to it
+                rank_loss = ranking(out, batch)
+                if torch.isfinite(rank_loss):
+                    rank_loss.backward(retain_graph=True)  # type: ignore[no-untyped-call]
+                rank_sum += float(rank_loss.detach())
             total = weighting.backward(task_losses, shared) \
                 if torch.isfinite(task_losses).all() else task_losses.sum()
+            if ranking is not None:
+                total = total.detach() + rank_loss.detach()
             if not torch.isfinite(total):
                 raise TrainingError(
                     f"epoch {epoch}, step {steps + 1}: loss became {total.item()} "
@@ -340,6 +357,8 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
             "valid_loss": valid_loss,
             "valid": valid_metrics, "loss_weights": weighting.current_weights(),
         }
+        if ranking is not None:
+            record["train_ranking_loss"] = rank_sum / max(steps, 1)
         history.append(record)
         engine.call("rankengine_after_epoch", context=context, epoch=epoch, metrics=record)
         improved, stop = stopper.update(epoch, valid_loss, valid_metrics)

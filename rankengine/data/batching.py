@@ -20,6 +20,7 @@ class Batch:
     sequences: list[torch.Tensor]  # int64 [B, L_i]
     labels: torch.Tensor  # float32 [B, T]
     extras: dict[str, torch.Tensor]
+    groups: torch.Tensor | None = None  # int64 [B]; a group's rows are contiguous
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -34,6 +35,7 @@ class TensorData:
         self.sequences = [torch.from_numpy(s) for s in data.sequences]
         self.labels = torch.from_numpy(data.labels)
         self.extras = {k: torch.from_numpy(v).float() for k, v in data.extras.items()}
+        self.groups = None if data.groups is None else torch.from_numpy(data.groups)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -45,6 +47,7 @@ class TensorData:
             [s.index_select(0, rows) for s in self.sequences],
             self.labels.index_select(0, rows),
             {k: v.index_select(0, rows) for k, v in self.extras.items()},
+            None if self.groups is None else self.groups.index_select(0, rows),
         )
 
     def slice(self, start: int, stop: int) -> Batch:
@@ -52,13 +55,20 @@ class TensorData:
             self.categorical[start:stop], self.dense[start:stop],
             [s[start:stop] for s in self.sequences], self.labels[start:stop],
             {k: v[start:stop] for k, v in self.extras.items()},
+            None if self.groups is None else self.groups[start:stop],
         )
 
 
 def iterate_batches(
-    data: TensorData, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
+    data: TensorData, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
+    keep_groups: bool = False,
 ) -> Iterator[Batch]:
+    """Mini-batches of ``batch_size`` rows; with ``keep_groups`` whole request groups are
+    shuffled (rows of a group stay together, contiguous) and batches end at group boundaries."""
     n = len(data)
+    if keep_groups:
+        yield from _group_batches(data, batch_size, shuffle, generator)
+        return
     if not shuffle:
         for start in range(0, n, batch_size):
             yield data.slice(start, min(start + batch_size, n))
@@ -66,3 +76,29 @@ def iterate_batches(
     order = torch.randperm(n, generator=generator)
     for start in range(0, n, batch_size):
         yield data.batch(order[start : start + batch_size])
+
+
+def _group_batches(data: TensorData, batch_size: int, shuffle: bool,
+                   generator: torch.Generator | None) -> Iterator[Batch]:
+    if data.groups is None:
+        raise ValueError("keep_groups needs group ids ([data] group)")
+    by_group = torch.sort(data.groups, stable=True).indices
+    _, sizes = torch.unique_consecutive(data.groups[by_group], return_counts=True)
+    starts = torch.cumsum(sizes, 0) - sizes
+    order = torch.randperm(len(sizes), generator=generator) if shuffle \
+        else torch.arange(len(sizes))
+    # Row index of every row, group after group in the (shuffled) group order.
+    group_sizes = sizes[order]
+    offsets = torch.repeat_interleave(starts[order] - (torch.cumsum(group_sizes, 0)
+                                                       - group_sizes), group_sizes)
+    rows = by_group[torch.arange(len(offsets)) + offsets]
+    # Cut after the group that makes a batch reach batch_size rows.
+    ends = torch.cumsum(group_sizes, 0)
+    cut = torch.unique(torch.div(ends - 1, batch_size, rounding_mode="floor"),
+                       return_inverse=True)[1]
+    last_of_batch = torch.ones(len(ends), dtype=torch.bool)
+    last_of_batch[:-1] = cut[1:] != cut[:-1]
+    start = 0
+    for stop in ends[last_of_batch].tolist():
+        yield data.batch(rows[start:stop])
+        start = stop
