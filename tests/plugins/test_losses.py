@@ -1,4 +1,4 @@
-"""Learning-to-rank losses: pair sampling, BPR / RankNet / hinge / listwise, and training with them."""
+"""Learning-to-rank losses: pair sampling, BPR, RankNet, hinge, listwise, and training with them."""
 
 from __future__ import annotations
 
