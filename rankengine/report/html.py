@@ -380,27 +380,46 @@ def _fusion_section(report: VersionReport) -> str:
     points = [p for p in search.get("points", []) if isinstance(p, dict)]
     recommended = search.get("recommended")
     recommended = recommended if isinstance(recommended, int) else None
+    current = search.get("current") if isinstance(search.get("current"), dict) else None
+    label = str(search.get("metric") or "")
     names = _ordered_keys([p.get("metrics") or {} for p in points])
     weight_names = _ordered_keys([p.get("weights") or {} for p in points])
-    directions = {m: direction(m.rsplit(".", 1)[-1], BUILTIN_DIRECTIONS) for m in names}
+    # Keys are task names (e.g. NDCG per task, higher is better) or TASK.METRIC.
+    directions: dict[str, Direction] = {}
+    for m in names:
+        how = direction(m.rsplit(".", 1)[-1], BUILTIN_DIRECTIONS)
+        directions[m] = how if how != "none" else "higher"
     front = pareto_front(points, names, directions)
-    out = []
+    out = [f'<p class="note">{len(points)} weightings stored'
+           + (f" of {search['evaluated']:,} evaluated" if isinstance(search.get("evaluated"),
+                                                                    int) else "")
+           + (f", scored by {escape(label)}" if label else "")
+           + f"; {len(front)} on the Pareto front.</p>"]
     if len(names) >= 2:
-        out.append(f'<div class="figure" id="pareto">'
-                   f"{plots.pareto_figure(points, names[0], names[1], front, recommended)}</div>")
+        shown = names[:2]
+        if len(names) > 2:
+            out.append(f'<p class="note">The plot shows {escape(shown[0])} and '
+                       f"{escape(shown[1])}; the front is over all {len(names)} metrics.</p>")
+        out.append('<div class="figure" id="pareto">'
+                   + plots.pareto_figure(points, shown[0], shown[1], front, recommended,
+                                         current=current, label=label,
+                                         joined=len(names) == 2) + "</div>")
     else:
         out.append(_skip("fewer than two metrics per candidate: no front to draw"))
     head = ("<tr><th>#</th>" + "".join(f"<th>w({escape(w)})</th>" for w in weight_names)
             + "".join(f"<th>{escape(m)}</th>" for m in names) + "<th></th></tr>")
-    rows = []
+
+    def row(key: str, p: dict[str, Any], mark: str, cls: str) -> str:
+        return (f'<tr{cls} data-point="{key}"><td>{key}</td>'
+                + "".join(f"<td>{_fmt((p.get('weights') or {}).get(w))}</td>"
+                          for w in weight_names)
+                + "".join(f"<td>{_fmt((p.get('metrics') or {}).get(m))}</td>" for m in names)
+                + f"<td>{mark}</td></tr>")
+
+    rows = [row("current", current, "current weights", "")] if current else []
     for i, p in enumerate(points):
         mark = "recommended" if i == recommended else ("front" if i in front else "")
-        cls = ' class="better"' if i == recommended else ""
-        rows.append(f'<tr{cls} data-point="{i}"><td>{i}</td>'
-                    + "".join(f"<td>{_fmt((p.get('weights') or {}).get(w))}</td>"
-                              for w in weight_names)
-                    + "".join(f"<td>{_fmt((p.get('metrics') or {}).get(m))}</td>" for m in names)
-                    + f"<td>{mark}</td></tr>")
+        rows.append(row(str(i), p, mark, ' class="better"' if i == recommended else ""))
     out.append(f'<div class="scroll"><table id="fusion-table">{head}{"".join(rows)}</table></div>')
     return "".join(out)
 

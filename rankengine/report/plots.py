@@ -146,21 +146,31 @@ def gate_figure(tasks: list[str], experts: list[str], weights: np.ndarray) -> st
 
 
 def pareto_figure(points: list[dict[str, Any]], x: str, y: str, front: list[int],
-                  recommended: int | None) -> str:
-    """Fusion candidates on two metrics, the non-dominated front joined, the pick marked."""
+                  recommended: int | None, *, current: dict[str, Any] | None = None,
+                  label: str = "", joined: bool = True) -> str:
+    """Fusion candidates on two metrics, the non-dominated front, the pick and today's weights.
+
+    ``joined``: the front is over these two metrics only, so it is drawn as a line.
+    """
     xs = _nan([p.get("metrics", {}).get(x) for p in points])
     ys = _nan([p.get("metrics", {}).get(y) for p in points])
     with rc_context(STYLE):
-        fig = Figure(figsize=(5.0, 3.6))
+        fig = Figure(figsize=(5.4, 3.8))
         ax = fig.subplots()
-        ax.scatter(xs, ys, s=14, color="#bbb", label="candidates")
+        ax.scatter(xs, ys, s=12, color="#bbb", label="candidates")
         ordered = sorted(front, key=lambda i: xs[i])
         ax.plot([xs[i] for i in ordered], [ys[i] for i in ordered], marker="o", ms=4,
-                color=PALETTE[0], label="Pareto front")
+                ls="-" if joined else "none", color=PALETTE[0],
+                label="Pareto front" if joined else "Pareto front (all metrics)")
+        if current and isinstance(current.get("metrics"), dict):
+            cx, cy = _nan([current["metrics"].get(x), current["metrics"].get(y)])
+            ax.scatter([cx], [cy], s=60, marker="D", color=PALETTE[2], zorder=3,
+                       label="current weights")
         if recommended is not None and 0 <= recommended < len(points):
-            ax.scatter([xs[recommended]], [ys[recommended]], s=90, marker="*",
-                       color=PALETTE[1], zorder=3, label="recommended")
-        ax.set(xlabel=x, ylabel=y, title="fusion weight search")
+            ax.scatter([xs[recommended]], [ys[recommended]], s=110, marker="*",
+                       color=PALETTE[1], zorder=4, label="recommended")
+        suffix = f" {label}" if label else ""
+        ax.set(xlabel=f"{x}{suffix}", ylabel=f"{y}{suffix}", title="fusion weight search")
         ax.legend()
         fig.tight_layout()
     return to_svg(fig)

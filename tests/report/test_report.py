@@ -169,11 +169,14 @@ def test_gate_stats_and_fusion_front_render_when_present(registry: Registry) -> 
         "click": {"experts": ["e0", "e1"], "weights": [0.7, 0.3]},
         "order": {"experts": ["e0", "e1", "order_own"], "weights": [0.2, 0.5, 0.3]},
     }
-    points = [{"weights": {"click": 1.0, "order": w}, "metrics": {"click.auc": a,
-                                                                  "order.auc": b}}
+    # The shape `rankengine tune` records: per-task ranking metric of every weighting.
+    points = [{"weights": {"click": 1.0, "order": w}, "metrics": {"click": a, "order": b}}
               for w, a, b in ((0.5, 0.70, 0.60), (1.0, 0.68, 0.64), (2.0, 0.66, 0.63),
                               (3.0, 0.60, 0.66))]
-    report.artifact_metrics["fusion_search"] = {"points": points, "recommended": 1}
+    report.artifact_metrics["fusion_search"] = {
+        "metric": "ndcg@10", "points": points, "recommended": 1, "evaluated": 50,
+        "current": {"weights": {"click": 1.0, "order": 1.0},
+                    "metrics": {"click": 0.68, "order": 0.64}}}
     dom = Dom(render_report(report))
     assert {"gate-heatmap", "gate-table", "pareto", "fusion-table"} <= dom.ids
     cells = {(c["data-task"], c["data-expert"]): c["data-value"]
@@ -181,11 +184,17 @@ def test_gate_stats_and_fusion_front_render_when_present(registry: Registry) -> 
     assert cells[("click", "e0")] == "0.7" and cells[("order", "order_own")] == "0.3"
     assert cells[("click", "order_own")] == ""  # click has no such expert: blank, not 0
     rows = {r["data-point"]: r.get("class") for r in dom.having("tr", "data-point")}
+    assert list(rows) == ["current", "0", "1", "2", "3"]
     assert rows["1"] == "better"  # the recommended point is highlighted
     assert dom.data["gate_stats"]["order"]["weights"] == [0.2, 0.5, 0.3]
-    # Point 2 (0.66, 0.63) is beaten by point 1 (0.68, 0.64) on both AUCs.
-    assert pareto_front(points, ["click.auc", "order.auc"],
-                        {"click.auc": "higher", "order.auc": "higher"}) == [0, 1, 3]
+    assert "4 weightings stored of 50 evaluated, scored by ndcg@10; 3 on the Pareto front" in \
+        render_report(report)
+    # Point 2 (0.66, 0.63) is beaten by point 1 (0.68, 0.64) on both metrics.
+    assert pareto_front(points, ["click", "order"], {"click": "higher", "order": "higher"}) \
+        == [0, 1, 3]
+    # With lower-is-better, point 1 is the one beaten (by point 2).
+    assert pareto_front(points, ["click", "order"], {"click": "lower", "order": "lower"}) \
+        == [0, 2, 3]
 
 
 def test_compare_marks_deltas_by_metric_direction(registry: Registry, tmp_path: Path) -> None:
