@@ -85,6 +85,7 @@ td.missing { color: #aab7b8; }
 .scroll { overflow-x: auto; }
 .note { color: var(--muted); font-style: italic; margin: 6px 0; }
 .skipped { color: var(--muted); }
+table.compare td:nth-child(2) { text-align: left; }
 .better { color: var(--good); background: var(--good-bg); font-weight: 600; }
 .worse { color: var(--bad); background: var(--bad-bg); font-weight: 600; }
 .figure { margin: 6px 0 14px; }
@@ -527,7 +528,7 @@ def _compare_metrics(cmp: CompareReport) -> str:
         body = []
         for r in (r for r in rows if r["split"] == split):
             cls = {"better": ' class="better"', "worse": ' class="worse"'}.get(r["verdict"], "")
-            arrow = {"better": " ▲", "worse": " ▼"}.get(r["verdict"], "")
+            arrow = {"better": " ✔", "worse": " ✘"}.get(r["verdict"], "")
             head, tip = HEADERS.get(r["metric"], (r["metric"], r["metric"]))
             base = base_metric(r["metric"])
             goal = {"higher": "higher is better", "lower": "lower is better",

@@ -177,7 +177,8 @@ def test_gate_stats_and_fusion_front_render_when_present(registry: Registry) -> 
         "metric": "ndcg@10", "points": points, "recommended": 1, "evaluated": 50,
         "current": {"weights": {"click": 1.0, "order": 1.0},
                     "metrics": {"click": 0.68, "order": 0.64}}}
-    dom = Dom(render_report(report))
+    html = render_report(report)
+    dom = Dom(html)
     assert {"gate-heatmap", "gate-table", "pareto", "fusion-table"} <= dom.ids
     cells = {(c["data-task"], c["data-expert"]): c["data-value"]
              for c in dom.having("td", "data-expert")}
@@ -187,8 +188,7 @@ def test_gate_stats_and_fusion_front_render_when_present(registry: Registry) -> 
     assert list(rows) == ["current", "0", "1", "2", "3"]
     assert rows["1"] == "better"  # the recommended point is highlighted
     assert dom.data["gate_stats"]["order"]["weights"] == [0.2, 0.5, 0.3]
-    assert "4 weightings stored of 50 evaluated, scored by ndcg@10; 3 on the Pareto front" in \
-        render_report(report)
+    assert "4 weightings stored of 50 evaluated, scored by ndcg@10; 3 on the Pareto front" in html
     # Point 2 (0.66, 0.63) is beaten by point 1 (0.68, 0.64) on both metrics.
     assert pareto_front(points, ["click", "order"], {"click": "higher", "order": "higher"}) \
         == [0, 1, 3]
