@@ -50,7 +50,7 @@ from rankengine.errors import ArtifactError, ConfigError, DataError, RankEngineE
 
 if TYPE_CHECKING:
     from rankengine.artifact import LoadedModel
-    from rankengine.registry.store import ModelVersion
+    from rankengine.registry.store import ModelVersion, RegistryStore
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
@@ -459,15 +459,17 @@ def _parse_priority(items: Sequence[str], tasks: list[str]) -> dict[str, float]:
     return out
 
 
-def _load(model: str, registry: str | None) -> tuple[ModelVersion | None, LoadedModel]:
+def _load(model: str, registry: str | None
+          ) -> tuple[RegistryStore | None, ModelVersion | None, LoadedModel]:
     if Path(model).is_dir():
         from rankengine.artifact import load_artifact
 
-        return None, load_artifact(model)
+        return None, None, load_artifact(model)
     from rankengine.registry.artifacts import load_version
     from rankengine.registry.cli import open_store
 
-    return load_version(open_store(registry, create_if_empty=False), model)
+    store = open_store(registry, create_if_empty=False)
+    return (store, *load_version(store, model))
 
 
 def _read(loaded: LoadedModel, data: Path, group: str,
@@ -672,8 +674,8 @@ def tune_fusion(model: str, data_path: Path, group: str | None, k: int, method: 
 
     if not data_path.exists():
         raise DataError(f"{data_path}: data file or directory not found")
-    version, loaded = _load(model, registry)
-    if write and version is None:
+    store, version, loaded = _load(model, registry)
+    if write and (store is None or version is None):
         raise click.UsageError("--write needs a registry reference (NAME@ALIAS or "
                                "NAME/VERSION), not an artifact directory")
     label = version.ref if version else str(model)
@@ -701,11 +703,8 @@ def tune_fusion(model: str, data_path: Path, group: str | None, k: int, method: 
                      f"{data_path.name}, grouped by {group}")
     if not write:
         return
-    assert version is not None
-    from rankengine.registry.cli import open_store
-
+    assert store is not None and version is not None
     weights = result.points[result.recommended]
-    store = open_store(registry, create_if_empty=False)
     store.patch_version(version.model, version.version, metrics={"fusion_search": record},
                         tags={FUSION_WEIGHTS_TAG: format_fusion_weights(weights)})
     click.echo(f"wrote {version.ref}: metrics.fusion_search ({len(record['points'])} points) and "

@@ -286,6 +286,14 @@ def test_write_serves_the_recommended_weights(reg: Setup) -> None:
     assert f"{top:.4g}" in out
     code, _, out = invoke("models", "show", "demo@champion", "--url", reg.url)
     assert code == 0 and FUSION_WEIGHTS_TAG in out and format_fusion_weights(weights) in out
+    # The HTML report draws the stored search with the recommended point highlighted.
+    html = reg.root / "report.html"
+    code, _, out = invoke("report", "demo@champion", "--registry", reg.url, "-o", str(html),
+                          "--max-rows", "2000")
+    assert code == 0, out
+    page = html.read_text()
+    assert 'id="fusion-table"' in page
+    assert f'class="better" data-point="{stored["recommended"]}"' in page
 
 
 def test_bad_weights_tag_is_a_clear_load_error(reg: Setup) -> None:
