@@ -376,17 +376,24 @@ def export(model: str, fmt: str, output: Path, registry: str | None) -> None:
 @click.option("--correlation", type=float, default=0.5, show_default=True,
               help="correlation of click and conversion factors")
 @click.option("--inconsistent-rate", type=float, default=0.0, show_default=True)
+@click.option("--position-bias", type=float, default=0.6, show_default=True,
+              help="click logit -= position_bias * log(position)")
+@click.option("--logger-bias", type=float, default=0.0, show_default=True,
+              help="> 0: a logging ranker shows promoted brands first (confounds position)")
 @click.option("--shards", type=int, default=1, show_default=True)
 @click.option("--seed", type=int, default=7, show_default=True)
 def simulate(output: Path, requests: int, slate_size: int, correlation: float,
-             inconsistent_rate: float, shards: int, seed: int) -> None:
+             inconsistent_rate: float, position_bias: float, logger_bias: float, shards: int,
+             seed: int) -> None:
     """Write a simulated impression log (click → favorite / order → pay, dwell time)."""
     from rankengine.simulate import SimulationConfig, write_funnel
 
     try:
         config = SimulationConfig(requests=requests, slate_size=slate_size,
                                   conversion_correlation=correlation,
-                                  inconsistent_rate=inconsistent_rate, seed=seed)
+                                  inconsistent_rate=inconsistent_rate,
+                                  position_bias=position_bias, logger_bias=logger_bias,
+                                  seed=seed)
         paths = write_funnel(output, config, shards=shards)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc

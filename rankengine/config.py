@@ -11,7 +11,7 @@ from __future__ import annotations
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -135,11 +135,30 @@ class TaskGraphSection(Section):
     template: str | None = None
 
 
+class BiasTowerSection(Section):
+    """``[model.bias_tower]``: a shallow tower on bias features (position, device ...) whose
+    logit is added to some tasks' logits during training only (YouTube, RecSys 2019)."""
+
+    #: feature groups feeding the tower; features only in these groups leave the backbone
+    #: and are optional at serving time
+    groups: list[str] = ["bias"]
+    tasks: list[str] = Field(min_length=1)
+    hidden: list[int] = [16]
+
+
 class ModelSection(Section):
     backbone: ComponentRef = ComponentRef(kind="mmoe")
     tower: ComponentRef = ComponentRef(kind="mlp")
     cascade: ComponentRef = ComponentRef(kind="esmm")
     backbone_groups: list[str] | None = None
+    bias_tower: BiasTowerSection | None = None
+
+    def bias_only_features(self, features: Sequence[FeatureSpec]) -> list[str]:
+        """Features that feed only the bias tower: not in the backbone, not needed to serve."""
+        if self.bias_tower is None:
+            return []
+        bias = set(self.bias_tower.groups)
+        return [f.name for f in features if f.groups and set(f.groups) <= bias]
 
 
 class EarlyStopping(Section):

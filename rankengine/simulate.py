@@ -1,7 +1,8 @@
 """Simulate e-commerce impression logs with a click -> favorite / order -> pay funnel.
 
-Each request shows a slate of distinct items (Zipf popularity, users with Zipf activity)
-in random order, so position is not confounded with relevance and only biases clicks.
+Each request shows a slate of distinct items (Zipf popularity, users with Zipf activity),
+by default in random order, so position is not confounded with relevance and only biases
+clicks; ``logger_bias`` > 0 makes a logging ranker put promoted brands first instead.
 Preferences are low-rank: user factors = segment factor + ``id_noise`` deviation, item
 factors = category factor + deviation, so most signal lives in segment x category
 interactions (plus brand, price, device and hour effects) and the ids add the rest.
@@ -89,6 +90,10 @@ class SimulationConfig:
     conversion_correlation: float = 0.5  # correlation of click and conversion affinities
     favorite_order_boost: float = 1.5  # order logit boost given favorite (ESM2)
     position_bias: float = 0.6  # click logit -= position_bias * log(position)
+    #: 0: slates shown in random order (position is not confounded with anything). > 0: a
+    #: logging ranker puts items of "promoted" brands (a per-brand effect unrelated to any
+    #: outcome) near the top, so a model that ignores position learns to favour them.
+    logger_bias: float = 0.0
     inconsistent_rate: float = 0.0  # fraction of rows with a child set although parent is 0
     seed: int = 7
 
@@ -101,6 +106,7 @@ class SimulationConfig:
         _check("conversion_correlation", self.conversion_correlation, -1, 1)
         _check("favorite_order_boost", self.favorite_order_boost, None, None)
         _check("position_bias", self.position_bias, 0, None)
+        _check("logger_bias", self.logger_bias, 0, None)
         _check("inconsistent_rate", self.inconsistent_rate, 0, 1)
 
 
@@ -222,7 +228,13 @@ def simulate_funnel(config: SimulationConfig) -> pa.Table:
     req_user = rng.choice(n_u, size=n_req, p=activity)
     req_dev = np.where(rng.random(n_req) < 0.85, user_dev[req_user], rng.integers(0, 4, n_req))
     req_hour = (seg_peak[user_seg[req_user]] + np.rint(3.5 * g(n_req)).astype(np.int64)) % 24
-    item = _sample_slates(rng, pop, n_req, slate).ravel()
+    slates = _sample_slates(rng, pop, n_req, slate)
+    if cfg.logger_bias > 0:  # own random stream: the default world stays bit-identical
+        logger = np.random.default_rng([cfg.seed, 1])
+        promoted = logger.standard_normal(n_b)[item_brand[slates]]
+        key = cfg.logger_bias * promoted + logger.gumbel(size=slates.shape)
+        slates = np.take_along_axis(slates, np.argsort(-key, axis=1), axis=1)
+    item = slates.ravel()
     n = n_req * slate
     request_id = np.repeat(np.arange(n_req, dtype=np.int64), slate)
     position = np.tile(np.arange(1, slate + 1, dtype=np.int64), n_req)

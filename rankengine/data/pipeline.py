@@ -82,6 +82,18 @@ class FeaturePipeline:
                 out[spec.name] = np.asarray(encoder.transform(table.column(spec.source)))
         return out
 
+    def placeholder(self, name: str) -> np.ndarray:
+        """One encoded row of zeros for feature ``name``: stands in for a feature the model
+        does not read at serving time (bias-tower features)."""
+        for spec, encoder in zip(self.features, self.encoders, strict=True):
+            if spec.name == name:
+                if encoder.output == "categorical":
+                    return np.zeros(1, dtype=np.int64)
+                if encoder.output == "dense":
+                    return np.zeros((1, encoder.width), dtype=np.float32)
+                return np.zeros((1, int(spec.params.get("max_len", 20))), dtype=np.int64)
+        raise KeyError(name)
+
     def assemble(self, encoded: dict[str, np.ndarray],
                  n: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """Encoded features (each with n rows, or 1 row to broadcast) → model arrays."""

@@ -13,6 +13,7 @@ from rankengine.data.batching import Batch
 from rankengine.data.pipeline import FeatureLayout
 from rankengine.errors import ConfigError
 from rankengine.graph import TaskGraph
+from rankengine.layers import mlp
 from rankengine.pluginmanager import Engine
 
 
@@ -100,6 +101,22 @@ def _pool(emb: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
     return summed / m.sum(dim=1).clamp(min=1.0)
 
 
+class BiasTower(nn.Module):
+    """A shallow tower on bias features whose logit joins chosen heads while training."""
+
+    def __init__(self, columns: list[int], hidden: Sequence[int], heads: list[int]) -> None:
+        super().__init__()
+        self.columns: torch.Tensor
+        self.register_buffer("columns", torch.tensor(columns, dtype=torch.long),
+                             persistent=False)
+        self.net = mlp(len(columns), hidden, output_dim=1)
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x.index_select(1, self.columns)).squeeze(-1)
+        return out
+
+
 class RankingModel(nn.Module):
     """Embedder → backbone (one representation per head) → towers → cascade."""
 
@@ -111,8 +128,10 @@ class RankingModel(nn.Module):
         cascade: Cascade,
         backbone_columns: list[int] | None,
         tower_columns: list[list[int]],
+        bias: BiasTower | None = None,
     ) -> None:
         super().__init__()
+        self.bias = bias
         self.embedder = embedder
         self.backbone = backbone
         self.towers = nn.ModuleList(towers)
@@ -146,6 +165,10 @@ class RankingModel(nn.Module):
                 extra = x.index_select(1, getattr(self, f"tower_columns_{i}"))
                 rep = torch.cat([rep, extra], dim=1)
             outs.append(tower(rep))
+        if self.bias is not None and self.training:  # dropped at evaluation and serving
+            logit = self.bias(x)
+            for head in self.bias.heads:
+                outs[head] = outs[head] + logit
         return self.cascade.compose(outs)
 
 
@@ -176,10 +199,14 @@ def build_model(
         return [f.name for f in layout if set(f.groups) & set(groups)]
 
     backbone_columns = None
+    bias_only = config.model.bias_only_features(config.features)
     if config.model.backbone_groups is not None:
         backbone_columns = embedder.columns_of(
             features_in(config.model.backbone_groups, "model.backbone_groups")
         )
+    elif bias_only:
+        backbone_columns = embedder.columns_of([f.name for f in layout
+                                                if f.name not in bias_only])
     input_dim = embedder.output_dim if backbone_columns is None else len(backbone_columns)
     cascade = build_cascade(config, engine, graph)
     heads = cascade.heads()
@@ -199,5 +226,17 @@ def build_model(
         cols = embedder.columns_of(features_in(groups, f"tasks.{head.node}.tower_groups"))
         tower_columns.append(cols)
         towers.append(t_factory(t_params, input_dim=backbone.output_dim + len(cols)))
-    return RankingModel(embedder, backbone, towers, cascade, backbone_columns, tower_columns)
+    bias = None
+    spec = config.model.bias_tower
+    if spec is not None:
+        binary = [n.name for n in graph.nodes if n.type == "binary"]
+        for task in spec.tasks:
+            if task not in binary:
+                raise ConfigError(f"expected binary tasks ({', '.join(binary)}); found "
+                                  f"{task!r}", source=src, key="model.bias_tower.tasks")
+        heads_of = [i for i, h in enumerate(heads) if h.node in spec.tasks and h.role == "main"]
+        columns = embedder.columns_of(features_in(spec.groups, "model.bias_tower.groups"))
+        bias = BiasTower(columns, spec.hidden, heads_of)
+    return RankingModel(embedder, backbone, towers, cascade, backbone_columns, tower_columns,
+                        bias)
 

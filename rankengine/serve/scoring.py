@@ -65,12 +65,15 @@ def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, p
     if unknown:
         raise BadRequestError(f"unknown feature '{unknown[0]}'; the model takes: "
                          f"{', '.join(sorted(expected))}")
-    missing = sorted(expected - given)
+    bias_only = set(loaded.config.model.bias_only_features(features))
+    optional = {f.source for f in features if f.name in bias_only}
+    missing = sorted(expected - given - optional)
     if missing:
         raise BadRequestError(f"missing required feature '{missing[0]}'")
     pipeline = loaded.pipeline
     try:
-        encoded = {}
+        encoded = {f.name: pipeline.placeholder(f.name) for f in features
+                   if f.name in bias_only and f.source not in given}
         if context:
             encoded.update(pipeline.encode(pa.table(dict(context)),
                                            [f.name for f in features if f.source in context],
