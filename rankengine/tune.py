@@ -425,9 +425,9 @@ def _effective_weights(loaded: LoadedModel) -> dict[str, float]:
     return {t: float(raw.get(t, default)) for t in names}
 
 
-def _pick_tasks(option: str | None, names: list[str], current: dict[str, float]) -> list[str]:
-    if not option:
-        return [t for t in names if current[t] != 0] or list(names)
+def _pick_tasks(option: str | None, names: list[str], named: Sequence[str]) -> list[str]:
+    if not option:  # the tasks the weights name (zeros too: a written search names them all)
+        return [t for t in names if t in named] or list(names)
     tasks = list(dict.fromkeys(t.strip() for t in option.split(",") if t.strip()))
     for t in tasks:
         if t not in names:
@@ -657,7 +657,7 @@ def _standing(result: TuneResult) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--tasks", "tasks_option", default=None,
               help="comma-separated tasks whose weights are searched and whose NDCG is "
-                   "measured (default: the tasks with a non-zero current weight)")
+                   "measured (default: the tasks [fusion] weights names, else every task)")
 @click.option("--priority", "priorities", multiple=True,
               help="TASK=W multiplier of a task in the recommendation rule (repeatable)")
 @click.option("--write", is_flag=True,
@@ -686,7 +686,8 @@ def tune_fusion(model: str, data_path: Path, group: str | None, k: int, method: 
                               f"parameters: {fields}); tune-fusion searches the weights of "
                               f"weighted_sum / weighted_product fusions")
     names = loaded.graph.names
-    tasks = _pick_tasks(tasks_option, names, _effective_weights(loaded))
+    tasks = _pick_tasks(tasks_option, names,
+                        list(getattr(loaded.fusion.params, "weights", {}) or {}))
     priority = _parse_priority(priorities, tasks)
     group = group or loaded.config.data.group or "request_id"
     metric = f"ndcg@{k}"

@@ -286,6 +286,15 @@ def test_write_serves_the_recommended_weights(reg: Setup) -> None:
     assert f"{top:.4g}" in out
     code, _, out = invoke("models", "show", "demo@champion", "--url", reg.url)
     assert code == 0 and FUSION_WEIGHTS_TAG in out and format_fusion_weights(weights) in out
+    # A new search starts from the served weights and searches the tasks they name.
+    code, stdout, out = invoke("tune-fusion", "demo@champion", "--data", str(data),
+                               "--registry", reg.url, "--trials", "3", "--json")
+    assert code == 0, out
+    again = json.loads(stdout)
+    assert again["current"]["weights"] == weights
+    assert set(again["current"]["metrics"]) == {"click", "order", "pay"}
+    assert again["current"]["metrics"] == recommended["metrics"]
+    assert store.get_version("demo", 2).metrics["fusion_search"] == record  # not written
     # The HTML report draws the stored search with the recommended point highlighted.
     html = reg.root / "report.html"
     code, _, out = invoke("report", "demo@champion", "--registry", reg.url, "-o", str(html),
