@@ -312,6 +312,7 @@ class Search:
         self.points: list[dict[str, float]] = []
         self.raw: list[Floats] = []
         self.values: list[Floats] = []
+        self.front: list[int] = []  # kept up to date as points are added
         self._seen: set[tuple[float, ...]] = set()
 
     @property
@@ -328,7 +329,15 @@ class Search:
         self._seen.add(key)
         self.points.append(weights)
         self.raw.append(np.array([weights[t] / self.space.scale for t in self.space.tasks]))
-        self.values.append(self.evaluate(weights))
+        value = self.evaluate(weights)
+        self.values.append(value)
+        if self.front:
+            others = np.array([self.values[i] for i in self.front])
+            if ((others >= value).all(axis=1) & (others > value).any(axis=1)).any():
+                return
+            beaten = (value >= others).all(axis=1) & (value > others).any(axis=1)
+            self.front = [i for i, b in zip(self.front, beaten.tolist(), strict=True) if not b]
+        self.front.append(len(self.values) - 1)
 
     def run(self, method: str, current: Floats) -> None:
         t = len(self.space.tasks)
@@ -373,8 +382,7 @@ class Search:
                 return
             progress = (len(self.points) - begun) / max(1, self.trials - begun)
             sigma = 0.5 * (1.0 - progress) + 0.05 * progress
-            front = pareto_front(np.array(self.values))
-            parent = self.raw[int(self.rng.choice(front))]
+            parent = self.raw[int(self.rng.choice(self.front))]
             logs = np.log10(np.maximum(parent, 10.0 ** -LOG_SPAN))
             child = logs + self.rng.normal(0.0, sigma, len(logs))
             self.add(10.0 ** np.clip(child, -LOG_SPAN, 0.0))

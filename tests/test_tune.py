@@ -30,6 +30,7 @@ from rankengine.train import train
 from rankengine.tune import (
     COMPARE_WIDTH,
     GroupedNDCG,
+    Search,
     SearchSpace,
     format_fusion_weights,
     ndcg_reference,
@@ -191,6 +192,20 @@ def test_search_is_seeded_and_grid_levels_cover_the_range(reg: Setup) -> None:
               if p["click"] and p["order"]}
     assert min(ratios) == pytest.approx(-2) and max(ratios) == pytest.approx(2)
     assert all(max(p.values()) == 1.0 for p in grid)  # normalised: the largest weight is 1
+
+
+@pytest.mark.parametrize("method", ["grid", "random", "bayes"])
+def test_search_keeps_its_front_while_adding(method: str) -> None:
+    rng = np.random.default_rng(5)
+    space = SearchSpace(["a", "b", "c"], ["a", "b", "c"], {}, 1.0)
+
+    def evaluate(weights: dict[str, float]) -> np.ndarray:  # coarse values: many ties
+        return np.round(rng.random(3) * 4) / 4
+
+    search = Search(space, evaluate, 120, seed=0)
+    search.run(method, np.ones(3))
+    assert len(search.points) == len(search.values) <= 120
+    assert sorted(search.front) == pareto_front(np.array(search.values))
 
 
 def test_search_space_keeps_unsearched_weights() -> None:
