@@ -335,9 +335,8 @@ class Search:
             others = np.array([self.values[i] for i in self.front])
             if ((others >= value).all(axis=1) & (others > value).any(axis=1)).any():
                 return
-            beaten: NDArray[np.bool_] = (value >= others).all(axis=1) & \
-                (value > others).any(axis=1)
-            self.front = [i for i, b in zip(self.front, beaten, strict=True) if not b]
+            beaten = np.asarray((value >= others).all(axis=1) & (value > others).any(axis=1))
+            self.front = [i for i, b in zip(self.front, beaten.tolist(), strict=True) if not b]
         self.front.append(len(self.values) - 1)
 
     def run(self, method: str, current: Floats) -> None:
