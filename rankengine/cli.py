@@ -468,16 +468,18 @@ def _load_extra_commands() -> None:
     engine.call("rankengine_register_commands", cli=cli)
 
 
-def _add_registry_commands() -> None:
+def _add_command_groups() -> None:
+    """Built-in commands that live next to the code they drive (imported lazily inside)."""
     from rankengine.registry.cli import db, models
     from rankengine.report.cli import report
+    from rankengine.scaffold import plugin
+    from rankengine.tune import tune_fusion
 
-    cli.add_command(db)
-    cli.add_command(models)
-    cli.add_command(report)
+    for command in (db, models, report, tune_fusion, plugin):
+        cli.add_command(command)
 
 
-_add_registry_commands()
+_add_command_groups()
 
 
 def main() -> None:
