@@ -63,14 +63,25 @@ GATE = re.compile(r"^\s*(\w+)\.(\w+)\s*(>=|<=|==|>|<)\s*([\w.+-]+)\s*$")
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE tag on the version (repeatable)")
 @click.option("--parent", type=int, default=None, help="version this one was fine-tuned from")
 @click.option("--epochs", type=int, default=None, help="override [train] epochs")
+@click.option("--resume", is_flag=True,
+              help="continue from the newest intact checkpoint in [train] checkpoint_dir")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def train(config_path: Path, output: Path | None, overwrite: bool, registry: str | None,
           model_name: str | None, promote: str | None, gate: str | None, tags: tuple[str, ...],
-          parent: int | None, epochs: int | None, quiet: bool) -> None:
-    """Train the model described by engine.toml and register it (or write it with -o)."""
+          parent: int | None, epochs: int | None, resume: bool, quiet: bool) -> None:
+    """Train the model described by engine.toml and register it (or write it with -o).
+
+    Runs unchanged under ``torchrun --nproc-per-node N``: every rank trains on its share of the
+    data, rank 0 alone evaluates, registers and prints.
+    """
+    import os
+
     from rankengine.artifact import save_artifact
     from rankengine.config import load_config
+    from rankengine.distributed import shutdown
     from rankengine.train import train as run_training
+
+    main_rank = os.environ.get("RANK", "0") == "0"
 
     config = load_config(config_path)
     if epochs is not None:
@@ -84,14 +95,19 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
     if len(tag_map) != len(tags):
         raise click.UsageError("--tag takes KEY=VALUE")
     store = None
-    if output is None:
+    if output is None and main_rank:  # other ranks never touch the registry
         from rankengine.registry.cli import open_store
 
         store = open_store(config.registry_url(registry))  # refuses an outdated schema now
-    elif output.exists() and not overwrite:
+    elif output is not None and output.exists() and not overwrite:
         raise click.ClickException(f"{output} already exists; pass --overwrite to replace it")
-    trained = run_training(config, progress=not quiet and sys.stderr.isatty(),
-                           log=lambda m: click.echo(m, err=True))
+    try:
+        trained = run_training(config, progress=not quiet and sys.stderr.isatty(),
+                               log=lambda m: click.echo(m, err=True), resume=resume)
+    finally:
+        shutdown()
+    if not main_rank:
+        return
     result = trained.result
     split = "test" if "test" in result.metrics else "valid"
     print_metrics(result.metrics[split], f"{split} metrics (best epoch {result.best_epoch})")

@@ -72,6 +72,13 @@ class DataSection(Section):
     group: str | None = None
     inconsistent: Literal["error", "fix", "drop"] = "error"
     cache_dir: str | None = None
+    #: stream the training split from Parquet row groups instead of loading it (flat memory)
+    streaming: bool = False
+    #: rows read, encoded and shuffled together when streaming
+    buffer_rows: int = Field(default=262_144, ge=1)
+    #: rows (evenly spaced row groups) the feature pipeline is fitted on when streaming or
+    #: distributed
+    fit_rows: int = Field(default=1_000_000, ge=1)
 
 
 class FeatureSpec(BaseModel):
@@ -176,6 +183,11 @@ class TrainSection(Section):
     weight_decay: float = Field(default=0.0, ge=0.0)
     early_stopping: EarlyStopping | None = EarlyStopping()
     progress: bool = True
+    #: directory for checkpoints (relative to this file); none: no checkpoints
+    checkpoint_dir: str | None = None
+    #: also checkpoint every this many steps (0: at the end of each epoch only)
+    checkpoint_every: int = Field(default=0, ge=0)
+    keep_checkpoints: int = Field(default=2, ge=1)
 
 
 class RankingSection(BaseModel):

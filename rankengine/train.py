@@ -7,10 +7,12 @@ computed from the cascade's log-space outputs and combined by the loss-weighting
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,8 @@ import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
 
+from rankengine.checkpoint import CheckpointError, Position, load_latest, rng_state, set_rng_state
+from rankengine.checkpoint import save as save_checkpoint
 from rankengine.components import (
     Component,
     LossWeighting,
@@ -35,6 +39,14 @@ from rankengine.data.batching import Batch, TensorData, iterate_batches
 from rankengine.data.dataset import EncodedData, encode_table, label_columns, oracle_columns
 from rankengine.data.io import read_table
 from rankengine.data.pipeline import FeaturePipeline
+from rankengine.data.stream import (
+    EncodeChunk,
+    StreamingData,
+    list_fragments,
+    read_fragments,
+    sample_fragments,
+)
+from rankengine.distributed import DistContext, context_from_env
 from rankengine.errors import ConfigError, DataError, GraphError, PluginError, TrainingError
 from rankengine.evaluate import Metrics, node_metrics, predict_arrays, select_metrics
 from rankengine.graph import TaskGraph
@@ -257,10 +269,17 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool | None = None,
-          log: Callable[[str], None] | None = None) -> Trained:
-    """Run a full training job as configured; returns the trained model and its metrics."""
+          log: Callable[[str], None] | None = None, resume: bool = False) -> Trained:
+    """Run a full training job as configured; returns the trained model and its metrics.
+
+    Under ``torchrun`` every rank calls this: each trains on its share of the data and the
+    gradients are averaged after every step (see :mod:`rankengine.distributed`). With
+    ``resume``, training continues from the newest intact checkpoint in
+    ``[train] checkpoint_dir``.
+    """
     engine = engine or engine_for(config)
-    say = log or (lambda _msg: None)
+    dist = context_from_env()
+    say = (log or (lambda _msg: None)) if dist.is_main else (lambda _msg: None)
     if config.engine.threads:
         torch.set_num_threads(config.engine.threads)
     generator = seed_everything(config.engine.seed)
@@ -273,9 +292,8 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     sample_weighting: SampleWeighting = _construct(sw_factory, "loss.sample_weighting", config,
                                                     graph, sw_params)
     extras = [*oracle_columns(graph), *sample_weighting.columns()]
-    encoded, sources = _encoded_splits(config, graph, pipeline, extras, say)
-    for split, data in encoded.items():
-        sample_weighting.check(data.extras, where=sources.get(split, split))
+    splits = _prepare_data(config, graph, pipeline, extras, sample_weighting, dist, say)
+    encoded, sources = splits.encoded, splits.sources
     tensors = {name: TensorData(data) for name, data in encoded.items()}
 
     model = build_model(config, engine, graph, pipeline.layout())
@@ -293,84 +311,149 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
                               f"[loss.ranking] and give the task a pointwise loss",
                               source=config.source, key=f"tasks.{node.name}.loss")
         losses.append(pointwise)
-    objective = Objective(graph, model, losses, sample_weighting)
     ranking = RankingObjective(config, engine, graph) if config.loss.ranking else None
     metric_components = select_metrics(engine.components.metrics, config.evaluate.metrics)
     stopper = EarlyStopper(config, graph, metric_components)
 
+    checkpoints = Checkpoints(config, dist) if config.train.checkpoint_dir else None
+    if resume and checkpoints is None:
+        raise ConfigError("--resume needs [train] checkpoint_dir", source=config.source,
+                          key="train.checkpoint_dir")
+    restored = checkpoints.latest(say) if checkpoints is not None and resume else None
+    history: list[dict[str, Any]] = []
+    best_epoch, seen, elapsed_before = 0, 0, 0.0
+    position = Position(1, 0)
+    if restored is not None:
+        position, state = restored
+        model.load_state_dict(state["model"])
+        weighting = state["weighting"]
+        stopper, history = state["stopper"], state["history"]
+        best_epoch, seen, elapsed_before = state["best_epoch"], state["seen"], state["elapsed"]
+        if ranking is not None:
+            ranking.generator.set_state(state["ranking_generator"])
+    objective = Objective(graph, model, losses, sample_weighting)
     params = list(model.parameters()) + list(weighting.parameters())
+    dist.broadcast_parameters(params)  # identical replicas whatever each rank's init did
     shared = model.shared_parameters()
     optimizer = _optimizer(config, params)
+    best_state = copy.deepcopy(model.state_dict())
+    if restored is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        best_state = state["best_state"]
     context = TrainContext(config, engine, graph, pipeline, model,
-                           {k: len(v) for k, v in encoded.items()})
+                           {"train": len(splits.train), **{k: len(v) for k, v in encoded.items()
+                                                          if k != "train"}})
     engine.call("rankengine_before_train", context=context)
 
-    show = config.train.progress if progress is None else progress
-    history: list[dict[str, Any]] = []
-    best_state = copy.deepcopy(model.state_dict())
-    best_epoch, seen, started = 0, 0, time.perf_counter()
-    train_data = tensors["train"]
-    for epoch in range(1, config.train.epochs + 1):
+    show = (config.train.progress if progress is None else progress) and dist.is_main
+    started = time.perf_counter()
+    keep_groups = ranking is not None
+    for epoch in range(position.epoch, config.train.epochs + 1):
+        resuming = restored is not None and epoch == position.epoch
+        if resuming:
+            generator.set_state(state["epoch_generator"])
+        epoch_generator = generator.get_state()
         model.train()
         sums = torch.zeros(len(graph))
         rank_sum = 0.0
-        steps = 0
-        bar = tqdm(total=len(train_data), unit="rows", unit_scale=True, disable=not show,
+        steps = 0  # this rank's batches
+        global_steps = 0  # steps every rank took together
+        bar = tqdm(total=len(splits.train), unit="rows", unit_scale=True, disable=not show,
                    desc=f"epoch {epoch}/{config.train.epochs}", leave=False)
-        for batch in iterate_batches(train_data, config.train.batch_size, shuffle=True,
-                                     generator=generator, keep_groups=ranking is not None):
-            out = model(batch)
-            task_losses = objective(out, batch)
+        batches = splits.train.batches(config.train.batch_size, generator, keep_groups)
+        if resuming:
+            for _ in range(position.batches):  # replay the data order up to the checkpoint
+                if next(batches, None) is not None:
+                    steps += 1
+            global_steps = position.batches
+            sums, rank_sum = state["epoch_sums"], state["epoch_rank_sum"]
+            set_rng_state(state["rng"])
+        while True:
+            batch = next(batches, None)
+            if batch is None and not dist.active:
+                break
             optimizer.zero_grad(set_to_none=True)
-            if ranking is not None:  # its gradient first; the weighting's backward adds to it
-                rank_loss = ranking(out, batch)
-                if torch.isfinite(rank_loss):
-                    rank_loss.backward(retain_graph=True)  # type: ignore[no-untyped-call]
-                rank_sum += float(rank_loss.detach())
-            total = weighting.backward(task_losses, shared) \
-                if torch.isfinite(task_losses).all() else task_losses.sum()
-            if ranking is not None:
-                total = total.detach() + rank_loss.detach()
-            if not torch.isfinite(total):
-                raise TrainingError(
-                    f"epoch {epoch}, step {steps + 1}: loss became {total.item()} "
-                    f"(per task: {dict(zip(graph.names, task_losses.tolist(), strict=True))}); "
-                    f"lower [train] lr or check the inputs"
-                )
+            total = torch.zeros(())
+            if batch is not None:
+                out = model(batch)
+                task_losses = objective(out, batch)
+                if ranking is not None:  # its gradient first; the weighting's backward adds
+                    rank_loss = ranking(out, batch)
+                    if torch.isfinite(rank_loss):
+                        rank_loss.backward(retain_graph=True)  # type: ignore[no-untyped-call]
+                    rank_sum += float(rank_loss.detach())
+                total = weighting.backward(task_losses, shared) \
+                    if torch.isfinite(task_losses).all() else task_losses.sum()
+                if ranking is not None:
+                    total = total.detach() + rank_loss.detach()
+                if not torch.isfinite(total):
+                    raise TrainingError(
+                        f"epoch {epoch}, step {steps + 1}: loss became {total.item()} (per task: "
+                        f"{dict(zip(graph.names, task_losses.tolist(), strict=True))}); "
+                        f"lower [train] lr or check the inputs"
+                    )
+            if not dist.average_gradients(params, batch is not None):
+                break  # every rank has run out of data
             optimizer.step()
-            sums += task_losses.detach()
-            steps += 1
-            seen += len(batch)
-            if show:
-                bar.update(len(batch))
-                if steps % 20 == 0:
-                    bar.set_postfix(loss=f"{total.item():.4f}")
+            global_steps += 1
+            if batch is not None:
+                sums += task_losses.detach()
+                steps += 1
+                seen += len(batch)
+                if show:
+                    bar.update(len(batch))
+                    if steps % 20 == 0:
+                        bar.set_postfix(loss=f"{total.item():.4f}")
+            if checkpoints is not None and checkpoints.due(global_steps):
+                checkpoints.save(Position(epoch, global_steps), {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "weighting": weighting, "stopper": stopper, "history": history,
+                    "best_epoch": best_epoch, "best_state": best_state, "seen": seen,
+                    "elapsed": elapsed_before + time.perf_counter() - started,
+                    "epoch_generator": epoch_generator, "epoch_sums": sums.clone(),
+                    "epoch_rank_sum": rank_sum, "rng": rng_state(),
+                    "ranking_generator": ranking.generator.get_state() if ranking else None,
+                })
         bar.close()
-        train_loss = dict(zip(graph.names, (sums / max(steps, 1)).tolist(), strict=True))
+        totals = dist.sum(torch.cat([sums, torch.tensor([float(steps), rank_sum])]))
+        mean_losses = totals[:len(graph)] / max(float(totals[-2]), 1.0)
+        train_loss = dict(zip(graph.names, mean_losses.tolist(), strict=True))
         weighting.after_epoch(epoch, train_loss)
         valid_loss, valid_metrics = _evaluate_split(
             model, objective, weighting, tensors["valid"], encoded["valid"], config,
             metric_components)
         record = {
             "epoch": epoch, "train_loss": train_loss,
-            "train_loss_total": float(weighting.combine(sums / max(steps, 1)).detach()),
+            "train_loss_total": float(weighting.combine(mean_losses).detach()),
             "valid_loss": valid_loss,
             "valid": valid_metrics, "loss_weights": weighting.current_weights(),
         }
         if ranking is not None:
-            record["train_ranking_loss"] = rank_sum / max(steps, 1)
+            record["train_ranking_loss"] = float(totals[-1]) / max(float(totals[-2]), 1.0)
         history.append(record)
         engine.call("rankengine_after_epoch", context=context, epoch=epoch, metrics=record)
         improved, stop = stopper.update(epoch, valid_loss, valid_metrics)
         if improved:
             best_epoch = epoch
             best_state = copy.deepcopy(model.state_dict())
+        if checkpoints is not None:
+            checkpoints.save(Position(epoch + 1, 0), {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "weighting": weighting, "stopper": stopper, "history": history,
+                "best_epoch": best_epoch, "best_state": best_state, "seen": seen,
+                "elapsed": elapsed_before + time.perf_counter() - started,
+                "epoch_generator": generator.get_state(), "epoch_sums": torch.zeros(len(graph)),
+                "epoch_rank_sum": 0.0, "rng": rng_state(),
+                "ranking_generator": ranking.generator.get_state() if ranking else None,
+                "stopped": stop,
+            })
         if stop:
             say(f"early stopping after epoch {epoch}: no improvement of "
                 f"{config.train.early_stopping.metric if config.train.early_stopping else ''} "
                 f"since epoch {best_epoch}")
             break
-    elapsed = time.perf_counter() - started
+    elapsed = elapsed_before + time.perf_counter() - started
+    seen = int(dist.sum(torch.tensor([float(seen)])).item())
     model.load_state_dict(best_state)
 
     metrics: dict[str, Metrics] = {}
@@ -383,11 +466,142 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
         train_seconds=elapsed, samples_per_second=seen / elapsed if elapsed else 0.0,
         label_reports={k: v.report.as_dict() for k, v in encoded.items() if v.report},
         data_sources=sources, loss_weights=weighting.current_weights(),
-        rows={k: len(v) for k, v in encoded.items()},
+        rows={"train": len(splits.train), **{k: len(v) for k, v in encoded.items()}},
         gate_stats=gate_statistics(model, tensors["valid"], config.train.eval_batch_size),
     )
     engine.call("rankengine_after_train", context=context, result=result)
     return Trained(config, engine, graph, pipeline, model, result)
+
+
+class InMemoryData:
+    """The encoded training split held in memory."""
+
+    def __init__(self, data: EncodedData) -> None:
+        self.tensors = TensorData(data)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    def batches(self, batch_size: int, generator: torch.Generator,
+                keep_groups: bool) -> Iterator[Batch]:
+        return iterate_batches(self.tensors, batch_size, shuffle=True, generator=generator,
+                               keep_groups=keep_groups)
+
+
+@dataclass
+class PreparedData:
+    train: InMemoryData | StreamingData
+    encoded: dict[str, EncodedData]  # valid, test, and train when it is in memory
+    sources: dict[str, str]
+
+
+def _prepare_data(config: EngineConfig, graph: TaskGraph, pipeline: FeaturePipeline,
+                  extras: list[str], sample_weighting: SampleWeighting, dist: DistContext,
+                  say: Callable[[str], None]) -> PreparedData:
+    """Fit the pipeline and encode the splits: all in memory for a plain run; with streaming
+    or several ranks, each rank's share of the training row groups, fitted once on rank 0."""
+    if not config.data.streaming and not dist.active:
+        encoded, sources = _encoded_splits(config, graph, pipeline, extras, say)
+        for split, split_data in encoded.items():
+            sample_weighting.check(split_data.extras, where=sources.get(split, split))
+        return PreparedData(InMemoryData(encoded["train"]), encoded, sources)
+    data = config.data
+    why = "streaming" if data.streaming else "distributed training"
+    if not data.valid:
+        raise ConfigError(f"{why} needs a separate [data] valid file (the training split is "
+                          f"never read whole, so nothing can be held out of it)",
+                          source=config.source, key="data.valid")
+    train_path = config.resolve_path(data.train)
+    if not train_path.exists():
+        raise ConfigError(f"data file or directory not found: {train_path}",
+                          source=config.source, key="data.train")
+    fragments = list_fragments(train_path)[dist.rank::dist.world_size]
+    columns = needed_columns(config, graph, pipeline, extras)
+    where = f"{train_path} (rank {dist.rank} of {dist.world_size})" if dist.active \
+        else str(train_path)
+    state = None
+    if dist.is_main:
+        sample = read_fragments(sample_fragments(fragments, data.fit_rows), columns)
+        pipeline.fit(sample, where=where)
+        say(f"fitted the features on {sample.num_rows:,} rows of {where}")
+        state = pipeline.state()
+    pipeline.load_state(dist.broadcast_object(state))
+    encode = EncodeChunk(pipeline, graph, policy=data.inconsistent, group=data.group,
+                         extras=extras)
+
+    def checked(table: pa.Table, *, where: str) -> EncodedData:
+        chunk = encode(table, where=where)
+        sample_weighting.check(chunk.extras, where=where)
+        return chunk
+
+    train_data: InMemoryData | StreamingData
+    if data.streaming:
+        train_data = StreamingData(fragments, columns, checked, data.buffer_rows)
+    else:
+        train_data = InMemoryData(checked(read_fragments(fragments, columns), where=where))
+    sources = {"train": where}
+    encoded = {}
+    for split in ("valid", "test"):
+        path = getattr(data, split)
+        if path:
+            resolved = config.resolve_path(path)
+            if not resolved.exists():
+                raise ConfigError(f"data file or directory not found: {resolved}",
+                                  source=config.source, key=f"data.{split}")
+            table = read_table(resolved, columns, format=data.format, csv=data.csv)
+            encoded[split] = encode(table, where=str(resolved))
+            sample_weighting.check(encoded[split].extras, where=str(resolved))
+            sources[split] = str(resolved)
+    say(f"training on {len(train_data):,} rows" + (" (streamed)" if data.streaming else "")
+        + f"; valid {len(encoded['valid']):,}"
+        + (f", test {len(encoded['test']):,}" if "test" in encoded else "") + " rows")
+    return PreparedData(train_data, encoded, sources)
+
+
+class Checkpoints:
+    """Where and when this run checkpoints; only rank 0 writes."""
+
+    def __init__(self, config: EngineConfig, dist: DistContext) -> None:
+        assert config.train.checkpoint_dir is not None
+        self.directory = config.resolve_path(config.train.checkpoint_dir)
+        self.every = config.train.checkpoint_every
+        self.keep = config.train.keep_checkpoints
+        self.dist = dist
+        self.fingerprint = _config_fingerprint(config)
+        self.source = config.source
+
+    def due(self, global_steps: int) -> bool:
+        return bool(self.every) and global_steps % self.every == 0
+
+    def save(self, position: Position, state: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.directory, position,
+                            {**state, "fingerprint": self.fingerprint}, keep=self.keep)
+        self.dist.barrier()
+
+    def latest(self, say: Callable[[str], None]) -> tuple[Position, dict[str, Any]] | None:
+        found = load_latest(self.directory)
+        if found is None:
+            say(f"no checkpoint in {self.directory}; starting from scratch")
+            return None
+        position, state, path = found
+        if state.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(
+                f"{path} was written by a run with another configuration (only [train] "
+                f"epochs, progress and the checkpoint keys may change between runs); move "
+                f"it away or use another checkpoint_dir")
+        say(f"resuming from {path} (epoch {position.epoch}, after {position.batches} steps)")
+        return position, state
+
+
+def _config_fingerprint(config: EngineConfig) -> str:
+    resolved = config.resolved_dict()
+    train = dict(resolved.get("train", {}))
+    for key in ("epochs", "progress", "checkpoint_dir", "checkpoint_every", "keep_checkpoints"):
+        train.pop(key, None)
+    resolved["train"] = train
+    blob = json.dumps(resolved, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
 
 
 def _encoded_splits(

@@ -1,0 +1,94 @@
+"""Data-parallel training on ``torch.distributed``, launched by ``torchrun``.
+
+Every rank holds a full model replica, trains on its own share of the data and, after each
+backward pass, all ranks average their gradients with one ``all_reduce`` (gloo on CPU, NCCL on
+GPUs), so every replica takes the same optimiser step. Gradients are averaged *after* the
+loss weighting's own backward, which is what lets gradient-level weightings (GradNorm, PCGrad,
+Pareto) run unchanged; that is also why this uses the collective directly rather than the
+``DistributedDataParallel`` wrapper, whose reducer fires inside ``backward`` and would be
+overwritten by PCGrad's projection. Ranks with uneven data keep stepping with zero
+contributions until every rank has run out (the ``Join`` semantics), so no rank waits forever.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def broadcast_object(self, value: Any) -> Any:
+        """``value`` from rank 0 on every rank (any picklable object)."""
+        if not self.active:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def broadcast_parameters(self, params: Sequence[torch.Tensor]) -> None:
+        if self.active:
+            for p in params:
+                dist.broadcast(p.data, src=0)
+
+    def average_gradients(self, params: Sequence[torch.nn.Parameter], has_batch: bool) -> int:
+        """Average ``params``' gradients over the ranks that had a batch (one all_reduce);
+        returns how many ranks had one (0: every rank has finished the epoch)."""
+        if not self.active:
+            return int(has_batch)
+        grads = [p.grad if p.grad is not None and has_batch else torch.zeros_like(p)
+                 for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([float(has_batch)])])
+        dist.all_reduce(flat)
+        count = round(float(flat[-1]))
+        if count:
+            offset = 0
+            for p in params:
+                size = p.numel()
+                p.grad = (flat[offset:offset + size] / count).view_as(p)
+                offset += size
+        return count
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return values
+        out = values.clone()
+        dist.all_reduce(out)
+        return out
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+def context_from_env() -> DistContext:
+    """The process group ``torchrun`` describes in the environment (WORLD_SIZE, RANK,
+    MASTER_ADDR ...), initialised once; a plain run is a world of one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size())
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
