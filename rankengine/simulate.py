@@ -318,9 +318,12 @@ def _summary(part: pa.Table, fraction: float) -> dict[str, object]:
     }
 
 
+ROW_GROUP_ROWS = 100_000  # a multiple of the slate size: requests stay inside a row group
+
+
 def _write_split(part: pa.Table, target: Path, shards: int) -> None:
     if shards == 1:
-        pq.write_table(part, target)
+        pq.write_table(part, target, row_group_size=ROW_GROUP_ROWS)
         return
     # Shard on request boundaries so a request never straddles two files.
     req = np.asarray(part.column("request_id"))
@@ -330,7 +333,7 @@ def _write_split(part: pa.Table, target: Path, shards: int) -> None:
     target.mkdir()
     for s in range(shards):
         pq.write_table(part.slice(bounds[s], bounds[s + 1] - bounds[s]),
-                       target / f"part-{s:05d}.parquet")
+                       target / f"part-{s:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
 
 
 def _move_into_place(src: Path, dst: Path, trash: Path) -> None:
