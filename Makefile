@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 REQUESTS ?= 50000
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench bench-peers clean
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,10 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py --seeds 2018 1 2 3
 	$(BIN)/python benchmarks/funnel_quality.py --requests 50000
+
+# rankengine vs DeepCTR-Torch vs torch-rechub on census (own venv in benchmarks/peers/.venv).
+bench-peers: setup
+	$(BIN)/python benchmarks/peers/run.py $(PEERS_ARGS)
 
 clean:
 	rm -rf runs data/funnel .pytest_cache .mypy_cache .ruff_cache
