@@ -10,6 +10,8 @@ from rankengine import hookimpl
 
 @hookimpl
 def rankengine_before_train(context: Any) -> None:
+    if context.rank:
+        return
     rows = ", ".join(f"{k} {v:,}" for k, v in context.rows.items())
     heads = len(context.model.cascade.heads())
     params = sum(p.numel() for p in context.model.parameters())
@@ -20,6 +22,8 @@ def rankengine_before_train(context: Any) -> None:
 
 @hookimpl
 def rankengine_after_epoch(context: Any, epoch: int, metrics: dict[str, Any]) -> None:
+    if context.rank:
+        return
     train = metrics["train_loss_total"]
     valid = metrics["valid_loss"]["total"]
     aucs = " ".join(

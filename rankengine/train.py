@@ -175,6 +175,10 @@ class TrainContext:
     pipeline: FeaturePipeline
     model: RankingModel
     rows: dict[str, int]
+    #: under torchrun: this process's rank and the number of ranks (observers that print or
+    #: write usually do so on rank 0 only)
+    rank: int = 0
+    world_size: int = 1
 
 
 @dataclass
@@ -342,7 +346,8 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
         best_state = state["best_state"]
     context = TrainContext(config, engine, graph, pipeline, model,
                            {"train": len(splits.train), **{k: len(v) for k, v in encoded.items()
-                                                          if k != "train"}})
+                                                          if k != "train"}},
+                           rank=dist.rank, world_size=dist.world_size)
     engine.call("rankengine_before_train", context=context)
 
     show = (config.train.progress if progress is None else progress) and dist.is_main
@@ -515,15 +520,17 @@ def _prepare_data(config: EngineConfig, graph: TaskGraph, pipeline: FeaturePipel
     if not train_path.exists():
         raise ConfigError(f"data file or directory not found: {train_path}",
                           source=config.source, key="data.train")
-    fragments = list_fragments(train_path)[dist.rank::dist.world_size]
+    every_fragment = list_fragments(train_path)
+    fragments = every_fragment[dist.rank::dist.world_size]
     columns = needed_columns(config, graph, pipeline, extras)
     where = f"{train_path} (rank {dist.rank} of {dist.world_size})" if dist.active \
         else str(train_path)
     state = None
     if dist.is_main:
-        sample = read_fragments(sample_fragments(fragments, data.fit_rows), columns)
+        # Spread over every rank's row groups, bounded by fit_rows.
+        sample = read_fragments(sample_fragments(every_fragment, data.fit_rows), columns)
         pipeline.fit(sample, where=where)
-        say(f"fitted the features on {sample.num_rows:,} rows of {where}")
+        say(f"fitted the features on {sample.num_rows:,} rows of {train_path}")
         state = pipeline.state()
     pipeline.load_state(dist.broadcast_object(state))
     encode = EncodeChunk(pipeline, graph, policy=data.inconsistent, group=data.group,
