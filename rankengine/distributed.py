@@ -1,8 +1,8 @@
 """Data-parallel training on ``torch.distributed``, launched by ``torchrun``.
 
 Every rank holds a full model replica, trains on its own share of the data and, after each
-backward pass, all ranks average their gradients with one ``all_reduce`` (gloo on CPU, NCCL on
-GPUs), so every replica takes the same optimiser step. Gradients are averaged *after* the
+backward pass, all ranks average their gradients with one ``all_reduce`` (gloo: training runs
+on the CPU), so every replica takes the same optimiser step. Gradients are averaged *after* the
 loss weighting's own backward, which is what lets gradient-level weightings (GradNorm, PCGrad,
 Pareto) run unchanged; that is also why this uses the collective directly rather than the
 ``DistributedDataParallel`` wrapper, whose reducer fires inside ``backward`` and would be
@@ -84,8 +84,8 @@ def context_from_env() -> DistContext:
     if world <= 1:
         return DistContext()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        # Training runs on the CPU (no CUDA placement yet), so the CPU collective backend.
+        dist.init_process_group(backend="gloo")
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size())
 
 
