@@ -30,12 +30,15 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check rankengine plugins migrations tests benchmarks
+	$(BIN)/ruff check rankengine plugins migrations tests benchmarks examples
 	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python benchmarks/train_throughput.py --seeds 2018 1 2 3
 	$(BIN)/python benchmarks/funnel_quality.py --requests 50000
+	$(BIN)/python benchmarks/objectives.py --requests 20000 --seeds 1 2 3
+	$(BIN)/python benchmarks/serve_latency.py
+	$(BIN)/python benchmarks/streaming_scale.py
 
 # rankengine vs DeepCTR-Torch vs torch-rechub on census (own venv in benchmarks/peers/.venv).
 bench-peers: setup
