@@ -335,6 +335,8 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
         best_epoch, seen, elapsed_before = state["best_epoch"], state["seen"], state["elapsed"]
         if ranking is not None:
             ranking.generator.set_state(state["ranking_generator"])
+        if state.get("stopped"):  # early stopping had ended the run: nothing left to train
+            position = Position(config.train.epochs + 1, 0)
     objective = Objective(graph, model, losses, sample_weighting)
     params = list(model.parameters()) + list(weighting.parameters())
     dist.broadcast_parameters(params)  # identical replicas whatever each rank's init did
