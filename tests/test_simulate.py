@@ -277,11 +277,11 @@ def test_write_funnel_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     calls = []
 
-    def failing_write(table: pa.Table, where: object) -> None:
+    def failing_write(table: pa.Table, where: object, **options: object) -> None:
         calls.append(where)
         if len(calls) == 2:
             raise OSError("disk full")
-        pq.write_table(table, where)
+        pq.write_table(table, where, **options)
 
     monkeypatch.setattr(simulate.pq, "write_table", failing_write)
     with pytest.raises(OSError, match="disk full"):
