@@ -87,7 +87,7 @@ def child(config: str) -> None:
     started = time.perf_counter()
     trained = train(load_config(config), progress=False)
     seconds = time.perf_counter() - started
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = peak_rss_mb()
     result = trained.result
     out = {"rank": int(os.environ.get("RANK", "0")), "rows": result.rows["train"],
            "train_seconds": result.train_seconds, "job_seconds": seconds,
@@ -95,6 +95,15 @@ def child(config: str) -> None:
            "valid_auc_click": result.metrics["valid"]["click"]["auc"]}
     print("RESULT " + json.dumps(out), flush=True)
     shutdown()
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS. (``ru_maxrss`` would not do: Linux carries the parent's
+    high-water mark across fork and exec, and the parent holds the simulated data.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(config: Path, ranks: int = 1) -> list[dict[str, float]]:
