@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--swap-seconds", type=float, default=60.0)
     parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="the server's inference threads (cores are split between them)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     write_funnel(tmp / "data", SimulationConfig(requests=20_000, seed=7))
@@ -87,7 +89,7 @@ def main() -> None:
         port = s.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "rankengine.cli", "serve", "demo@champion", "--registry", url,
-         "--port", str(port), "--threads", "2", "--poll-interval", "0.5",
+         "--port", str(port), "--threads", str(args.threads), "--poll-interval", "0.5",
          "--max-candidates", "5000", "--backend", args.backend],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
@@ -106,9 +108,11 @@ def main() -> None:
         onnx_path = export(loaded, tmp / "demo.onnx", "onnx")
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(str(onnx_path))
+        options = onnxruntime.SessionOptions()  # the server's per-thread budget
+        options.intra_op_num_threads = max(1, (os.cpu_count() or 1) // args.threads)
+        session = onnxruntime.InferenceSession(str(onnx_path), options)
         print(f"# demo MMoE + ESM² served by rankengine serve --backend {args.backend} "
-              f"(2 inference threads), "
+              f"({args.threads} inference threads), "
               f"{os.cpu_count()} cores, torch {torch.__version__}")
         print("| candidates | concurrency | p50 ms | p99 ms | candidates/s "
               "| server p50 ms: parse / encode / model / respond = total "
@@ -117,7 +121,7 @@ def main() -> None:
         for n in (100, 500, 1000):
             bodies = [payload(table, n, (i * 37) % (len(table["position"]) - n))
                       for i in range(20)]
-            model_ms, onnx_ms = model_only(loaded, session, bodies[0], n)
+            model_ms, onnx_ms = model_only(loaded, session, bodies[0], n, args.threads)
             for concurrency in (1, 4):
                 lat, wall, stages = load(base, bodies, args.requests, concurrency)
                 p50 = percentile(lat, 50)
@@ -133,7 +137,8 @@ def main() -> None:
         store.close()
 
 
-def model_only(loaded, session, body: dict, n: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+def model_only(loaded, session, body: dict, n: int,  # type: ignore[no-untyped-def]
+               server_threads: int) -> tuple[float, float]:
     """Forward pass alone (already encoded inputs), in this process, and with ONNX Runtime."""
     import pyarrow as pa
 
@@ -143,7 +148,7 @@ def model_only(loaded, session, body: dict, n: int) -> tuple[float, float]:  # t
     data = TensorData(EncodedData(cat, dense, seqs, np.zeros((n, len(loaded.graph)),
                                                              np.float32)))
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))  # the server's per-thread budget
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // server_threads))  # server's budget
     times, onnx_times = [], []
     feeds = dict(zip(input_names(loaded), [cat, dense, *seqs], strict=True))
     for _ in range(30):
