@@ -10,6 +10,7 @@ takes every ``world_size``-th fragment: no rank reads the whole data set.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,26 +101,36 @@ class StreamingData:
     def __len__(self) -> int:
         return self.rows
 
-    def batches(self, batch_size: int, generator: torch.Generator,
-                keep_groups: bool) -> Iterator[Batch]:
+    def chunks(self, generator: torch.Generator) -> list[list[Fragment]]:
+        """This epoch's buffers: fragments in a seeded random order, ~buffer_rows each."""
         order = torch.randperm(len(self.fragments), generator=generator).tolist()
-        chunk: list[Fragment] = []
+        chunks: list[list[Fragment]] = [[]]
         rows = 0
         for index in order:
-            chunk.append(self.fragments[index])
-            rows += self.fragments[index].rows
             if rows >= self.buffer_rows:
-                yield from self._chunk_batches(chunk, batch_size, generator, keep_groups)
-                chunk, rows = [], 0
-        if chunk:
-            yield from self._chunk_batches(chunk, batch_size, generator, keep_groups)
+                chunks.append([])
+                rows = 0
+            chunks[-1].append(self.fragments[index])
+            rows += self.fragments[index].rows
+        return chunks
 
-    def _chunk_batches(self, chunk: list[Fragment], batch_size: int,
-                       generator: torch.Generator, keep_groups: bool) -> Iterator[Batch]:
-        data = TensorData(self.encode(read_fragments(chunk, self.columns),
+    def batches(self, batch_size: int, generator: torch.Generator,
+                keep_groups: bool) -> Iterator[Batch]:
+        """Shuffled batches, buffer after buffer; the next buffer is read and encoded in a
+        background thread while the current one trains (Arrow and numpy release the GIL)."""
+        chunks = self.chunks(generator)
+        with ThreadPoolExecutor(1, thread_name_prefix="rankengine-prefetch") as pool:
+            pending = pool.submit(self._load, chunks[0])
+            for k in range(len(chunks)):
+                data = pending.result()
+                if k + 1 < len(chunks):
+                    pending = pool.submit(self._load, chunks[k + 1])
+                yield from iterate_batches(data, batch_size, shuffle=True, generator=generator,
+                                           keep_groups=keep_groups)
+
+    def _load(self, chunk: list[Fragment]) -> TensorData:
+        return TensorData(self.encode(read_fragments(chunk, self.columns),
                                       where=f"{chunk[0].path} (+{len(chunk) - 1} row groups)"))
-        yield from iterate_batches(data, batch_size, shuffle=True, generator=generator,
-                                   keep_groups=keep_groups)
 
 
 class EncodeChunk:
