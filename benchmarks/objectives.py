@@ -1,9 +1,10 @@
 """Multi-objective toolbox on the simulated funnel: loss weightings and ranking losses by seed.
 
-    python benchmarks/objectives.py [--requests 20000] [--seeds 1 2 3] [--epochs 3]
+    python benchmarks/objectives.py [--requests 30000] [--seeds 1 2 3] [--epochs 3]
 
-Simulates ``requests * 10`` impressions once (seed 7) and trains the demo engine.toml (ESM² +
-MMoE) once per variant and seed: fixed weights, uncertainty, DWA, GradNorm, PCGrad and Pareto
+Simulates ``requests * 10`` impressions once (seed 7) and trains the demo engine.toml's tasks,
+features and ESM² cascade with a lighter MMoE (4 experts of [64], towers [32], batch 2048: the
+variants are the point, and 24 runs must fit in minutes) once per variant and seed: fixed weights, uncertainty, DWA, GradNorm, PCGrad and Pareto
 weighting, then fixed + BPR and fixed + listwise on the fused score. Reports, mean ± standard
 deviation over the seeds: test AUC per task and per-request NDCG@10 of the *fused* ranking score
 for each behaviour's label (requests without a positive for that behaviour are skipped), plus
@@ -49,6 +50,8 @@ def run(data: Path, variant: str, seed: int, epochs: int) -> dict[str, object]:
         setattr(config.data, split, str(data / f"{split}.parquet"))
     config.engine.seed = seed
     config.train.epochs = epochs
+    config.model.backbone = ComponentRef(kind="mmoe", experts=4, expert_hidden=[64])
+    config.model.tower = ComponentRef(kind="mlp", hidden=[32])
     config.train.progress = False
     config.loss.weighting = ComponentRef(kind=weighting)
     if ranking:
@@ -85,7 +88,7 @@ def spread(values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--requests", type=int, default=30_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -101,8 +104,8 @@ def main() -> None:
                 print(f"  {variant} seed {seed}: {rows[-1]['seconds']:.0f} s", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"\n# {args.requests * 10:,} simulated impressions, demo engine.toml, {args.epochs} "
-          f"epochs, seeds {args.seeds}; mean ± sd over seeds")
+    print(f"\n# {args.requests * 10:,} simulated impressions, demo tasks and features, MMoE 4 x "
+          f"[64], {args.epochs} epochs, seeds {args.seeds}; mean ± sd over seeds")
     header = " | ".join([f"AUC {t}" for t in TASKS] + [f"NDCG@10 {t}" for t in TASKS])
     print(f"| variant | {header} | train s |")
     print("|---" * (2 + 2 * len(TASKS)) + "|")
