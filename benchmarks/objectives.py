@@ -4,8 +4,9 @@
 
 Simulates ``requests * 10`` impressions once (seed 7) and trains the demo engine.toml's tasks,
 features and ESM² cascade with a lighter MMoE (4 experts of [64], towers [32], batch 2048: the
-variants are the point, and 24 runs must fit in minutes) once per variant and seed: fixed weights, uncertainty, DWA, GradNorm, PCGrad and Pareto
-weighting, then fixed + BPR and fixed + listwise on the fused score. Reports, mean ± standard
+variants are the point, and 24 runs must fit in minutes) once per variant and seed: fixed
+weights, uncertainty, DWA, GradNorm, PCGrad and Pareto weighting, then fixed + BPR and
+fixed + listwise on the fused score. Reports, mean ± standard
 deviation over the seeds: test AUC per task and per-request NDCG@10 of the *fused* ranking score
 for each behaviour's label (requests without a positive for that behaviour are skipped), plus
 training time. Writes the raw numbers to ``--json``.
