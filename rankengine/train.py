@@ -354,6 +354,21 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
 
     show = (config.train.progress if progress is None else progress) and dist.is_main
     started = time.perf_counter()
+
+    def snapshot(epoch_generator: torch.Tensor, epoch_sums: torch.Tensor, epoch_rank_sum: float,
+                 stopped: bool = False) -> dict[str, Any]:
+        """Everything a resumed run needs; the epoch_* entries say where in the epoch it is."""
+        return {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "weighting": weighting, "stopper": stopper, "history": history,
+            "best_epoch": best_epoch, "best_state": best_state, "seen": seen,
+            "elapsed": elapsed_before + time.perf_counter() - started,
+            "epoch_generator": epoch_generator, "epoch_sums": epoch_sums,
+            "epoch_rank_sum": epoch_rank_sum, "rng": rng_state(),
+            "ranking_generator": ranking.generator.get_state() if ranking else None,
+            "stopped": stopped,
+        }
+
     keep_groups = ranking is not None
     for epoch in range(position.epoch, config.train.epochs + 1):
         resuming = restored is not None and epoch == position.epoch
@@ -412,15 +427,8 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
                     if steps % 20 == 0:
                         bar.set_postfix(loss=f"{total.item():.4f}")
             if checkpoints is not None and checkpoints.due(global_steps):
-                checkpoints.save(Position(epoch, global_steps), {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "weighting": weighting, "stopper": stopper, "history": history,
-                    "best_epoch": best_epoch, "best_state": best_state, "seen": seen,
-                    "elapsed": elapsed_before + time.perf_counter() - started,
-                    "epoch_generator": epoch_generator, "epoch_sums": sums.clone(),
-                    "epoch_rank_sum": rank_sum, "rng": rng_state(),
-                    "ranking_generator": ranking.generator.get_state() if ranking else None,
-                })
+                checkpoints.save(Position(epoch, global_steps),
+                                 snapshot(epoch_generator, sums.clone(), rank_sum))
         bar.close()
         totals = dist.sum(torch.cat([sums, torch.tensor([float(steps), rank_sum])]))
         mean_losses = totals[:len(graph)] / max(float(totals[-2]), 1.0)
@@ -444,16 +452,9 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
             best_epoch = epoch
             best_state = copy.deepcopy(model.state_dict())
         if checkpoints is not None:
-            checkpoints.save(Position(epoch + 1, 0), {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "weighting": weighting, "stopper": stopper, "history": history,
-                "best_epoch": best_epoch, "best_state": best_state, "seen": seen,
-                "elapsed": elapsed_before + time.perf_counter() - started,
-                "epoch_generator": generator.get_state(), "epoch_sums": torch.zeros(len(graph)),
-                "epoch_rank_sum": 0.0, "rng": rng_state(),
-                "ranking_generator": ranking.generator.get_state() if ranking else None,
-                "stopped": stop,
-            })
+            checkpoints.save(Position(epoch + 1, 0),
+                             snapshot(generator.get_state(), torch.zeros(len(graph)), 0.0,
+                                      stopped=stop))
         if stop:
             say(f"early stopping after epoch {epoch}: no improvement of "
                 f"{config.train.early_stopping.metric if config.train.early_stopping else ''} "
