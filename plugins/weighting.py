@@ -349,12 +349,20 @@ def _task_mask(graph: TaskGraph, tasks: Sequence[str]) -> torch.Tensor:
     return torch.tensor([not tasks or n in tasks for n in graph.names])
 
 
-def _check_non_negative(extras: Mapping[str, np.ndarray], column: str, where: str) -> None:
-    values = extras[column]
-    bad = np.flatnonzero(values < 0)
-    if len(bad):
-        raise DataError(f"{where}: column '{column}' row {bad[0]}: sample weights must be "
-                        f">= 0, found {values[bad[0]]} ({len(bad):,} such rows)")
+class _OneColumnWeighting(SampleWeighting):
+    """Weights read from ``params.column``: finite and >= 0, checked once per split."""
+
+    def columns(self) -> list[str]:
+        return [self.params.column]
+
+    def check(self, extras: Mapping[str, np.ndarray], where: str) -> None:
+        super().check(extras, where)
+        column = self.params.column
+        values = extras[column]
+        bad = np.flatnonzero(values < 0)
+        if len(bad):
+            raise DataError(f"{where}: column '{column}' row {bad[0]}: sample weights must be "
+                            f">= 0, found {values[bad[0]]} ({len(bad):,} such rows)")
 
 
 class ColumnWeightParams(Params):
@@ -363,19 +371,12 @@ class ColumnWeightParams(Params):
     tasks: list[str] = Field(default_factory=list)
 
 
-class ColumnWeighting(SampleWeighting):
+class ColumnWeighting(_OneColumnWeighting):
     """The row's value of ``column`` (finite, >= 0) for the chosen tasks, 1 for the others."""
 
     def __init__(self, graph: TaskGraph, params: ColumnWeightParams) -> None:
         super().__init__(graph, params)
         self.mask = _task_mask(graph, params.tasks)
-
-    def columns(self) -> list[str]:
-        return [self.params.column]
-
-    def check(self, extras: Mapping[str, np.ndarray], where: str) -> None:
-        super().check(extras, where)
-        _check_non_negative(extras, self.params.column, where)
 
     def weights(self, labels: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> torch.Tensor:
         w = extras[self.params.column].unsqueeze(1).expand_as(labels)
@@ -391,20 +392,13 @@ class DwellTimeParams(Params):
     cap: float = Field(default=5.0, gt=0)
 
 
-class DwellTimeWeighting(SampleWeighting):
+class DwellTimeWeighting(_OneColumnWeighting):
     """``1 + scale · min(log1p(seconds), cap)`` on a chosen task's positive rows, 1 elsewhere
     (a click followed by a long visit says more than a bounce)."""
 
     def __init__(self, graph: TaskGraph, params: DwellTimeParams) -> None:
         super().__init__(graph, params)
         self.mask = _task_mask(graph, params.tasks or [graph.names[0]])
-
-    def columns(self) -> list[str]:
-        return [self.params.column]
-
-    def check(self, extras: Mapping[str, np.ndarray], where: str) -> None:
-        super().check(extras, where)
-        _check_non_negative(extras, self.params.column, where)
 
     def weights(self, labels: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> torch.Tensor:
         p = self.params
