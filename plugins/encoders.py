@@ -59,10 +59,30 @@ def fit_vocabulary(values: pa.ChunkedArray, min_count: int, max_vocab: int | Non
     return vocab[:max_vocab] if max_vocab is not None else vocab
 
 
-def lookup(values: pa.ChunkedArray, vocabulary: pa.Array, first_id: int) -> np.ndarray:
-    """Vocabulary position + ``first_id``; unknown or missing values → ``first_id - 1``."""
-    index = pc.fill_null(pc.index_in(as_strings(values), value_set=vocabulary), -1)
-    return np.asarray(index.to_numpy(), dtype=np.int64) + first_id
+def lookup(values: pa.ChunkedArray, vocabulary: pa.Array, first_id: int,
+           integers: pa.Array | None = None) -> np.ndarray:
+    """Vocabulary position + ``first_id``; unknown or missing values → ``first_id - 1``.
+
+    ``integers`` is the same vocabulary as int64 where every entry is an integer: integer
+    columns are then looked up as they are, without formatting each value as a string.
+    """
+    if integers is not None and pa.types.is_integer(values.type):
+        index = pc.index_in(values, value_set=integers)
+    else:
+        index = pc.index_in(as_strings(values), value_set=vocabulary)
+    return np.asarray(pc.fill_null(index, -1).to_numpy(), dtype=np.int64) + first_id
+
+
+def integer_vocabulary(vocabulary: list[str]) -> pa.Array | None:
+    """The vocabulary as int64 when every entry is an integer written canonically ("7", not
+    "07" or "7.0"), else None."""
+    try:
+        integers = [int(v) for v in vocabulary]
+        if all(str(i) == v for i, v in zip(integers, vocabulary, strict=True)):
+            return pa.array(integers, pa.int64())
+    except (ValueError, OverflowError):
+        pass
+    return None
 
 
 def stable_hash(text: str) -> int:
@@ -113,6 +133,7 @@ class VocabularyEncoder(FeatureEncoder):
     def set_vocabulary(self, vocabulary: list[str]) -> None:
         self.vocabulary = vocabulary
         self._vocab_array = pa.array(vocabulary, pa.string())
+        self._vocab_integers = integer_vocabulary(vocabulary)
 
     def state(self) -> dict[str, Any]:
         return {"vocabulary": self.vocabulary}
@@ -135,7 +156,7 @@ class CategoricalEncoder(VocabularyEncoder):
     def transform(self, column: pa.ChunkedArray) -> np.ndarray:
         buckets = self.params.hash_buckets
         if buckets is None:
-            return lookup(column, self._vocab_array, first_id=1)
+            return lookup(column, self._vocab_array, 1, self._vocab_integers)
         encoded = pc.dictionary_encode(as_strings(column)).combine_chunks()
         # Hash each distinct value once, then broadcast through the dictionary indices.
         uniques = encoded.dictionary.to_pylist()
@@ -316,7 +337,7 @@ class SequenceEncoder(VocabularyEncoder):
         lists = self._lists(column)
         values = pc.list_flatten(lists)
         rows = np.asarray(pc.list_parent_indices(lists).to_numpy(), dtype=np.int64)
-        ids = lookup(pa.chunked_array([values]), self._vocab_array, first_id=2)
+        ids = lookup(pa.chunked_array([values]), self._vocab_array, 2, self._vocab_integers)
         # Position of each element inside its row: index minus the row's first element index.
         position = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
         keep = position < self.params.max_len

@@ -37,6 +37,30 @@ def test_categorical_ints_and_strings_share_categories(engine: Engine) -> None:
     assert enc.transform(col([3.0, 5.0])).tolist() == [1, 2]
 
 
+@pytest.mark.parametrize("vocabulary_values", [
+    [3, 5, 3, -12],            # all integers: integer columns take the int64 lookup
+    ["3", "05", "5", "3"],     # "05" is not how 5 is written: every lookup goes by string
+    ["3", "ios", "3", "12"],   # mixed
+])
+def test_integer_and_string_columns_encode_alike_whatever_the_vocabulary(
+        engine: Engine, vocabulary_values: list[Any]) -> None:
+    for kind, params in (("categorical", {}), ("sequence", {"max_len": 1})):
+        enc = encoder(engine, kind, **params)
+        fitted = col(vocabulary_values)
+        enc.fit(fitted if kind == "categorical" else col([[v] for v in vocabulary_values]))
+        queries = [3, 5, -12, 12, 7, None]
+        as_text = [None if q is None else str(q) for q in queries]
+        by_int = col(queries, pa.int64()) if kind == "categorical" else \
+            col([[q] for q in queries], pa.list_(pa.int64()))
+        by_str = col(as_text) if kind == "categorical" else col([[q] for q in as_text])
+        ids = enc.transform(by_int).reshape(-1).tolist()
+        assert ids == enc.transform(by_str).reshape(-1).tolist()
+        expected = [enc.vocabulary.index(t) + (1 if kind == "categorical" else 2)
+                    if t in enc.vocabulary else (0 if kind == "categorical" else 1)
+                    for t in as_text]
+        assert ids == expected
+
+
 def test_categorical_hash_buckets_are_stable_and_in_range(engine: Engine) -> None:
     enc = encoder(engine, "categorical", hash_buckets=7)
     enc.fit(col(["x"]))
