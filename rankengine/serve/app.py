@@ -271,6 +271,9 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
         top_k = payload.get("top_k", n)
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise BadRequestError(f"'top_k' must be a positive integer, found {top_k!r}")
+        layout = payload.get("format", "rows")
+        if layout not in ("rows", "columns"):
+            raise BadRequestError(f"'format' must be 'rows' or 'columns', found {layout!r}")
         weights = _weights(model, payload.get("fusion_weights"))
         for key in context:
             if sides.get(key) == "item":
@@ -283,14 +286,21 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
         respond_at = time.perf_counter()
         order = np.argsort(-out["score"], kind="stable")[:top_k]
         names = model.loaded.graph.names
-        probs = np.stack([out[f"p_{t}"] for t in names], axis=1)[order].tolist()
-        scores = out["score"][order].tolist()
-        content = orjson.dumps({
-            "model": model.name, "version": model.version,
-            "ranked": [{"index": i, "id": ids[i], "score": s,
-                        "p": dict(zip(names, p, strict=True))}
-                       for i, s, p in zip(order.tolist(), scores, probs, strict=True)],
-        })
+        if layout == "columns":  # arrays straight to JSON: no per-candidate Python objects
+            content = orjson.dumps({
+                "model": model.name, "version": model.version, "index": order,
+                "id": [ids[i] for i in order.tolist()], "score": out["score"][order],
+                "p": {t: out[f"p_{t}"][order] for t in names},
+            }, option=orjson.OPT_SERIALIZE_NUMPY)
+        else:
+            probs = np.stack([out[f"p_{t}"] for t in names], axis=1)[order].tolist()
+            scores = out["score"][order].tolist()
+            content = orjson.dumps({
+                "model": model.name, "version": model.version,
+                "ranked": [{"index": i, "id": ids[i], "score": s,
+                            "p": dict(zip(names, p, strict=True))}
+                           for i, s, p in zip(order.tolist(), scores, probs, strict=True)],
+            })
         timings["respond"] = time.perf_counter() - respond_at
         timings["total"] = time.perf_counter() - started
         return Response(content, media_type="application/json",

@@ -182,6 +182,7 @@ def test_rank_orders_by_fused_score_and_broadcasts_the_context(served: tuple) ->
     (lambda p: p | {"fusion_weights": {"clik": 1}}, 400, "unknown task"),
     (lambda p: p | {"top_k": 0}, 400, "top_k"),
     (lambda p: p | {"top_k": True}, 400, "top_k"),
+    (lambda p: p | {"format": "csv"}, 400, "'format' must be 'rows' or 'columns'"),
     (lambda p: p | {"candidates": [*p["candidates"][:2], {
         k: v for k, v in p["candidates"][2].items() if k != "item_price"}]}, 400,
      "candidates[2]: missing feature 'item_price'"),
@@ -276,7 +277,7 @@ def rank_bodies(draw: st.DrawFn) -> object:
         st.fixed_dictionaries({"context": st.dictionaries(feature_names, json_values,
                                                           max_size=4),
                                "candidates": st.lists(candidate, max_size=4)},
-                              optional={"top_k": json_values,
+                              optional={"top_k": json_values, "format": json_values,
                                         "fusion_weights": json_values}),
     ))
 
@@ -354,6 +355,14 @@ def test_columnar_candidates_rank_like_rows(served: tuple) -> None:
     ranked = client.post("/v1/rank", json=some_ids).json()["ranked"]
     assert {r["index"]: r["id"] for r in ranked} == {
         i: (c["id"] if i % 2 else None) for i, c in enumerate(payload["candidates"])}
+    # A columnar response holds the same ranking as parallel arrays.
+    columns = client.post("/v1/rank", json=columnar | {"format": "columns",
+                                                       "top_k": 7}).json()
+    assert "ranked" not in columns and len(columns["index"]) == 7
+    assert columns["index"] == [r["index"] for r in by_rows[:7]]
+    assert columns["id"] == [r["id"] for r in by_rows[:7]]
+    assert columns["score"] == [r["score"] for r in by_rows[:7]]
+    assert columns["p"] == {t: [r["p"][t] for r in by_rows[:7]] for t in by_rows[0]["p"]}
     ragged = payload | {"candidates": {"item_id": [1, 2], "position": [1]}}
     response = client.post("/v1/rank", json=ragged)
     assert response.status_code == 400 and "same length" in response.json()["error"]
