@@ -72,11 +72,12 @@ class FeaturePipeline:
         if not self.fitted:
             raise RuntimeError("FeaturePipeline.encode called before fit/load")
         wanted = set(names)
+        present = set(table.column_names)
         out: dict[str, np.ndarray] = {}
         for spec, encoder in zip(self.features, self.encoders, strict=True):
             if spec.name not in wanted:
                 continue
-            if spec.source not in table.column_names:
+            if spec.source not in present:
                 raise DataError(f"{where}: feature '{spec.name}' needs column '{spec.source}'")
             with _Naming(spec, where):
                 out[spec.name] = np.asarray(encoder.transform(table.column(spec.source)))

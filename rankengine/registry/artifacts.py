@@ -88,8 +88,12 @@ def register(store: RegistryStore, root: Path, trained: Trained, model: str, *,
                             artifact_sha256=sha, artifact_size=size, metrics=json_safe(metrics))
 
 
-def load_version(store: RegistryStore, ref: str) -> tuple[ModelVersion, LoadedModel]:
-    """Resolve ``NAME@ALIAS`` / ``NAME/VERSION`` / ``NAME`` and load its verified artifact."""
+def load_version(store: RegistryStore, ref: str, *,
+                 apply_tags: bool = True) -> tuple[ModelVersion, LoadedModel]:
+    """Resolve ``NAME@ALIAS`` / ``NAME/VERSION`` / ``NAME`` and load its verified artifact.
+
+    With ``apply_tags`` a ``fusion_weights`` tag replaces the artifact's fusion weights.
+    """
     version = store.resolve(ref)
     if version.status != "ready" or not version.artifact_uri:
         raise RegistryError(f"{version.ref} is {version.status}; only ready versions load")
@@ -101,7 +105,7 @@ def load_version(store: RegistryStore, ref: str) -> tuple[ModelVersion, LoadedMo
             f"{(version.artifact_sha256 or '')[:12]}… for {version.ref}; the artifact was "
             f"modified or replaced")
     loaded = load_artifact(path)
-    if version.tags.get(FUSION_WEIGHTS_TAG):  # written by `rankengine tune-fusion --write`
+    if apply_tags and version.tags.get(FUSION_WEIGHTS_TAG):  # by `tune-fusion --write`
         from rankengine.tune import apply_fusion_weights
 
         loaded = apply_fusion_weights(loaded, version.tags[FUSION_WEIGHTS_TAG],

@@ -1,4 +1,5 @@
-"""The served model: loaded off the event loop, swapped atomically, reloaded on alias moves."""
+"""The served model: loaded off the event loop, swapped atomically, reloaded when the alias moves
+or the version's fusion weights tag changes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +18,7 @@ from rankengine.data.batching import TensorData
 from rankengine.data.dataset import EncodedData
 from rankengine.errors import RankEngineError
 from rankengine.evaluate import predict_arrays
-from rankengine.registry.artifacts import load_version
+from rankengine.registry.artifacts import FUSION_WEIGHTS_TAG, load_version
 from rankengine.registry.store import RegistryStore
 
 log = logging.getLogger("rankengine.serve")
@@ -28,12 +30,26 @@ Predictor = Callable[[np.ndarray, np.ndarray, list[np.ndarray]], tuple[np.ndarra
 
 @dataclass(frozen=True)
 class Served:
-    """One loaded version; replaced as a whole, never mutated."""
+    """One loaded version; replaced as a whole, never mutated.
+
+    ``loaded`` carries the fusion in effect: the artifact's own (``artifact``), or the weights
+    of the version's ``fusion_weights`` tag (``fusion_tag``) when it has one.
+    """
 
     name: str
     version: int
     loaded: LoadedModel
     predict: Predictor
+    artifact: LoadedModel
+    fusion_tag: Any = None  # the tag as stored: "task=w,..." or an object
+
+
+def with_fusion_tag(artifact: LoadedModel, tag: Any, where: str) -> LoadedModel:
+    if not tag:
+        return artifact
+    from rankengine.tune import apply_fusion_weights
+
+    return apply_fusion_weights(artifact, tag, where=f"{where} tag {FUSION_WEIGHTS_TAG}")
 
 
 def torch_predictor(loaded: LoadedModel) -> Predictor:
@@ -81,24 +97,31 @@ class ModelHolder:
         self._stop = threading.Event()
 
     def load(self) -> Served:
-        """Resolve the reference and load it unless it is already served."""
+        """Resolve the reference and load it unless it is already served; a version whose
+        ``fusion_weights`` tag changed keeps its model and gets the new fusion."""
         with self._lock:
             current = self.current
             try:
                 target = self.store.resolve(self.ref)
+                tag = target.tags.get(FUSION_WEIGHTS_TAG) or None
                 if current is not None and current.version == target.version:
-                    return current
-                version, loaded = load_version(self.store, f"{target.model}/{target.version}")
-                predict = make_predictor(loaded, self.backend, self.threads)
+                    if current.fusion_tag == tag:
+                        return current
+                    artifact, predict = current.artifact, current.predict
+                else:
+                    _, artifact = load_version(self.store, target.ref, apply_tags=False)
+                    predict = make_predictor(artifact, self.backend, self.threads)
+                loaded = with_fusion_tag(artifact, tag, target.ref)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("loading %s (%s back end) failed, keeping %s: %s", self.ref,
                           self.backend, current.version if current else "nothing", exc)
                 raise
-            served = Served(version.model, version.version, loaded, predict)
+            served = Served(target.model, target.version, loaded, predict, artifact, tag)
             self.current = served  # one reference assignment: an atomic swap
             self.last_error = None
-            log.info("serving %s/%s", served.name, served.version)
+            log.info("serving %s/%s%s", served.name, served.version,
+                     f" with fusion weights {tag}" if tag else "")
             return served
 
     def poll(self, interval: float) -> None:

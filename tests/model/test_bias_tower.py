@@ -176,7 +176,7 @@ def test_serving_does_not_need_the_bias_features(tmp_path: Path, logged: Path) -
 
     loaded = load_artifact(save_artifact(trained(tmp_path, logged, "tower", bias_tower=True),
                                          tmp_path / "artifact"))
-    served = Served("m", 1, loaded, torch_predictor(loaded))
+    served = Served("m", 1, loaded, torch_predictor(loaded), loaded)
     rows = pq.read_table(logged / "test.parquet").slice(0, 20).to_pydict()
     context = {k: column(k, [rows[k][0]]) for k in ("user_segment", "device")}
     items = {k: column(k, rows[k]) for k in ("item_category", "item_brand", "item_price")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -246,6 +246,39 @@ def test_hot_reload_on_alias_move_and_failed_load_keeps_serving(served: tuple,
     assert 'rankengine_model_version{model="demo"} 3.0' in metrics
     assert 'rankengine_requests_total{endpoint="rank",status="200"}' in metrics
     assert "rankengine_candidates_scored_total" in metrics
+
+
+def test_a_new_fusion_weights_tag_is_served_without_reloading_the_model(served: tuple) -> None:
+    client, store, funnel = served
+    payload = rank_payload(funnel) | {"format": "columns"}
+    before = client.post("/v1/rank", json=payload).json()
+    assert before["score"] != pytest.approx(before["p"]["click"], rel=1e-9)
+
+    def wait_for(check: Callable[[dict], bool], what: str) -> dict:
+        deadline = time.time() + 20
+        while not check(body := client.post("/v1/rank", json=payload).json()):
+            assert time.time() < deadline, what
+            time.sleep(0.05)
+        return body
+
+    try:
+        # What `rankengine tune-fusion --write` does: only clicks count now.
+        store.patch_version("demo", 1, tags={"fusion_weights": "click=1"})
+        clicks = wait_for(lambda b: b["score"] == pytest.approx(b["p"]["click"], rel=1e-9),
+                          "the fusion_weights tag was not picked up")
+        assert clicks["version"] == 1
+        for task, probabilities in clicks["p"].items():  # same model, new fusion
+            assert probabilities == pytest.approx(
+                [before["p"][task][before["index"].index(i)] for i in clicks["index"]], rel=1e-9)
+        # An unusable tag is refused and the weights in effect stay.
+        store.patch_version("demo", 1, tags={"fusion_weights": "colour=1"})
+        response = client.post("/v2/repository/models/demo/load")
+        assert response.status_code == 409 and "colour" in response.text
+        assert client.post("/v1/rank", json=payload).json()["score"] == clicks["score"]
+    finally:
+        store.patch_version("demo", 1, tags={"fusion_weights": None})
+    wait_for(lambda b: b["score"] == before["score"], "removing the tag did not restore the "
+             "artifact's own weights")
 
 
 def test_not_loaded_is_503(registry: tuple) -> None:
