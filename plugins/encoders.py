@@ -70,7 +70,9 @@ def lookup(values: pa.ChunkedArray, vocabulary: pa.Array, first_id: int,
         index = pc.index_in(values, value_set=integers)
     else:
         index = pc.index_in(as_strings(values), value_set=vocabulary)
-    return np.asarray(pc.fill_null(index, -1).to_numpy(), dtype=np.int64) + first_id
+    if index.null_count:  # unknown values: fill_null costs as much as the lookup itself
+        index = pc.fill_null(index, -1)
+    return np.asarray(index.to_numpy(), dtype=np.int64) + first_id
 
 
 def integer_vocabulary(vocabulary: list[str]) -> pa.Array | None:
