@@ -5,7 +5,8 @@
 Trains the demo engine.toml (2 epochs on a 20k-request simulated funnel: latency does not depend
 on quality), registers it in a temporary SQLite registry, starts ``rankengine serve`` in a
 subprocess (2 inference threads) and measures ``POST /v1/rank`` end to end for 100 / 500 / 1000
-candidates at concurrency 1 and 4. Then it moves the champion alias while 4 clients keep
+candidates at concurrency 1 and 4, with candidates and response as objects (``rows``) and as
+columns (``"format": "columns"``). Then it moves the champion alias while 4 clients keep
 ranking for ``--swap-seconds`` and counts failed requests and responses from the old version.
 """
 
@@ -43,18 +44,23 @@ REPO = Path(__file__).resolve().parents[1]
 CONTEXT = ("user_segment", "device", "hour", "user_hist_categories")
 
 
-def payload(table: dict[str, list], n: int, offset: int) -> dict:
+ITEM = ("item_category", "item_brand", "item_price", "position")
+
+
+def payload(table: dict[str, list], n: int, offset: int, layout: str = "rows") -> dict:
+    """A /v1/rank body: candidates as objects and a per-candidate response (``rows``), or
+    candidates as columns and a columnar response (``columns``)."""
     rows = range(offset, offset + n)
     hist = table["user_hist_categories"][offset]
-    return {
-        "context": {"user_segment": table["user_segment"][offset],
-                    "device": table["device"][offset], "hour": table["hour"][offset],
-                    "user_hist_categories": "|".join(map(str, hist))},
-        "candidates": [{"id": i, "item_category": table["item_category"][i],
-                        "item_brand": table["item_brand"][i],
-                        "item_price": table["item_price"][i],
-                        "position": table["position"][i]} for i in rows],
-    }
+    context = {"user_segment": table["user_segment"][offset],
+               "device": table["device"][offset], "hour": table["hour"][offset],
+               "user_hist_categories": "|".join(map(str, hist))}
+    if layout == "columns":
+        return {"context": context, "format": "columns",
+                "candidates": {"id": list(rows), **{k: table[k][offset:offset + n]
+                                                    for k in ITEM}}}
+    return {"context": context,
+            "candidates": [{"id": i, **{k: table[k][i] for k in ITEM}} for i in rows]}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -114,22 +120,25 @@ def main() -> None:
         print(f"# demo MMoE + ESM² served by rankengine serve --backend {args.backend} "
               f"({args.threads} inference threads), "
               f"{os.cpu_count()} cores, torch {torch.__version__}")
-        print("| candidates | concurrency | p50 ms | p99 ms | candidates/s "
+        print("| candidates | format | concurrency | p50 ms | p99 ms | candidates/s "
               "| server p50 ms: parse / encode / model / respond = total "
               "| model-only p50 ms | ONNX Runtime p50 ms | overhead / model time |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for n in (100, 500, 1000):
-            bodies = [payload(table, n, (i * 37) % (len(table["position"]) - n))
-                      for i in range(20)]
-            model_ms, onnx_ms = model_only(loaded, session, bodies[0], n, args.threads)
-            for concurrency in (1, 4):
-                lat, wall, stages = load(base, bodies, args.requests, concurrency)
-                p50 = percentile(lat, 50)
-                breakdown = " / ".join(f"{np.median(stages[k]):.2f}" for k in STAGES[:-1])
-                print(f"| {n} | {concurrency} | {p50:.1f} | {percentile(lat, 99):.1f} | "
-                      f"{n * len(lat) / wall:,.0f} | {breakdown} = "
-                      f"{np.median(stages['total']):.2f} | {model_ms:.1f} | {onnx_ms:.1f} | "
-                      f"{(p50 - model_ms) / model_ms:.0%} |", flush=True)
+            offsets = [(i * 37) % (len(table["position"]) - n) for i in range(20)]
+            model_ms, onnx_ms = model_only(loaded, session, payload(table, n, offsets[0]), n,
+                                           args.threads)
+            for layout in ("rows", "columns"):
+                bodies = [payload(table, n, offset, layout) for offset in offsets]
+                for concurrency in (1, 4):
+                    lat, wall, stages = load(base, bodies, args.requests, concurrency)
+                    p50 = percentile(lat, 50)
+                    breakdown = " / ".join(f"{np.median(stages[k]):.2f}"
+                                           for k in STAGES[:-1])
+                    print(f"| {n} | {layout} | {concurrency} | {p50:.1f} | "
+                          f"{percentile(lat, 99):.1f} | {n * len(lat) / wall:,.0f} | "
+                          f"{breakdown} = {np.median(stages['total']):.2f} | {model_ms:.1f} | "
+                          f"{onnx_ms:.1f} | {(p50 - model_ms) / model_ms:.0%} |", flush=True)
         swap(base, store, table, args.swap_seconds)
     finally:
         server.send_signal(signal.SIGTERM)
