@@ -31,12 +31,11 @@ import pyarrow.parquet as pq
 import torch
 
 from rankengine.config import load_config
-from rankengine.data.batching import TensorData
-from rankengine.data.dataset import EncodedData
-from rankengine.evaluate import predict_arrays
 from rankengine.export import export, input_names
 from rankengine.registry import RegistryStore
 from rankengine.registry.artifacts import load_version, register
+from rankengine.serve.holder import torch_predictor
+from rankengine.serve.process import retain_freed_memory
 from rankengine.simulate import SimulationConfig, write_funnel
 from rankengine.train import train
 
@@ -75,6 +74,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2,
                         help="the server's inference threads (cores are split between them)")
     args = parser.parse_args()
+    retain_freed_memory()  # model-only times under the server's allocator settings
     tmp = Path(tempfile.mkdtemp())
     write_funnel(tmp / "data", SimulationConfig(requests=20_000, seed=7))
     config = load_config(REPO / "engine.toml")
@@ -154,15 +154,14 @@ def model_only(loaded, session, body: dict, n: int,  # type: ignore[no-untyped-d
     cols = {**{k: [v] * n for k, v in body["context"].items()},
             **{k: [c[k] for c in body["candidates"]] for k in body["candidates"][0] if k != "id"}}
     cat, dense, seqs = loaded.pipeline.transform(pa.table(cols))
-    data = TensorData(EncodedData(cat, dense, seqs, np.zeros((n, len(loaded.graph)),
-                                                             np.float32)))
+    predict = torch_predictor(loaded)  # what the server runs per request
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // server_threads))  # server's budget
     times, onnx_times = [], []
     feeds = dict(zip(input_names(loaded), [cat, dense, *seqs], strict=True))
     for _ in range(30):
         started = time.perf_counter()
-        predict_arrays(loaded.model, data, n)
+        predict(cat, dense, seqs)
         times.append(time.perf_counter() - started)
         started = time.perf_counter()
         session.run(None, feeds)
