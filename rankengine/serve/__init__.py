@@ -16,14 +16,16 @@ ENV = "RANKENGINE_SERVE"
 def app_from_env() -> FastAPI:
     """uvicorn factory for ``--workers N``: each worker process builds its own app."""
     from rankengine.registry.store import RegistryStore
-    from rankengine.serve.process import retain_freed_memory
+    from rankengine.serve.process import freeze_startup_objects, retain_freed_memory
 
     retain_freed_memory()  # this process only serves: keep activation memory between requests
     spec = json.loads(os.environ[ENV])
     store = RegistryStore(spec["registry"], create_if_empty=False)
     holder = ModelHolder(store, spec["ref"], backend=spec.get("backend", "torch"),
                          threads=spec.get("torch_threads", 1))
-    return create_app(holder, ServeSettings(**spec["settings"]))
+    app = create_app(holder, ServeSettings(**spec["settings"]))
+    freeze_startup_objects()
+    return app
 
 
 __all__ = ["ModelHolder", "ServeSettings", "app_from_env", "create_app"]

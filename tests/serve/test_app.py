@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -430,6 +433,39 @@ def test_onnxruntime_backend_serves_the_same_scores(served: tuple) -> None:
         assert onnx_rows[i]["score"] == pytest.approx(row["score"], abs=1e-5)
         assert onnx_rows[i]["p"] == pytest.approx(row["p"], abs=1e-5)
     assert infer.status_code == 400 and "missing required feature" in infer.json()["error"]
+
+
+def test_rankengine_serve_process_ranks_and_shuts_down_gracefully(registry: tuple) -> None:
+    store, root, funnel, _ = registry
+    store.set_alias("demo", "champion", 1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rankengine.cli", "serve", "demo@champion", "--registry",
+         f"sqlite:///{root / 'reg.db'}", "--port", str(port), "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    if client.get("/v2/health/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert server.poll() is None and time.time() < deadline, "server never ready"
+                time.sleep(0.1)
+            ranked = client.post("/v1/rank", json=rank_payload(funnel)).json()["ranked"]
+            assert len(ranked) == 10 and ranked[0]["score"] >= ranked[-1]["score"]
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    # uvicorn finishes in-flight work, runs the shutdown hooks, then re-raises the signal.
+    assert server.returncode in (0, -signal.SIGTERM), output
+    assert "1 inference thread(s)" in output and "Application shutdown complete" in output
 
 
 def test_unknown_backend_is_refused(registry: tuple) -> None:

@@ -38,3 +38,21 @@ def test_freed_activation_memory_is_reused_instead_of_page_faulted_again() -> No
     # faults 1,000+ of its pages in again; tuned, the pages stay and are reused.
     assert default > 50 * 1_000
     assert tuned < 500
+
+
+FREEZE = """
+import gc
+import torch, fastapi  # noqa: F401  (what a serving process has imported)
+from rankengine.serve.process import freeze_startup_objects
+before = len(gc.get_objects())
+frozen = freeze_startup_objects()
+print(before, frozen, len(gc.get_objects()))
+"""
+
+
+def test_startup_objects_are_frozen_out_of_the_collectors_reach() -> None:
+    out = subprocess.run([sys.executable, "-c", FREEZE], check=True, capture_output=True,
+                         text=True).stdout
+    before, frozen, after = map(int, out.split())
+    assert before > 50_000 and frozen >= before * 0.9
+    assert after < 1_000  # what a full collection still walks
