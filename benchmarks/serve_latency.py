@@ -35,7 +35,7 @@ from rankengine.export import export, input_names
 from rankengine.registry import RegistryStore
 from rankengine.registry.artifacts import load_version, register
 from rankengine.serve.holder import torch_predictor
-from rankengine.serve.process import retain_freed_memory
+from rankengine.serve.process import retain_freed_memory, usable_cores
 from rankengine.simulate import SimulationConfig, write_funnel
 from rankengine.train import train
 
@@ -71,9 +71,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--swap-seconds", type=float, default=60.0)
     parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    parser.add_argument("--server-cpus", default=None,
+                        help="pin the server to these CPUs (e.g. 0,1) and the client to the "
+                             "others: the server then gets its cores to itself")
     parser.add_argument("--threads", type=int, default=2,
                         help="the server's inference threads (cores are split between them)")
     args = parser.parse_args()
+    server_cpus = {int(c) for c in args.server_cpus.split(",")} if args.server_cpus else None
+    if server_cpus:
+        os.sched_setaffinity(0, os.sched_getaffinity(0) - server_cpus)  # the client's
+    cores = len(server_cpus) if server_cpus else usable_cores()
     retain_freed_memory()  # model-only times under the server's allocator settings
     tmp = Path(tempfile.mkdtemp())
     write_funnel(tmp / "data", SimulationConfig(requests=20_000, seed=7))
@@ -97,7 +104,8 @@ def main() -> None:
         [sys.executable, "-m", "rankengine.cli", "serve", "demo@champion", "--registry", url,
          "--port", str(port), "--threads", str(args.threads), "--poll-interval", "0.5",
          "--max-candidates", "5000", "--backend", args.backend],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=(lambda: os.sched_setaffinity(0, server_cpus)) if server_cpus else None)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 60
@@ -115,11 +123,13 @@ def main() -> None:
         import onnxruntime
 
         options = onnxruntime.SessionOptions()  # the server's per-thread budget
-        options.intra_op_num_threads = max(1, (os.cpu_count() or 1) // args.threads)
+        options.intra_op_num_threads = max(1, cores // args.threads)
         session = onnxruntime.InferenceSession(str(onnx_path), options)
         print(f"# demo MMoE + ESM² served by rankengine serve --backend {args.backend} "
               f"({args.threads} inference threads), "
-              f"{os.cpu_count()} cores, torch {torch.__version__}")
+              f"{cores} server cores" + (f" (CPUs {args.server_cpus}; the client on "
+                                           f"others)" if server_cpus else " shared with the "
+                                           "client") + f", torch {torch.__version__}")
         print("| candidates | format | concurrency | p50 ms | p99 ms | candidates/s "
               "| server p50 ms: parse / encode / model / respond = total "
               "| model-only p50 ms | ONNX Runtime p50 ms | overhead / model time |")
@@ -127,7 +137,7 @@ def main() -> None:
         for n in (100, 500, 1000):
             offsets = [(i * 37) % (len(table["position"]) - n) for i in range(20)]
             model_ms, onnx_ms = model_only(loaded, session, payload(table, n, offsets[0]), n,
-                                           args.threads)
+                                           max(1, cores // args.threads))
             for layout in ("rows", "columns"):
                 bodies = [payload(table, n, offset, layout) for offset in offsets]
                 for concurrency in (1, 4):
@@ -147,7 +157,7 @@ def main() -> None:
 
 
 def model_only(loaded, session, body: dict, n: int,  # type: ignore[no-untyped-def]
-               server_threads: int) -> tuple[float, float]:
+               torch_threads: int) -> tuple[float, float]:
     """Forward pass alone (already encoded inputs), in this process, and with ONNX Runtime."""
     import pyarrow as pa
 
@@ -156,7 +166,7 @@ def model_only(loaded, session, body: dict, n: int,  # type: ignore[no-untyped-d
     cat, dense, seqs = loaded.pipeline.transform(pa.table(cols))
     predict = torch_predictor(loaded)  # what the server runs per request
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // server_threads))  # server's budget
+    torch.set_num_threads(torch_threads)  # the server's budget per inference thread
     times, onnx_times = [], []
     feeds = dict(zip(input_names(loaded), [cat, dense, *seqs], strict=True))
     for _ in range(30):

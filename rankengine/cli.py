@@ -321,6 +321,7 @@ def serve(ref: str, registry: str | None, host: str, port: int, workers: int, th
 
     from rankengine.registry.store import RegistryStore, resolve_url
     from rankengine.serve import ENV
+    from rankengine.serve.process import usable_cores
 
     url = resolve_url(registry)
     RegistryStore(url, create_if_empty=False).resolve(ref)  # fail fast: schema, name, alias
@@ -330,7 +331,7 @@ def serve(ref: str, registry: str | None, host: str, port: int, workers: int, th
         except ImportError:
             raise RankEngineError("--backend onnxruntime needs onnxruntime: "
                                   "pip install 'rankengine[export]'") from None
-    per_thread = max(1, (os.cpu_count() or 1) // threads)
+    per_thread = max(1, usable_cores() // threads)
     torch.set_num_threads(per_thread)
     os.environ[ENV] = json_lib.dumps({
         "registry": url, "ref": ref, "backend": backend, "torch_threads": per_thread,

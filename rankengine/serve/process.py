@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import os
 
 log = logging.getLogger("rankengine.serve")
 
@@ -48,3 +49,12 @@ def freeze_startup_objects() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: its CPU affinity (taskset, cgroup cpusets), not the
+    machine's core count, so a server pinned to 2 of 16 cores splits 2 between its threads."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

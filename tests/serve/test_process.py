@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -56,3 +57,12 @@ def test_startup_objects_are_frozen_out_of_the_collectors_reach() -> None:
     before, frozen, after = map(int, out.split())
     assert before > 50_000 and frozen >= before * 0.9
     assert after < 1_000  # what a full collection still walks
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_usable_cores_follow_the_cpu_affinity_not_the_machine() -> None:
+    code = ("import os; from rankengine.serve.process import usable_cores; "
+            "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); print(usable_cores())")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout
+    assert int(out) == 1
