@@ -31,6 +31,8 @@ from prometheus_client import (
 
 from rankengine import __version__
 from rankengine.serve.holder import ModelHolder, Served
+from rankengine.serve.schema import INFER_REQUEST, INFER_RESPONSE, RANK_REQUEST, RANK_RESPONSE
+from rankengine.serve.schema import body as body_schema
 from rankengine.serve.scoring import BadRequestError, column, score
 
 
@@ -183,12 +185,14 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
     async def version_ready(name: str, version: str) -> Any:
         return {"name": name, "ready": served(name, version) is not None}
 
-    @app.post("/v2/models/{name}/infer")
+    infer_body = body_schema(INFER_REQUEST, INFER_RESPONSE)
+
+    @app.post("/v2/models/{name}/infer", openapi_extra=infer_body)
     @endpoint("infer")
     async def infer(name: str, request: Request) -> Any:
         return await _infer(served(name), await body(request))
 
-    @app.post("/v2/models/{name}/versions/{version}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=infer_body)
     @endpoint("infer")
     async def infer_version(name: str, version: str, request: Request) -> Any:
         return await _infer(served(name, version), await body(request))
@@ -251,7 +255,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
 
     # -- ranking ----------------------------------------------------------------------------
 
-    @app.post("/v1/rank")
+    @app.post("/v1/rank", openapi_extra=body_schema(RANK_REQUEST, RANK_RESPONSE))
     @endpoint("rank")
     async def rank(request: Request) -> Any:
         started = time.perf_counter()

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -402,6 +403,34 @@ def test_columnar_candidates_rank_like_rows(served: tuple) -> None:
     ragged = payload | {"candidates": {"item_id": [1, 2], "position": [1]}}
     response = client.post("/v1/rank", json=ragged)
     assert response.status_code == 400 and "same length" in response.json()["error"]
+
+
+def test_openapi_documents_the_bodies_the_handlers_accept_and_return(served: tuple) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    client, _, funnel = served
+    spec = client.get("/openapi.json").json()
+
+    def validator(path: str, part: str) -> Any:
+        operation = spec["paths"][path]["post"]
+        where = operation["requestBody"] if part == "request" else \
+            operation["responses"][part]
+        return jsonschema.Draft202012Validator(where["content"]["application/json"]["schema"])
+
+    payload = rank_payload(funnel)
+    columnar = payload | {"format": "columns", "candidates": {
+        k: [c[k] for c in payload["candidates"]] for k in payload["candidates"][0]}}
+    for body in (payload, columnar):
+        validator("/v1/rank", "request").validate(body)
+        response = client.post("/v1/rank", json=body)
+        validator("/v1/rank", "200").validate(response.json())
+    bad = client.post("/v1/rank", json=payload | {"top_k": 0})
+    validator("/v1/rank", "400").validate(bad.json())
+    assert not validator("/v1/rank", "request").is_valid(payload | {"format": "csv"})
+    tensors = {"inputs": [{"name": "position", "shape": [1], "datatype": "INT64",
+                           "data": [1]}]}
+    validator("/v2/models/{name}/infer", "request").validate(tensors)
+    missing = client.post("/v2/models/demo/infer", json=tensors)
+    validator("/v2/models/{name}/infer", "400").validate(missing.json())
 
 
 def test_rank_reports_where_the_time_went_in_server_timing(served: tuple) -> None:
