@@ -310,8 +310,10 @@ def rank(model: str, registry: str | None, data_path: Path, request_id: str | No
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch",
               show_default=True, help="what runs the forward pass; onnxruntime exports the "
               "model at load time (needs rankengine[export])")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="one log line per request (uvicorn's access log)")
 def serve(ref: str, registry: str | None, host: str, port: int, workers: int, threads: int,
-          poll_interval: float, max_candidates: int, backend: str) -> None:
+          poll_interval: float, max_candidates: int, backend: str, access_log: bool) -> None:
     """Serve NAME[@ALIAS|/VERSION] over HTTP (Open Inference Protocol v2 + /v1/rank)."""
     import json as json_lib
     import os
@@ -331,7 +333,7 @@ def serve(ref: str, registry: str | None, host: str, port: int, workers: int, th
         except ImportError:
             raise RankEngineError("--backend onnxruntime needs onnxruntime: "
                                   "pip install 'rankengine[export]'") from None
-    per_thread = max(1, usable_cores() // threads)
+    per_thread = max(1, usable_cores() // (threads * workers))  # no oversubscribed cores
     torch.set_num_threads(per_thread)
     os.environ[ENV] = json_lib.dumps({
         "registry": url, "ref": ref, "backend": backend, "torch_threads": per_thread,
@@ -339,9 +341,11 @@ def serve(ref: str, registry: str | None, host: str, port: int, workers: int, th
                      "max_candidates": max_candidates},
     })
     click.echo(f"serving {ref} from {url} on http://{host}:{port} ({workers} worker(s), "
-               f"{threads} inference thread(s) each, {backend})", err=True)
+               f"{threads} inference thread(s) each with {per_thread} torch thread(s), "
+               f"{backend})", err=True)
     uvicorn.run("rankengine.serve:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level="info", timeout_graceful_shutdown=10)
+                workers=workers, log_level="info", access_log=access_log,
+                timeout_graceful_shutdown=10)
 
 
 @cli.command()

@@ -73,7 +73,7 @@ def torch_predictor(loaded: LoadedModel) -> Predictor:
 
 def make_predictor(loaded: LoadedModel, backend: str, threads: int) -> Predictor:
     """The forward pass for ``backend``: the torch model itself, or the same model exported to
-    ONNX and run by ONNX Runtime (a 1.2–2× faster forward on CPU)."""
+    ONNX and run by ONNX Runtime (a 1.2 to 2 times faster forward on CPU)."""
     if backend == "torch":
         return torch_predictor(loaded)
     if backend == "onnxruntime":

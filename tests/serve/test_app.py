@@ -472,7 +472,8 @@ def test_rankengine_serve_process_ranks_and_shuts_down_gracefully(registry: tupl
         port = s.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "rankengine.cli", "serve", "demo@champion", "--registry",
-         f"sqlite:///{root / 'reg.db'}", "--port", str(port), "--threads", "1"],
+         f"sqlite:///{root / 'reg.db'}", "--port", str(port), "--threads", "1",
+         "--no-access-log"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
@@ -494,7 +495,8 @@ def test_rankengine_serve_process_ranks_and_shuts_down_gracefully(registry: tupl
             server.kill()
     # uvicorn finishes in-flight work, runs the shutdown hooks, then re-raises the signal.
     assert server.returncode in (0, -signal.SIGTERM), output
-    assert "1 inference thread(s)" in output and "Application shutdown complete" in output
+    assert "1 inference thread(s) each with" in output
+    assert "Application shutdown complete" in output and "POST /v1/rank" not in output
 
 
 def test_unknown_backend_is_refused(registry: tuple) -> None:
