@@ -30,10 +30,12 @@ from prometheus_client import (
 )
 
 from rankengine import __version__
+from rankengine.serve import tensors
 from rankengine.serve.holder import ModelHolder, Served
 from rankengine.serve.schema import INFER_REQUEST, INFER_RESPONSE, RANK_REQUEST, RANK_RESPONSE
 from rankengine.serve.schema import body as body_schema
 from rankengine.serve.scoring import BadRequestError, column, score
+from rankengine.serve.tensors import split_body
 
 
 @dataclass
@@ -112,15 +114,26 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
                                  f"version {current.version}")
         return current
 
-    async def body(request: Request) -> Any:
+    async def raw_body(request: Request) -> bytes:
         raw = await request.body()
         if len(raw) > settings.max_body_bytes:
             raise HTTPError(400, f"request body is {len(raw):,} bytes; the limit is "
                                  f"{settings.max_body_bytes:,}")
+        return raw
+
+    def parse_json(raw: bytes) -> Any:
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise HTTPError(400, f"malformed JSON: {exc}") from None
+
+    async def body(request: Request) -> Any:
+        return parse_json(await raw_body(request))
+
+    async def infer_body(request: Request) -> tuple[Any, bytes]:
+        """The JSON header and the binary tensor data after it (binary data extension)."""
+        text, blob = split_body(await raw_body(request), request.headers.get(tensors.HEADER))
+        return parse_json(text), blob
 
     def endpoint(name: str) -> Callable[[Callable[..., Awaitable[Any]]],
                                         Callable[..., Awaitable[Any]]]:
@@ -154,7 +167,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
     @app.get("/v2")
     async def server_metadata() -> Response:
         return JSONResponse({"name": "rankengine", "version": __version__,
-                             "extensions": ["ranking"]})
+                             "extensions": ["ranking", tensors.EXTENSION]})
 
     @app.get("/v2/health/live")
     async def live() -> Response:
@@ -185,17 +198,17 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
     async def version_ready(name: str, version: str) -> Any:
         return {"name": name, "ready": served(name, version) is not None}
 
-    infer_body = body_schema(INFER_REQUEST, INFER_RESPONSE)
+    infer_schema = body_schema(INFER_REQUEST, INFER_RESPONSE, binary=True)
 
-    @app.post("/v2/models/{name}/infer", openapi_extra=infer_body)
+    @app.post("/v2/models/{name}/infer", openapi_extra=infer_schema)
     @endpoint("infer")
     async def infer(name: str, request: Request) -> Any:
-        return await _infer(served(name), await body(request))
+        return await _infer(served(name), *await infer_body(request))
 
-    @app.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=infer_body)
+    @app.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=infer_schema)
     @endpoint("infer")
     async def infer_version(name: str, version: str, request: Request) -> Any:
-        return await _infer(served(name, version), await body(request))
+        return await _infer(served(name, version), *await infer_body(request))
 
     @app.post("/v2/repository/models/{name}/load")
     @endpoint("load")
@@ -210,48 +223,77 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
                 from None
         return {"name": current.name, "version": current.version}
 
-    async def _infer(model: Served, payload: Any) -> dict[str, Any]:
+    async def _infer(model: Served, payload: Any, blob: bytes) -> Any:
         if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
             raise BadRequestError("expected a JSON object with an 'inputs' list")
         columns: dict[str, pa.Array] = {}
         n = None
+        offset = 0  # into the binary tensor data
         for i, tensor in enumerate(payload["inputs"]):
             if not isinstance(tensor, dict):
                 raise BadRequestError(f"inputs[{i}]: expected an object")
-            tname = tensor.get("name")
-            shape, data = tensor.get("shape"), tensor.get("data")
-            if not isinstance(tname, str) or not isinstance(shape, list) or \
-                    not isinstance(data, list):
+            tname, shape = tensor.get("name"), tensor.get("shape")
+            if not isinstance(tname, str) or not isinstance(shape, list):
                 raise BadRequestError(f"inputs[{i}]: needs 'name', 'shape', 'datatype' and 'data'")
             if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or \
-                    not all(isinstance(d, int) for d in shape) or shape[0] != len(data):
-                raise BadRequestError(f"input '{tname}': shape {shape} does not match "
-                                 f"{len(data)} values; expected [N] or [N, 1]")
+                    not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                            for d in shape):
+                raise BadRequestError(f"input '{tname}': shape {shape}; expected [N] or [N, 1]")
+            size = tensors.binary_size(tname, tensor)
+            if size is not None:
+                if offset + size > len(blob):
+                    raise BadRequestError(f"input '{tname}': binary_data_size {size} runs past "
+                                          f"the {len(blob)} bytes of binary data")
+                data: Any = tensors.decode(tname, tensor.get("datatype"), shape[0],
+                                           blob[offset:offset + size])
+                offset += size
+            else:
+                data = tensor.get("data")
+                if not isinstance(data, list):
+                    raise BadRequestError(f"input '{tname}': needs 'data' (or binary data)")
+                if shape[0] != len(data):
+                    raise BadRequestError(f"input '{tname}': shape {shape} does not match "
+                                          f"{len(data)} values; expected [N] or [N, 1]")
             if n is not None and len(data) != n:
                 raise BadRequestError(f"input '{tname}': {len(data)} rows, other inputs have {n}")
             n = len(data)
             columns[tname] = column(tname, data, tensor.get("datatype"))
+        if offset != len(blob):
+            raise BadRequestError(f"{len(blob) - offset} bytes of binary data belong to no "
+                                  f"input (binary_data_size of the inputs add up to {offset})")
         if not n:
             raise BadRequestError("no rows to score")
         _check_size(n)
         out = await _score(model, {}, columns, n, None)
         requested = payload.get("outputs")
-        if requested is not None:
+        if requested is None:
+            selected: list[tuple[str, dict[str, Any] | None]] = [(k, None) for k in out]
+        else:
             if not isinstance(requested, list) or not all(
                     isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested):
                 raise BadRequestError("'outputs' must be a list of objects with a 'name'")
-            names = [o["name"] for o in requested]
-            unknown = [name for name in names if name not in out]
+            unknown = [o["name"] for o in requested if o["name"] not in out]
             if unknown:
                 raise BadRequestError(f"unknown output '{unknown[0]}'; outputs: "
                                       f"{', '.join(out)}")
-            out = {name: out[name] for name in names}
-        return {
-            "model_name": model.name, "model_version": str(model.version),
-            "id": payload.get("id", ""),
-            "outputs": [{"name": k, "shape": [n], "datatype": "FP32",
-                         "data": v.astype(np.float32).tolist()} for k, v in out.items()],
-        }
+            selected = [(o["name"], o) for o in requested]
+        outputs, chunks = [], []
+        for oname, spec in selected:
+            values = out[oname].astype("<f4")
+            entry: dict[str, Any] = {"name": oname, "shape": [n], "datatype": "FP32"}
+            if tensors.wants_binary(payload, spec):
+                chunks.append(values.tobytes())
+                entry["parameters"] = {"binary_data_size": len(chunks[-1])}
+            else:
+                entry["data"] = values.tolist()
+            outputs.append(entry)
+        header = {"model_name": model.name, "model_version": str(model.version),
+                  "id": payload.get("id", ""), "outputs": outputs}
+        if not chunks:
+            return header
+        text = orjson.dumps(header)
+        return Response(text + b"".join(chunks), media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(len(text))})
 
     # -- ranking ----------------------------------------------------------------------------
 

@@ -70,12 +70,19 @@ RANK_RESPONSE: dict[str, Any] = {
 }
 
 TENSOR: dict[str, Any] = {
-    "type": "object", "required": ["name", "shape", "datatype", "data"],
+    "type": "object", "required": ["name", "shape", "datatype"],
+    "description": "values in 'data', or (binary tensor data extension) as raw bytes after "
+                   "the JSON, their count in parameters.binary_data_size",
     "properties": {"name": {"type": "string"},
                    "shape": {"type": "array", "items": {"type": "integer"}},
                    "datatype": {"type": "string"},
-                   "data": {"type": "array", "items": SCALAR}},
+                   "data": {"type": "array", "items": SCALAR},
+                   "parameters": {"type": "object", "properties": {
+                       "binary_data_size": {"type": "integer", "minimum": 0}}}},
 }
+BINARY = {"schema": {"type": "string", "format": "binary"},
+          "description": "binary tensor data extension: the Inference-Header-Content-Length "
+                         "header gives the length of the JSON part; raw tensors follow it"}
 
 INFER_REQUEST: dict[str, Any] = {
     "type": "object", "required": ["inputs"],
@@ -85,7 +92,11 @@ INFER_REQUEST: dict[str, Any] = {
                                              "[N, 1]"},
                    "outputs": {"type": "array", "items": {
                        "type": "object", "required": ["name"],
-                       "properties": {"name": {"type": "string"}}}}},
+                       "properties": {"name": {"type": "string"},
+                                      "parameters": {"type": "object", "properties": {
+                                          "binary_data": {"type": "boolean"}}}}}},
+                   "parameters": {"type": "object", "properties": {
+                       "binary_data_output": {"type": "boolean"}}}},
 }
 
 INFER_RESPONSE: dict[str, Any] = {
@@ -94,12 +105,16 @@ INFER_RESPONSE: dict[str, Any] = {
         "type": "object", "required": ["model_name", "model_version", "outputs"],
         "properties": {"model_name": {"type": "string"}, "model_version": {"type": "string"},
                        "id": {"type": "string"},
-                       "outputs": {"type": "array", "items": TENSOR}}}}},
+                       "outputs": {"type": "array", "items": TENSOR}}},
+        "application/octet-stream": BINARY}},
 }
 
 
-def body(schema: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
-    """``openapi_extra`` for a route whose JSON body the handler parses itself."""
-    return {"requestBody": {"required": True,
-                            "content": {"application/json": {"schema": schema}}},
+def body(schema: dict[str, Any], response: dict[str, Any], *,
+         binary: bool = False) -> dict[str, Any]:
+    """``openapi_extra`` for a route whose body the handler parses itself."""
+    content: dict[str, Any] = {"application/json": {"schema": schema}}
+    if binary:
+        content["application/octet-stream"] = BINARY
+    return {"requestBody": {"required": True, "content": content},
             "responses": {"200": response, **ERRORS}}

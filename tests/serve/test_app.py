@@ -87,7 +87,8 @@ def served(registry: tuple) -> Iterator[tuple[httpx.Client, RegistryStore, Path]
 
 def test_oip_v2_metadata_and_health(served: tuple) -> None:
     client, _, _ = served
-    assert client.get("/v2").json()["name"] == "rankengine"
+    server = client.get("/v2").json()
+    assert server["name"] == "rankengine" and "binary_tensor_data" in server["extensions"]
     assert client.get("/v2/health/live").json() == {"live": True}
     meta = client.get("/v2/models/demo").json()
     assert meta["versions"] == ["1"]
@@ -343,6 +344,67 @@ def test_fuzzed_request_bodies_never_get_a_500(served: tuple) -> None:
     check()
 
 
+@st.composite
+def binary_infer_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
+    """Bodies of the binary tensor data extension: a JSON header whose inputs declare
+    binary_data_size (right or wrong), then arbitrary bytes; the header length may lie."""
+    tensor = st.fixed_dictionaries({
+        "name": feature_names, "shape": st.lists(st.integers(-1, 4), min_size=1, max_size=2),
+        "datatype": st.sampled_from(["INT64", "INT32", "FP32", "BYTES", "BOOL", "BF16", "X"]),
+        "parameters": st.fixed_dictionaries({"binary_data_size": st.integers(-1, 40)})})
+    header = orjson.dumps({"inputs": draw(st.lists(tensor, max_size=4)),
+                           "parameters": {"binary_data_output": draw(st.booleans())}})
+    blob = draw(st.binary(max_size=64))
+    length = draw(st.sampled_from([str(len(header)), str(len(header) + 3), "-1", "x"]))
+    return header + blob, {"Inference-Header-Content-Length": length}
+
+
+def test_binary_tensor_bodies_are_checked_field_by_field(served: tuple) -> None:
+    client, _, _ = served
+
+    def post(tensors: list[dict], blob: bytes, length: str | None = None) -> httpx.Response:
+        header = orjson.dumps({"inputs": tensors})
+        return client.post("/v2/models/demo/infer", content=header + blob, headers={
+            "Inference-Header-Content-Length": length or str(len(header))})
+
+    def int64(name: str, rows: int, size: int) -> dict:
+        return {"name": name, "shape": [rows], "datatype": "INT64",
+                "parameters": {"binary_data_size": size}}
+
+    cases = [
+        (post([int64("position", 1, 8)], b"\0" * 8, length="ten"), "Inference-Header"),
+        (post([int64("position", 1, 8)], b"\0" * 8, length="9999"), "Inference-Header"),
+        (post([int64("position", 1, 8)], b"\0" * 4), "runs past the 4 bytes"),
+        (post([int64("position", 1, 7)], b"\0" * 7), "7 bytes of binary data; 1 INT64"),
+        (post([int64("position", 1, 8)], b"\0" * 12), "4 bytes of binary data belong to no"),
+        (post([{**int64("device", 1, 3), "datatype": "BYTES"}], b"\x05\0\0"), "4-byte length"),
+        (post([{**int64("device", 1, 6), "datatype": "BYTES"}], b"\x05\0\0\0ab"),
+         "runs past the end"),
+        (post([{**int64("device", 1, 5), "datatype": "BYTES"}], b"\x01\0\0\0\xff"),
+         "not UTF-8"),
+        (post([{**int64("item_price", 1, 2), "datatype": "BF16"}], b"\0\0"), "BF16"),
+        (post([{**int64("item_price", 1, 4), "datatype": "FP32"}],
+              np.array([np.nan], "<f4").tobytes()), "not a finite number"),
+    ]
+    for response, message in cases:
+        assert response.status_code == 400, response.text
+        assert message in response.json()["error"], (message, response.text)
+
+
+def test_fuzzed_binary_tensor_bodies_never_get_a_500(served: tuple) -> None:
+    client, _, _ = served
+
+    @settings(max_examples=150, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(request=binary_infer_requests())
+    def check(request: tuple[bytes, dict[str, str]]) -> None:
+        body, headers = request
+        response = client.post("/v2/models/demo/infer", content=body, headers=headers)
+        assert response.status_code in (200, 400), (body, headers, response.text)
+
+    check()
+
+
 def test_alias_swap_under_load_drops_nothing(served: tuple) -> None:
     """4 clients rank continuously; the alias moves mid-way; no request fails and every
     response sent after the first new-version response carries the new version."""
@@ -504,7 +566,9 @@ def test_unknown_backend_is_refused(registry: tuple) -> None:
         ModelHolder(registry[0], "demo@champion", backend="tensorrt")
 
 
-def test_standard_triton_http_client_works_unchanged(served: tuple) -> None:
+@pytest.mark.parametrize("binary", [True, False], ids=["binary-tensors", "json-tensors"])
+def test_standard_triton_http_client_works_unchanged(served: tuple, binary: bool) -> None:
+    """tritonclient sends inputs and asks for outputs as binary data unless told otherwise."""
     httpclient = pytest.importorskip("tritonclient.http")
     client, store, funnel = served
     triton = httpclient.InferenceServerClient(url=str(client.base_url).removeprefix("http://"))
@@ -524,10 +588,13 @@ def test_standard_triton_http_client_works_unchanged(served: tuple) -> None:
         else:
             values, datatype = np.array(data[name], dtype=np.int64), "INT64"
         tensor = httpclient.InferInput(name, [5], datatype)
-        tensor.set_data_from_numpy(values, binary_data=False)
+        tensor.set_data_from_numpy(values, binary_data=binary)
         inputs.append(tensor)
-    outputs = [httpclient.InferRequestedOutput(n, binary_data=False) for n in ("score", "p_pay")]
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("score", "p_pay")]
     result = triton.infer("demo", inputs, outputs=outputs)
+    everything = triton.infer("demo", inputs)  # no outputs named: all of them, binary
+    assert {o["name"] for o in everything.get_response()["outputs"]} >= {"p_click", "score"}
+    np.testing.assert_array_equal(everything.as_numpy("score"), result.as_numpy("score"))
     offline = score_table(load_version(store, "demo/1")[1],
                           pq.read_table(funnel / "test.parquet").slice(0, 5))
     np.testing.assert_allclose(result.as_numpy("score"), offline["score"], rtol=1e-4)
