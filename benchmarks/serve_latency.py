@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--server-cpus", default=None,
                         help="pin the server to these CPUs (e.g. 0,1) and the client to the "
                              "others: the server then gets its cores to itself")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes (each loads the model and has --threads)")
     parser.add_argument("--threads", type=int, default=2,
                         help="the server's inference threads (cores are split between them)")
     args = parser.parse_args()
@@ -85,6 +87,7 @@ def main() -> None:
     if server_cpus:
         os.sched_setaffinity(0, os.sched_getaffinity(0) - server_cpus)  # the client's
     cores = len(server_cpus) if server_cpus else usable_cores()
+    per_thread = max(1, cores // (args.threads * args.workers))  # as rankengine serve splits
     retain_freed_memory()  # model-only times under the server's allocator settings
     tmp = Path(tempfile.mkdtemp())
     write_funnel(tmp / "data", SimulationConfig(requests=20_000, seed=7))
@@ -106,31 +109,33 @@ def main() -> None:
         port = s.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "rankengine.cli", "serve", "demo@champion", "--registry", url,
-         "--port", str(port), "--threads", str(args.threads), "--poll-interval", "0.5",
+         "--port", str(port), "--threads", str(args.threads),
+         "--workers", str(args.workers), "--poll-interval", "0.5",
          "--max-candidates", "5000", "--backend", args.backend],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         preexec_fn=(lambda: os.sched_setaffinity(0, server_cpus)) if server_cpus else None)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
+        deadline = time.time() + 120
+        ready_in_a_row = 0  # every worker process answers ready, not just the first
+        while ready_in_a_row < 10 * args.workers:
             try:
-                if httpx.get(f"{base}/v2/health/ready").status_code == 200:
-                    break
+                ready = httpx.get(f"{base}/v2/health/ready").status_code == 200
             except httpx.HTTPError:
-                pass
+                ready = False
+            ready_in_a_row = ready_in_a_row + 1 if ready else 0
             if time.time() > deadline:
                 raise SystemExit("server did not become ready")
-            time.sleep(0.2)
+            time.sleep(0.05 if ready else 0.2)
         _, loaded = load_version(store, "demo/1")
         onnx_path = export(loaded, tmp / "demo.onnx", "onnx")
         import onnxruntime
 
         options = onnxruntime.SessionOptions()  # the server's per-thread budget
-        options.intra_op_num_threads = max(1, cores // args.threads)
+        options.intra_op_num_threads = per_thread
         session = onnxruntime.InferenceSession(str(onnx_path), options)
         print(f"# demo MMoE + ESM² served by rankengine serve --backend {args.backend} "
-              f"({args.threads} inference threads), "
+              f"({args.workers} worker(s) x {args.threads} inference threads), "
               f"{cores} server cores" + (f" (CPUs {args.server_cpus}; the client on "
                                            f"others)" if server_cpus else " shared with the "
                                            "client") + f", torch {torch.__version__}")
@@ -141,7 +146,7 @@ def main() -> None:
         for n in (100, 500, 1000):
             offsets = [(i * 37) % (len(table["position"]) - n) for i in range(20)]
             model_ms, onnx_ms = model_only(loaded, session, payload(table, n, offsets[0]), n,
-                                           max(1, cores // args.threads))
+                                           per_thread)
             for layout in ("rows", "columns"):
                 bodies = [payload(table, n, offset, layout) for offset in offsets]
                 for concurrency in (1, 4):

@@ -323,6 +323,7 @@ def serve(ref: str, registry: str | None, host: str, port: int, workers: int, th
 
     from rankengine.registry.store import RegistryStore, resolve_url
     from rankengine.serve import ENV
+    from rankengine.serve.http import NoDelayHTTPProtocol
     from rankengine.serve.process import usable_cores
 
     url = resolve_url(registry)
@@ -345,7 +346,7 @@ def serve(ref: str, registry: str | None, host: str, port: int, workers: int, th
                f"{backend})", err=True)
     uvicorn.run("rankengine.serve:app_from_env", factory=True, host=host, port=port,
                 workers=workers, log_level="info", access_log=access_log,
-                timeout_graceful_shutdown=10)
+                http=NoDelayHTTPProtocol, timeout_graceful_shutdown=10)
 
 
 @cli.command()

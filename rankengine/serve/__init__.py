@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import torch
 from fastapi import FastAPI
 
 from rankengine.serve.app import ServeSettings, create_app
@@ -20,6 +21,9 @@ def app_from_env() -> FastAPI:
 
     retain_freed_memory()  # this process only serves: keep activation memory between requests
     spec = json.loads(os.environ[ENV])
+    # Worker processes (--workers N) start with torch's default of one thread per core each,
+    # so N of them oversubscribed the cores: set the budget the CLI computed in every process.
+    torch.set_num_threads(spec.get("torch_threads", 1))
     store = RegistryStore(spec["registry"], create_if_empty=False)
     holder = ModelHolder(store, spec["ref"], backend=spec.get("backend", "torch"),
                          threads=spec.get("torch_threads", 1))
