@@ -303,7 +303,8 @@ def rank(model: str, registry: str | None, data_path: Path, request_id: str | No
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--workers", default=1, show_default=True, type=int, help="server processes")
 @click.option("--threads", default=2, show_default=True, type=int,
-              help="inference threads per process (torch threads are split between them)")
+              help="inference threads per process (the cores are split into torch threads "
+                   "over workers x threads)")
 @click.option("--poll-interval", default=30.0, show_default=True, type=float,
               help="seconds between registry checks for a moved alias")
 @click.option("--max-candidates", default=2000, show_default=True, type=int)

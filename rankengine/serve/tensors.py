@@ -68,6 +68,11 @@ def decode(name: str, datatype: Any, rows: int, chunk: bytes) -> np.ndarray | li
         raise BadRequestError(f"input '{name}': {len(chunk)} bytes of binary data; {rows} "
                               f"{datatype} values take {rows * dtype.itemsize}")
     values = np.frombuffer(chunk, dtype=dtype)
+    if dtype == NUMERIC["UINT64"]:
+        too_big = np.flatnonzero(values > np.uint64(np.iinfo(np.int64).max))
+        if len(too_big):
+            raise BadRequestError(f"input '{name}'[{too_big[0]}]: {values[too_big[0]]} does "
+                                  f"not fit in int64")
     if dtype.kind in "iu":
         return values.astype(np.int64)  # feature columns are int64 or float64
     return values.astype(np.float64) if dtype.kind == "f" else values

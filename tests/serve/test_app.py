@@ -383,6 +383,8 @@ def test_binary_tensor_bodies_are_checked_field_by_field(served: tuple) -> None:
         (post([{**int64("device", 1, 5), "datatype": "BYTES"}], b"\x01\0\0\0\xff"),
          "not UTF-8"),
         (post([{**int64("item_price", 1, 2), "datatype": "BF16"}], b"\0\0"), "BF16"),
+        (post([{**int64("position", 1, 8), "datatype": "UINT64"}],
+              np.array([2**63 + 5], "<u8").tobytes()), "does not fit in int64"),
         (post([{**int64("item_price", 1, 4), "datatype": "FP32"}],
               np.array([np.nan], "<f4").tobytes()), "not a finite number"),
     ]
