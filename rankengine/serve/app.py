@@ -35,7 +35,6 @@ from rankengine.serve.holder import ModelHolder, Served
 from rankengine.serve.schema import INFER_REQUEST, INFER_RESPONSE, RANK_REQUEST, RANK_RESPONSE
 from rankengine.serve.schema import body as body_schema
 from rankengine.serve.scoring import BadRequestError, column, score
-from rankengine.serve.tensors import split_body
 
 
 @dataclass
@@ -132,7 +131,8 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
 
     async def infer_body(request: Request) -> tuple[Any, bytes]:
         """The JSON header and the binary tensor data after it (binary data extension)."""
-        text, blob = split_body(await raw_body(request), request.headers.get(tensors.HEADER))
+        text, blob = tensors.split_body(await raw_body(request),
+                                        request.headers.get(tensors.HEADER))
         return parse_json(text), blob
 
     def endpoint(name: str) -> Callable[[Callable[..., Awaitable[Any]]],
