@@ -307,14 +307,20 @@ def rank(model: str, registry: str | None, data_path: Path, request_id: str | No
                    "over workers x threads)")
 @click.option("--poll-interval", default=30.0, show_default=True, type=float,
               help="seconds between registry checks for a moved alias")
-@click.option("--max-candidates", default=2000, show_default=True, type=int)
+@click.option("--max-candidates", default=2000, show_default=True, type=int,
+              help="rows per request; more is a 400")
+@click.option("--max-body-bytes", default=8 << 20, show_default=True, type=int,
+              help="request body size; larger is a 400")
+@click.option("--max-fusion-weight", default=100.0, show_default=True, type=float,
+              help="upper bound of per-request fusion_weights")
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch",
               show_default=True, help="what runs the forward pass; onnxruntime exports the "
               "model at load time (needs rankengine[export])")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="one log line per request (uvicorn's access log)")
 def serve(ref: str, registry: str | None, host: str, port: int, workers: int, threads: int,
-          poll_interval: float, max_candidates: int, backend: str, access_log: bool) -> None:
+          poll_interval: float, max_candidates: int, max_body_bytes: int,
+          max_fusion_weight: float, backend: str, access_log: bool) -> None:
     """Serve NAME[@ALIAS|/VERSION] over HTTP (Open Inference Protocol v2 + /v1/rank)."""
     import json as json_lib
     import os
@@ -340,7 +346,8 @@ def serve(ref: str, registry: str | None, host: str, port: int, workers: int, th
     os.environ[ENV] = json_lib.dumps({
         "registry": url, "ref": ref, "backend": backend, "torch_threads": per_thread,
         "settings": {"threads": threads, "poll_interval": poll_interval,
-                     "max_candidates": max_candidates},
+                     "max_candidates": max_candidates, "max_body_bytes": max_body_bytes,
+                     "max_fusion_weight": max_fusion_weight},
     })
     click.echo(f"serving {ref} from {url} on http://{host}:{port} ({workers} worker(s), "
                f"{threads} inference thread(s) each with {per_thread} torch thread(s), "

@@ -537,7 +537,7 @@ def test_rankengine_serve_process_ranks_and_shuts_down_gracefully(registry: tupl
     server = subprocess.Popen(
         [sys.executable, "-m", "rankengine.cli", "serve", "demo@champion", "--registry",
          f"sqlite:///{root / 'reg.db'}", "--port", str(port), "--threads", "1",
-         "--no-access-log"],
+         "--no-access-log", "--max-body-bytes", "4000", "--max-fusion-weight", "5"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
@@ -552,11 +552,17 @@ def test_rankengine_serve_process_ranks_and_shuts_down_gracefully(registry: tupl
                 time.sleep(0.1)
             ranked = client.post("/v1/rank", json=rank_payload(funnel)).json()["ranked"]
             assert len(ranked) == 10 and ranked[0]["score"] >= ranked[-1]["score"]
+            too_big = client.post("/v1/rank", json=rank_payload(funnel, 100))
+            assert too_big.status_code == 400 and "the limit is 4,000" in too_big.text
+            heavy = client.post("/v1/rank", json=rank_payload(funnel) | {
+                "fusion_weights": {"click": 6}})
+            assert heavy.status_code == 400 and "[0, 5.0]" in heavy.text
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
     finally:
         if server.poll() is None:
             server.kill()
+            server.communicate()
     # uvicorn finishes in-flight work, runs the shutdown hooks, then re-raises the signal.
     assert server.returncode in (0, -signal.SIGTERM), output
     assert "1 inference thread(s) each with" in output
