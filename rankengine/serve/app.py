@@ -76,6 +76,10 @@ class Metrics:
                               registry=r)
         self.version = Gauge("rankengine_model_version", "version being served", ["model"],
                              registry=r)
+        self.stages = Histogram("rankengine_rank_stage_seconds", "where /v1/rank spends its "
+                                "time (the Server-Timing stages)", ["stage"], registry=r,
+                                buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .025,
+                                         .05, .1, .25))
 
 
 def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
@@ -349,6 +353,8 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
             })
         timings["respond"] = time.perf_counter() - respond_at
         timings["total"] = time.perf_counter() - started
+        for stage in ("parse", "encode", "model", "respond"):
+            metrics.stages.labels(stage).observe(timings[stage])
         return Response(content, media_type="application/json",
                         headers={"Server-Timing": _server_timing(timings)})
 

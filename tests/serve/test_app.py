@@ -251,6 +251,8 @@ def test_hot_reload_on_alias_move_and_failed_load_keeps_serving(served: tuple,
     assert 'rankengine_model_version{model="demo"} 3.0' in metrics
     assert 'rankengine_requests_total{endpoint="rank",status="200"}' in metrics
     assert "rankengine_candidates_scored_total" in metrics
+    for stage in ("parse", "encode", "model", "respond"):
+        assert f'rankengine_rank_stage_seconds_count{{stage="{stage}"}} 1.0' in metrics
 
 
 def test_a_new_fusion_weights_tag_is_served_without_reloading_the_model(served: tuple) -> None:
