@@ -75,16 +75,15 @@ def lookup(values: pa.ChunkedArray, vocabulary: pa.Array, first_id: int,
     return np.asarray(index.to_numpy(), dtype=np.int64) + first_id
 
 
-def integer_vocabulary(vocabulary: list[str]) -> pa.Array | None:
+def integer_vocabulary(vocabulary: pa.Array) -> pa.Array | None:
     """The vocabulary as int64 when every entry is an integer written canonically ("7", not
-    "07" or "7.0"), else None."""
+    "07", "+7" or "7.0"), else None. Vectorised: vocabularies of millions load fast."""
     try:
-        integers = [int(v) for v in vocabulary]
-        if all(str(i) == v for i, v in zip(integers, vocabulary, strict=True)):
-            return pa.array(integers, pa.int64())
-    except (ValueError, OverflowError):
-        pass
-    return None
+        integers = pc.cast(vocabulary, pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    canonical = pc.all(pc.equal(pc.cast(integers, pa.string()), vocabulary)).as_py()
+    return integers if canonical is not False else None
 
 
 def stable_hash(text: str) -> int:
@@ -135,7 +134,7 @@ class VocabularyEncoder(FeatureEncoder):
     def set_vocabulary(self, vocabulary: list[str]) -> None:
         self.vocabulary = vocabulary
         self._vocab_array = pa.array(vocabulary, pa.string())
-        self._vocab_integers = integer_vocabulary(vocabulary)
+        self._vocab_integers = integer_vocabulary(self._vocab_array)
 
     def state(self) -> dict[str, Any]:
         return {"vocabulary": self.vocabulary}

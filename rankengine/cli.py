@@ -325,7 +325,6 @@ def serve(ref: str, registry: str | None, host: str, port: int, workers: int, th
     import json as json_lib
     import os
 
-    import torch
     import uvicorn
 
     from rankengine.registry.store import RegistryStore, resolve_url
@@ -341,8 +340,8 @@ def serve(ref: str, registry: str | None, host: str, port: int, workers: int, th
         except ImportError:
             raise RankEngineError("--backend onnxruntime needs onnxruntime: "
                                   "pip install 'rankengine[export]'") from None
+    # Every server process applies this budget itself (rankengine.serve.app_from_env).
     per_thread = max(1, usable_cores() // (threads * workers))  # no oversubscribed cores
-    torch.set_num_threads(per_thread)
     os.environ[ENV] = json_lib.dumps({
         "registry": url, "ref": ref, "backend": backend, "torch_threads": per_thread,
         "settings": {"threads": threads, "poll_interval": poll_interval,
