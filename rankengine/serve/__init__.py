@@ -23,10 +23,11 @@ def app_from_env() -> FastAPI:
     spec = json.loads(os.environ[ENV])
     # Worker processes (--workers N) start with torch's default of one thread per core each,
     # so N of them oversubscribed the cores: set the budget the CLI computed in every process.
-    torch.set_num_threads(spec.get("torch_threads", 1))
+    threads = spec.get("torch_threads", 1)
+    torch.set_num_threads(threads)
     store = RegistryStore(spec["registry"], create_if_empty=False)
     holder = ModelHolder(store, spec["ref"], backend=spec.get("backend", "torch"),
-                         threads=spec.get("torch_threads", 1))
+                         threads=threads)
     app = create_app(holder, ServeSettings(**spec["settings"]))
     freeze_startup_objects()
     return app
