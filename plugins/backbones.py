@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from rankengine import (
@@ -13,6 +13,7 @@ from rankengine import (
     ExpertBank,
     Params,
     Register,
+    Width,
     hookimpl,
     mlp,
 )
@@ -29,28 +30,35 @@ def rankengine_register_backbones(register: Register) -> None:
 
 
 class SharedBottomParams(Params):
-    hidden: list[int] = Field(default=[128, 64], min_length=1)
+    hidden: list[Width] = Field(default=[128, 64], min_length=1)
     activation: Activation = "relu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
 class MoEParams(Params):
-    experts: int = Field(default=4, ge=1)
+    experts: int = Field(default=4, ge=1, le=1024)
     #: DCN-v2 cross layers on the input before the experts (0 = none).
-    cross_layers: int = Field(default=0, ge=0)
-    expert_hidden: list[int] = Field(default=[64], min_length=1)
+    cross_layers: int = Field(default=0, ge=0, le=64)
+    expert_hidden: list[Width] = Field(default=[64], min_length=1)
     activation: Activation = "relu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     #: Sparse gating (Shazeer et al. 2017, named by the MMoE paper): each gate keeps its k
     #: largest logits and renormalises over them; 0 = dense softmax over every expert.
     top_k: int = Field(default=0, ge=0)
 
+    @model_validator(mode="after")
+    def _top_k_within_experts(self) -> MoEParams:
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k = {self.top_k} exceeds experts = {self.experts}; top_k "
+                             f"keeps that many of the experts (0 = all)")
+        return self
+
 
 class PLEParams(Params):
-    levels: int = Field(default=2, ge=1)
-    shared_experts: int = Field(default=2, ge=1)
-    task_experts: int = Field(default=1, ge=1)
-    expert_hidden: list[int] = Field(default=[64], min_length=1)
+    levels: int = Field(default=2, ge=1, le=64)
+    shared_experts: int = Field(default=2, ge=1, le=1024)
+    task_experts: int = Field(default=1, ge=1, le=1024)
+    expert_hidden: list[Width] = Field(default=[64], min_length=1)
     activation: Activation = "relu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 

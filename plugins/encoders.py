@@ -121,7 +121,7 @@ def to_float(column: pa.ChunkedArray) -> np.ndarray:
 class CategoricalParams(Params):
     min_count: int = Field(default=1, ge=1)
     max_vocab: int | None = Field(default=None, ge=1)
-    hash_buckets: int | None = Field(default=None, ge=1)
+    hash_buckets: int | None = Field(default=None, ge=1, le=50_000_000)
 
 
 class VocabularyEncoder(FeatureEncoder):
@@ -245,7 +245,7 @@ class NumericEncoder(FeatureEncoder):
 
 
 class BucketizeParams(Params):
-    buckets: int = Field(default=10, ge=2)
+    buckets: int = Field(default=10, ge=2, le=100_000)
     boundaries: list[float] | None = None
 
 
@@ -305,7 +305,7 @@ class BucketizeEncoder(FeatureEncoder):
 
 
 class SequenceParams(Params):
-    max_len: int = Field(default=20, ge=1)
+    max_len: int = Field(default=20, ge=1, le=4096)
     separator: str = "|"
     min_count: int = Field(default=1, ge=1)
     max_vocab: int | None = Field(default=None, ge=1)

@@ -6,7 +6,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from rankengine import Activation, Params, Register, hookimpl, mlp
+from rankengine import Activation, Params, Register, Width, hookimpl, mlp
 
 
 @hookimpl
@@ -15,7 +15,7 @@ def rankengine_register_towers(register: Register) -> None:
 
 
 class MLPTowerParams(Params):
-    hidden: list[int] = Field(default=[32])
+    hidden: list[Width] = Field(default=[32])
     activation: Activation = "relu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 

@@ -21,10 +21,12 @@ from rankengine.components import (
     Register,
     SampleWeighting,
     SharedParameters,
+    Undefined,
     head_value,
     sample_pairs,
+    undefined,
 )
-from rankengine.config import EngineConfig, FeatureSpec, TaskSpec, load_config
+from rankengine.config import EngineConfig, FeatureSpec, TaskSpec, Width, load_config
 from rankengine.errors import (
     ArtifactError,
     ConfigError,
@@ -71,10 +73,13 @@ __all__ = [
     "SharedParameters",
     "TaskGraph",
     "TaskSpec",
+    "Undefined",
+    "Width",
     "__version__",
     "head_value",
     "hookimpl",
     "load_config",
     "mlp",
     "sample_pairs",
+    "undefined",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -25,14 +26,89 @@ def console() -> Console:
     return Console(width=None if sys.stdout.isatty() else 150)
 
 
+DEBUG_ENV = "RANKENGINE_DEBUG"
+
+
 class RankEngineGroup(click.Group):
-    """Prints rankengine's own errors as one clear line instead of a traceback."""
+    """Prints errors as one clear line instead of a traceback, and finds plugins' commands.
+
+    Plugin commands are looked up only when a name is not a built-in command (or for the
+    command list in ``--help``), so ``--version``, ``simulate``, ``models`` ... never read the
+    engine.toml in the working directory.
+    """
+
+    _plugin_commands_loaded = False
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and not self._plugin_commands_loaded:
+            try:
+                self._load_plugin_commands()
+            except RankEngineError as exc:
+                raise click.UsageError(f"no such command '{cmd_name}' (plugin commands could "
+                                       f"not be loaded: {one_line(str(exc))})") from None
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        try:
+            self._load_plugin_commands()
+        except RankEngineError:
+            pass  # --help still lists the built-ins; the plugin command itself reports why
+        return super().list_commands(ctx)
+
+    def _load_plugin_commands(self) -> None:
+        """Let the plugins engine.toml enables (else the built-ins) add subcommands."""
+        if self._plugin_commands_loaded:
+            return
+        self._plugin_commands_loaded = True
+        from rankengine.config import load_config
+        from rankengine.pluginmanager import load_engine
+
+        path = Path("engine.toml")
+        cfg = load_config(path) if path.exists() else None
+        engine = load_engine(cfg.engine.plugins if cfg else ["builtin"],
+                             cfg.engine.disable if cfg else [])
+        engine.call("rankengine_register_commands", cli=self)
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line_usage(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line_usage(exc) from None
         except RankEngineError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(one_line(str(exc))) from exc
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            # Input errors are RankEngineErrors naming the file, key or row; anything else is a
+            # bug, still reported as one line unless a developer asks for the traceback.
+            if os.environ.get(DEBUG_ENV):
+                raise
+            raise click.ClickException(
+                f"internal error: {type(exc).__name__}: {one_line(str(exc))} (a bug in "
+                f"rankengine or a plugin; set {DEBUG_ENV}=1 for the traceback)") from exc
+
+
+def _one_line_usage(exc: click.UsageError) -> click.UsageError:
+    """Click prints the usage and a hint over three lines; one line says the same."""
+    if exc.ctx is None or isinstance(exc, click.exceptions.NoArgsIsHelpError):
+        return exc  # a bare group (`rankengine models`) shows its help, as click does
+    plain = click.UsageError(f"{one_line(exc.format_message())} (see "
+                             f"'{exc.ctx.command_path} --help')")
+    plain.exit_code = exc.exit_code
+    return plain
+
+
+def one_line(message: str) -> str:
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 @click.group(cls=RankEngineGroup)
@@ -62,7 +138,8 @@ GATE = re.compile(r"^\s*(\w+)\.(\w+)\s*(>=|<=|==|>|<)\s*([\w.+-]+)\s*$")
               help='promotion gate: "TASK.METRIC OP ALIAS|NUMBER", e.g. "order.auc >= champion"')
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE tag on the version (repeatable)")
 @click.option("--parent", type=int, default=None, help="version this one was fine-tuned from")
-@click.option("--epochs", type=int, default=None, help="override [train] epochs")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="override [train] epochs")
 @click.option("--resume", is_flag=True,
               help="continue from the newest intact checkpoint in [train] checkpoint_dir")
 @click.option("--quiet", is_flag=True, help="no progress bar")
@@ -97,7 +174,9 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
     store = None
     if output is None and main_rank:  # other ranks never touch the registry
         from rankengine.registry.cli import open_store
+        from rankengine.registry.store import check_model_name
 
+        check_model_name(model_name or config.registry.model)  # a bad name fails before training
         store = open_store(config.registry_url(registry))  # refuses an outdated schema now
     elif output is not None and output.exists() and not overwrite:
         raise click.ClickException(f"{output} already exists; pass --overwrite to replace it")
@@ -249,7 +328,7 @@ def predict(model: str, registry: str | None, data_path: Path, output: Path, kee
 @click.option("--request", "request_id", default=None,
               help="value of the [data] group column to rank (default: the first request "
                    "with a logged click, i.e. a positive first task)")
-@click.option("--top-k", type=int, default=10, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True)
 def rank(model: str, registry: str | None, data_path: Path, request_id: str | None,
          top_k: int) -> None:
     """Rank the candidates of one request with MODEL by the fused score and print them."""
@@ -268,7 +347,11 @@ def rank(model: str, registry: str | None, data_path: Path, request_id: str | No
             if first_label in table.column_names else pa.array([], pa.uint64())
         wanted = ids[engaged[0].as_py() if len(engaged) else 0]
     else:
-        wanted = pa.scalar(request_id).cast(ids.type)
+        try:
+            wanted = pa.scalar(request_id).cast(ids.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise click.BadParameter(f"{request_id!r} is not a value of {data_path} column "
+                                     f"'{group}' ({ids.type})", param_hint="--request") from None
     request = table.filter(pc.equal(ids, wanted))
     if request.num_rows == 0:
         raise click.ClickException(f"no rows with {group} = {request_id}")
@@ -399,9 +482,9 @@ def export(model: str, fmt: str, output: Path, registry: str | None) -> None:
 @cli.command()
 @click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path),
               default=Path("data/funnel"), show_default=True)
-@click.option("--requests", type=int, default=50_000, show_default=True,
+@click.option("--requests", type=click.IntRange(min=1), default=50_000, show_default=True,
               help="requests to simulate (each shows --slate-size items)")
-@click.option("--slate-size", type=int, default=10, show_default=True)
+@click.option("--slate-size", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--correlation", type=float, default=0.5, show_default=True,
               help="correlation of click and conversion factors")
 @click.option("--inconsistent-rate", type=float, default=0.0, show_default=True)
@@ -409,8 +492,8 @@ def export(model: str, fmt: str, output: Path, registry: str | None) -> None:
               help="click logit -= position_bias * log(position)")
 @click.option("--logger-bias", type=float, default=0.0, show_default=True,
               help="> 0: a logging ranker shows promoted brands first (confounds position)")
-@click.option("--shards", type=int, default=1, show_default=True)
-@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=7, show_default=True)
 def simulate(output: Path, requests: int, slate_size: int, correlation: float,
              inconsistent_rate: float, position_bias: float, logger_bias: float, shards: int,
              seed: int) -> None:
@@ -482,21 +565,6 @@ def _fmt(value: float | None, *, whole: bool = False) -> str:
     return f"{value:,.0f}" if whole or abs(value) >= 100 else f"{value:.4f}"
 
 
-def _load_extra_commands() -> None:
-    """Let enabled plugins add subcommands (rankengine_register_commands)."""
-    from rankengine.config import load_config
-    from rankengine.pluginmanager import load_engine
-
-    path = Path("engine.toml")
-    try:
-        cfg = load_config(path) if path.exists() else None
-        engine = load_engine(cfg.engine.plugins if cfg else ["builtin"],
-                             cfg.engine.disable if cfg else [])
-    except RankEngineError:
-        return  # the failing command will report the problem itself
-    engine.call("rankengine_register_commands", cli=cli)
-
-
 def _add_command_groups() -> None:
     """Built-in commands that live next to the code they drive (imported lazily inside)."""
     from rankengine.registry.cli import db, models
@@ -512,7 +580,6 @@ _add_command_groups()
 
 
 def main() -> None:
-    _load_extra_commands()
     cli(prog_name="rankengine")
 
 

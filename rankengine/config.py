@@ -13,7 +13,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -25,13 +25,26 @@ if typing.TYPE_CHECKING:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf / nan are never a sensible setting: `lr = inf` must fail here, not epochs later.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+#: Upper bounds that turn a typo (an extra zero, a pasted id) into a config error instead of an
+#: allocation that takes the machine down (`dim = 100000000` was OOM-killed, `threads = 100000`
+#: hung).
+MAX_WIDTH = 65_536
+MAX_EMBEDDING_DIM = 4_096
+MAX_THREADS = 256
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
+#: A layer width: ``hidden = [128, 64]`` in any component's parameters.
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 
 
 class ComponentRef(BaseModel):
     """``{ kind = "mmoe", experts = 4 }`` or just ``"mmoe"``; extra keys are the parameters."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     kind: str
 
@@ -48,8 +61,8 @@ class ComponentRef(BaseModel):
 class EngineSection(Section):
     plugins: list[str] = ["builtin"]
     disable: list[str] = []
-    seed: int = 0
-    threads: int | None = Field(default=None, ge=1)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    threads: int | None = Field(default=None, ge=1, le=MAX_THREADS)
 
 
 class CsvOptions(Section):
@@ -84,13 +97,13 @@ class DataSection(Section):
 class FeatureSpec(BaseModel):
     """One ``[[features]]`` entry; keys other than these are the encoder's parameters."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
-    name: str
+    name: str = Field(min_length=1)
     kind: str
-    column: str | None = None
+    column: str | None = Field(default=None, min_length=1)
     side: Literal["context", "item"] = "item"
-    dim: int = Field(default=16, ge=1)
+    dim: int = Field(default=16, ge=1, le=MAX_EMBEDDING_DIM)
     groups: list[str] = ["default"]
 
     @property
@@ -118,7 +131,9 @@ class OracleSpec(Section):
 
 
 class TaskSpec(Section):
-    label: str | list[str] | LabelRule
+    label: (Annotated[str, Field(min_length=1)]
+            | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+            | LabelRule)
     type: Literal["binary", "regression"] = "binary"
     after: str | None = None
     via: str | None = None
@@ -150,7 +165,7 @@ class BiasTowerSection(Section):
     #: and are optional at serving time
     groups: list[str] = ["bias"]
     tasks: list[str] = Field(min_length=1)
-    hidden: list[int] = [16]
+    hidden: list[Width] = [16]
 
 
 class ModelSection(Section):
@@ -194,7 +209,7 @@ class RankingSection(BaseModel):
     """``[loss.ranking]``: a learning-to-rank loss within request groups; other keys are the
     ranking loss's own parameters (e.g. ``margin``)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     kind: str
     #: a binary task's logit, or "fused": the log of the configured fusion's score
@@ -217,7 +232,7 @@ class LossSection(Section):
 
 
 class FusionSection(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     kind: str = "weighted_sum"
 
     @property
@@ -298,6 +313,11 @@ def load_config(path: str | Path) -> EngineConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                          f"TOML files are UTF-8", source=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
     return parse_config(raw, source=str(path), base_dir=path.parent)
 
 
@@ -316,12 +336,24 @@ def parse_config(
 
 
 def _config_error(exc: ValidationError, source: str) -> ConfigError:
-    messages = [_format_error(err) for err in exc.errors()]
+    messages = _one_per_key([(err, *_format_error(err)) for err in exc.errors()])
     key, first = messages[0]
-    more = "".join(f"\n  also [{k}]: {m}" for k, m in messages[1:5])
-    if len(messages) > 5:
-        more += f"\n  ... and {len(messages) - 5} more"
+    # One line: shells, CI logs and the property tests read the first line only.
+    more = "".join(f"; also [{k}]: {m}" for k, m in messages[1:4])
+    if len(messages) > 4:
+        more += f"; and {len(messages) - 4} more"
     return ConfigError(first + more, source=source, key=key)
+
+
+def _one_per_key(found: list[tuple[Any, str, str]]) -> list[tuple[str, str]]:
+    """A union (``label = str | list | {column, equals}``) reports one error per member; keep
+    the member the value looked like (a constraint it broke) over the type mismatches."""
+    best: dict[str, tuple[bool, str]] = {}
+    for err, key, message in found:
+        mismatch = str(err["type"]).endswith("_type")
+        if key not in best or (best[key][0] and not mismatch):
+            best[key] = (mismatch, message)
+    return [(key, message) for key, (_, message) in best.items()]
 
 
 def _format_error(err: Any) -> tuple[str, str]:
@@ -337,6 +369,8 @@ def _format_error(err: Any) -> tuple[str, str]:
         return _key_path(loc[:-1]) or name, f"unknown key '{name}'{hint}"
     if kind == "missing":
         return key, "required key is missing"
+    if kind == "value_error":  # a validator's own sentence already says what was found
+        return key, str(err["msg"]).removeprefix("Value error, ")
     return key, f"{err['msg'].lower()}; found {_describe(found)}"
 
 
@@ -345,7 +379,9 @@ def _is_union_tag(part: Any) -> bool:
     return isinstance(part, str) and (part[:1].isupper() or "[" in part or part in _TYPE_TAGS)
 
 
-_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "function-before"}
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "function-before", "function-after",
+              "function-wrap", "constrained-str", "constrained-int", "constrained-float",
+              "constrained-list"}
 
 
 def _key_path(loc: list[Any]) -> str:
@@ -422,6 +458,8 @@ def _format_param_error(err: Any, model: type[BaseModel]) -> tuple[str, str]:
         return name, f"unknown key '{name}'; expected one of: {expected}{suggest(name, allowed)}"
     if err["type"] == "missing":
         return _key_path(loc), "required key is missing"
+    if err["type"] == "value_error":
+        return _key_path(loc), str(err["msg"]).removeprefix("Value error, ")
     return _key_path(loc), f"{err['msg'].lower()}; found {_describe(err.get('input'))}"
 
 
