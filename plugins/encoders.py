@@ -217,16 +217,26 @@ class NumericEncoder(FeatureEncoder):
             self.mean = float(seen.mean())
             self.std = float(seen.std()) or 1.0
         self.fill = float(seen.mean()) if len(seen) else 0.0
+        if not all(np.isfinite(v) for v in (self.mean, self.std, self.fill)):
+            raise DataError(f"values up to {np.abs(seen).max():.3g} overflow the mean and "
+                            f"standard deviation; use transform = \"log1p_standardize\"")
 
     def transform(self, column: pa.ChunkedArray) -> np.ndarray:
         x, missing = self._prepare(column)
         x = np.where(missing, self.fill, x)
         if self.params.transform.endswith("standardize"):
             x = (x - self.mean) / self.std
-        cols = [x]
+        with np.errstate(over="ignore"):
+            x32 = x.astype(np.float32)
+        if not np.isfinite(x32).all():  # finite in float64, beyond float32 once scaled
+            row = int(np.flatnonzero(~np.isfinite(x32))[0])
+            raise DataError(f"row {row}: {to_float(column)[row]:.3g} is out of range for this "
+                            f"feature (fitted mean {self.mean:.3g}, std {self.std:.3g}: it "
+                            f"becomes {x[row]:.3g}, beyond float32)")
+        cols = [x32]
         if self.params.missing_indicator:
-            cols.append(missing.astype(np.float64))
-        return np.stack(cols, axis=1).astype(np.float32)
+            cols.append(missing.astype(np.float32))
+        return np.stack(cols, axis=1)
 
     @property
     def width(self) -> int:

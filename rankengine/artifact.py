@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from rankengine.components import Fusion
 from rankengine.config import EngineConfig, TaskSpec, parse_config, resolve_component
 from rankengine.data.pipeline import FeaturePipeline
-from rankengine.errors import ArtifactError, PluginError
+from rankengine.errors import ArtifactError, PluginError, RankEngineError
 from rankengine.graph import TaskGraph
 from rankengine.model.assembly import RankingModel, build_model
 from rankengine.pluginmanager import Engine, check_model_plugins, load_engine
@@ -52,6 +54,10 @@ def json_safe(data: Any) -> Any:
     if isinstance(data, list | tuple):
         return [json_safe(v) for v in data]
     return data
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def sha256_file(path: Path) -> str:
@@ -152,7 +158,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ArtifactError(f"{path}: not a rankengine artifact (no {MANIFEST})")
-    manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+    manifest = read_json(manifest_path)
+    if not isinstance(manifest.get("files"), dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in manifest["files"].items()):
+        raise ArtifactError(f"{manifest_path}: 'files' must map file names to sha256 digests")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{path}: artifact format {manifest.get('format_version')} is not supported by "
@@ -161,9 +170,27 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from an artifact file; anything else is an ArtifactError naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: missing; the artifact is incomplete") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: not a readable JSON file ({exc}); the artifact is "
+                            f"corrupted") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: expected a JSON object, found {type(data).__name__}; the "
+                            f"artifact is corrupted")
+    return data
+
+
 def verify_artifact(path: Path, manifest: dict[str, Any]) -> None:
     for name, expected in manifest["files"].items():
         file = path / name
+        if Path(name).name != name or name in (".", ".."):  # names only, never paths
+            raise ArtifactError(f"{path / MANIFEST}: file entry {name!r} is not a plain file "
+                                f"name")
         if not file.is_file():
             raise ArtifactError(f"{path}: file {name} listed in the manifest is missing")
         actual = sha256_file(file)
@@ -179,7 +206,7 @@ def load_artifact(path: str | Path, *, engine: Engine | None = None) -> LoadedMo
     path = Path(path)
     manifest = read_manifest(path)
     verify_artifact(path, manifest)
-    config = parse_config(json.loads((path / "config.json").read_text()),
+    config = parse_config(read_json(path / "config.json"),
                           source=str(path / "config.json"), base_dir=path)
     if engine is None:
         try:
@@ -192,14 +219,33 @@ def load_artifact(path: str | Path, *, engine: Engine | None = None) -> LoadedMo
             raise ArtifactError(
                 f"{path}: the model was trained with plugins {manifest['plugins']}; {exc}"
             ) from exc
-    tasks = {name: TaskSpec.model_validate(spec)
-             for name, spec in json.loads((path / "tasks.json").read_text()).items()}
-    graph = TaskGraph(tasks)
+    try:
+        tasks = {name: TaskSpec.model_validate(spec)
+                 for name, spec in read_json(path / "tasks.json").items()}
+    except ValidationError as exc:
+        raise ArtifactError(f"{path / 'tasks.json'}: not a task graph ("
+                            f"{exc.errors()[0]['msg']}); the artifact is corrupted") from None
+    try:
+        graph = TaskGraph(tasks)
+    except RankEngineError as exc:
+        raise ArtifactError(f"{path / 'tasks.json'}: {exc}") from None
     pipeline = FeaturePipeline(config.features, engine.components.encoders, source=config.source)
-    pipeline.load_state(json.loads((path / "pipeline.json").read_text()))
+    pipeline_state = read_json(path / "pipeline.json")
+    try:
+        pipeline.load_state(pipeline_state)
+    except RankEngineError as exc:
+        raise ArtifactError(f"{path / 'pipeline.json'}: {exc}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        # a plugin's load_state reading a damaged state: name the file, not the Python error
+        raise ArtifactError(f"{path / 'pipeline.json'}: fitted feature state does not load "
+                            f"({type(exc).__name__}: {exc}); the artifact is corrupted") from None
     model = build_model(config, engine, graph, pipeline.layout())
-    state = load_file(str(path / WEIGHTS))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        state = load_file(str(path / WEIGHTS))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
+        raise ArtifactError(f"{path / WEIGHTS}: weights do not load ({one_line(str(exc))}); "
+                            f"the artifact is corrupted") from None
     if missing or unexpected:
         raise ArtifactError(
             f"{path}: weights do not match the model built from its config "
@@ -207,7 +253,7 @@ def load_artifact(path: str | Path, *, engine: Engine | None = None) -> LoadedMo
         )
     model.eval()
     fusion = build_fusion(config, engine, graph)
-    metrics = json.loads((path / "metrics.json").read_text())
+    metrics = read_json(path / "metrics.json")
     return LoadedModel(path, config, engine, graph, pipeline, model, fusion, manifest, metrics)
 
 

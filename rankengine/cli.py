@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -51,10 +52,9 @@ class RankEngineGroup(click.Group):
         return command
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        try:
+        # --help still lists the built-ins; the plugin command itself reports why
+        with contextlib.suppress(RankEngineError):
             self._load_plugin_commands()
-        except RankEngineError:
-            pass  # --help still lists the built-ins; the plugin command itself reports why
         return super().list_commands(ctx)
 
     def _load_plugin_commands(self) -> None:
@@ -103,8 +103,7 @@ def _one_line_usage(exc: click.UsageError) -> click.UsageError:
         return exc  # a bare group (`rankengine models`) shows its help, as click does
     plain = click.UsageError(f"{one_line(exc.format_message())} (see "
                              f"'{exc.ctx.command_path} --help')")
-    plain.exit_code = exc.exit_code
-    return plain
+    return plain  # exit code 2, as click's
 
 
 def one_line(message: str) -> str:
@@ -142,7 +141,7 @@ GATE = re.compile(r"^\s*(\w+)\.(\w+)\s*(>=|<=|==|>|<)\s*([\w.+-]+)\s*$")
               help="override [train] epochs")
 @click.option("--resume", is_flag=True,
               help="continue from the newest intact checkpoint in [train] checkpoint_dir")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--quiet", is_flag=True, help="no progress bar or progress messages")
 def train(config_path: Path, output: Path | None, overwrite: bool, registry: str | None,
           model_name: str | None, promote: str | None, gate: str | None, tags: tuple[str, ...],
           parent: int | None, epochs: int | None, resume: bool, quiet: bool) -> None:
@@ -182,7 +181,8 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
         raise click.ClickException(f"{output} already exists; pass --overwrite to replace it")
     try:
         trained = run_training(config, progress=not quiet and sys.stderr.isatty(),
-                               log=lambda m: click.echo(m, err=True), resume=resume)
+                               log=(lambda m: None) if quiet else
+                               (lambda m: click.echo(m, err=True)), resume=resume)
     finally:
         shutdown()
     if not main_rank:

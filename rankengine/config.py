@@ -314,8 +314,9 @@ def load_config(path: str | Path) -> EngineConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
-                          f"TOML files are UTF-8", source=str(path)) from None
+        bad = exc.object[exc.start:exc.start + 1]
+        raise ConfigError(f"not UTF-8 text (byte {bad!r} at offset {exc.start}); TOML files "
+                          f"are UTF-8", source=str(path)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
     return parse_config(raw, source=str(path), base_dir=path.parent)

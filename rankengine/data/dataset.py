@@ -86,7 +86,12 @@ def _numeric_label(table: pa.Table, column: str, task: str, where: str) -> np.nd
     if data.null_count:
         row = int(np.flatnonzero(data.is_null().to_numpy(zero_copy_only=False))[0])
         raise DataError(f"{where}: label column '{column}' of task '{task}' is empty at row {row}")
-    return np.asarray(data.to_numpy(zero_copy_only=False), dtype=np.float64)
+    values = np.asarray(data.to_numpy(zero_copy_only=False), dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):  # one inf label turns the loss, and every weight after it, into NaN
+        raise DataError(f"{where}: label column '{column}' of task '{task}' is {values[bad[0]]} "
+                        f"at row {int(bad[0])}; labels must be finite numbers")
+    return values
 
 
 def group_ids(table: pa.Table, column: str) -> np.ndarray:

@@ -88,9 +88,28 @@ def read_table(
         table = dataset.to_table(columns=list(dict.fromkeys(columns)) if columns else None)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path}: cannot read as {fmt}: {exc}") from exc
-    if fmt == "csv" and csv.strip:
-        table = _strip_strings(table)
+    if fmt == "csv":
+        _check_utf8(table, path, csv.header and not path.is_dir())
+        if csv.strip:
+            table = _strip_strings(table)
     return table
+
+
+def _check_utf8(table: pa.Table, path: Path, header: bool) -> None:
+    """Arrow reads a CSV column with invalid UTF-8 as raw bytes; name its first bad row."""
+    for field in table.schema:
+        if not (pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type)):
+            continue
+        for row, value in enumerate(table.column(field.name).to_pylist()):
+            try:
+                if value is not None:
+                    value.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                line = f" (line {row + 1 + header})" if header or not path.is_dir() else ""
+                raise DataError(
+                    f"{path}: column '{field.name}' row {row}{line}: not UTF-8 text (byte "
+                    f"{value[exc.start:exc.start + 1]!r} at offset {exc.start}); CSV files "
+                    f"must be UTF-8") from None
 
 
 def _csv_format(csv: CsvOptions) -> ds.CsvFileFormat:
