@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rankengine import Metric, Register, hookimpl
+from rankengine import Metric, Register, hookimpl, undefined
 
 
 @hookimpl
@@ -23,11 +23,13 @@ def rankengine_register_metrics(register: Register) -> None:
 def grouped_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """AUC per group via the Mann-Whitney rank sum; returns (auc per group, rows per group).
 
-    Groups without both classes get NaN.
+    Groups without both classes get NaN; no rows, no groups.
     """
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     groups = np.asarray(groups)
+    if len(y) == 0:
+        return np.zeros(0), np.zeros(0)
     order = np.lexsort((p, groups))
     g, s, t = groups[order], p[order], y[order]
     n = len(g)
@@ -50,34 +52,55 @@ def grouped_auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray) -> tuple[np.nd
     return per_group, n_all
 
 
+def _one_class(y: np.ndarray) -> float | None:
+    """``undefined(...)`` when ``y`` has no rows or only one class, else None."""
+    if len(y) == 0:
+        return undefined("no rows")
+    positives = float(np.sum(y))
+    if positives == 0:
+        return undefined("no positive labels")
+    if positives == len(y):
+        return undefined("no negative labels")
+    return None
+
+
 def auc(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:
+    why = _one_class(np.asarray(y, dtype=np.float64))
+    if why is not None:
+        return why
     per_group, _ = grouped_auc(y, p, np.zeros(len(y), dtype=np.int64))
-    return float(per_group[0]) if len(per_group) else float("nan")
+    return float(per_group[0])
 
 
 def gauc(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:
     if groups is None:
-        return float("nan")
+        return undefined("no group column")
+    if len(y) == 0:
+        return undefined("no rows")
     per_group, sizes = grouped_auc(y, p, groups)
     valid = ~np.isnan(per_group)
     if not valid.any():
-        return float("nan")
+        return undefined("no group has both positive and negative labels")
     return float(np.average(per_group[valid], weights=sizes[valid]))
 
 
 def logloss(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:
     if len(y) == 0:
-        return float("nan")
+        return undefined("no rows")
     q = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
     return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
 
 
 def calibration(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:
-    positives = float(np.mean(y)) if len(y) else 0.0
-    return float(np.mean(p)) / positives if positives > 0 else float("nan")
+    if len(y) == 0:
+        return undefined("no rows")
+    positives = float(np.mean(y))
+    if positives <= 0:
+        return undefined("mean label is 0")
+    return float(np.mean(p)) / positives
 
 
 def rmse(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:
     if len(y) == 0:
-        return float("nan")
+        return undefined("no rows")
     return float(np.sqrt(np.mean((np.asarray(p, np.float64) - y) ** 2)))

@@ -7,6 +7,7 @@ the available ones and a close match.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -459,11 +460,41 @@ class Fusion(ABC):
 FusionFactory = Callable[[list[str], Any], Fusion]
 
 
+class Undefined(float):
+    """A metric value that does not exist on this data: NaN that says why.
+
+    Made by :func:`undefined`; the core records the metric as undefined (``null`` in JSON) with
+    the reason in the task's ``"undefined"`` entry instead of a number.
+    """
+
+    reason: str
+
+    def __new__(cls, reason: str) -> Undefined:
+        value = super().__new__(cls, math.nan)
+        value.reason = str(reason)
+        return value
+
+    def __repr__(self) -> str:
+        return f"undefined({self.reason!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Undefined, (self.reason,))
+
+
+def undefined(reason: str) -> float:
+    """What a metric function returns when the metric is undefined on its input, e.g.
+    ``undefined("no positive labels")``: NaN to arithmetic, with the reason for reports."""
+    return Undefined(reason)
+
+
 @dataclass(frozen=True)
 class Metric:
     """An evaluation metric: ``fn(labels, predictions, groups) -> float`` on numpy arrays.
 
-    ``groups`` is an int64 group id per row when ``needs_group`` (GAUC), else None.
+    ``groups`` is an int64 group id per row when ``needs_group`` (GAUC), else None. Where the
+    metric does not exist on the rows it is given (AUC without a negative label, a mean over no
+    rows), ``fn`` returns :func:`undefined` with the reason (a plain NaN also counts as
+    undefined); the core never calls it on zero rows.
     """
 
     fn: Callable[[np.ndarray, np.ndarray, np.ndarray | None], float]

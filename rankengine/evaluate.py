@@ -9,7 +9,7 @@ configured, add the AUC of the true probabilities next to the model's.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,8 @@ from rankengine.data.dataset import EncodedData
 from rankengine.graph import TaskGraph
 from rankengine.model.assembly import RankingModel
 
-Metrics = dict[str, dict[str, float]]
+#: task → metric → value (NaN where undefined), plus ``"undefined"``: metric → reason
+Metrics = dict[str, dict[str, Any]]
 
 
 @torch.inference_mode()
@@ -55,59 +56,108 @@ def node_metrics(
     conditional: np.ndarray,
     metrics: Sequence[Component[Metric]],
 ) -> Metrics:
-    """Per node: entire-space metrics, ``_cond`` metrics on the parent subspace, oracles."""
+    """Per node: entire-space metrics, ``_cond`` metrics on the parent subspace, oracles.
+
+    A metric that does not exist on the rows (AUC without a positive, anything on no rows) is
+    NaN (``null`` in JSON) and its reason goes in the node's ``"undefined"`` entry, e.g.
+    ``{"auc_cond": "no rows with click = 1"}``; it never raises.
+    """
     out: Metrics = {}
     labels = data.labels.astype(np.float64)
     for i, node in enumerate(graph.nodes):
         parent = graph.parent_index[i]
         sub = labels[:, parent] == 1 if parent >= 0 else np.ones(len(labels), dtype=bool)
+        given = f"with {graph.names[parent]} = 1" if parent >= 0 else ""
         y = labels[:, i]
-        result: dict[str, float] = {"rows": float(len(y))}
+        result: dict[str, Any] = {"rows": float(len(y))}
+        why: dict[str, str] = {}
         everything = np.ones(len(y), dtype=bool)
         if node.type == "binary":
             result["positives"] = float(y.sum())
-            _run(result, "", everything, y, entire[:, i], "binary", data, metrics)
+            _run(result, why, "", everything, "", y, entire[:, i], "binary", data, metrics)
             if parent >= 0:
                 result["rows_cond"] = float(sub.sum())
-                _run(result, "_cond", sub, y, conditional[:, i], "binary", data, metrics)
+                _run(result, why, "_cond", sub, given, y, conditional[:, i], "binary", data,
+                     metrics)
         else:
-            _run(result, "", sub, y, conditional[:, i], "regression", data, metrics)
-            _run(result, "_entire", everything, y, entire[:, i], "regression", data, metrics)
-        _oracle(node.spec.oracle, data, y, sub, conditional[:, i], metrics, result)
+            _run(result, why, "", sub, given, y, conditional[:, i], "regression", data, metrics)
+            _run(result, why, "_entire", everything, "", y, entire[:, i], "regression", data,
+                 metrics)
+        _oracle(node.spec.oracle, data, y, sub, given, conditional[:, i], metrics, result, why)
+        if why:
+            result[UNDEFINED] = why
         out[node.name] = result
     return out
 
 
-def _run(result: dict[str, float], suffix: str, rows: np.ndarray, truth: np.ndarray,
-         pred: np.ndarray, kind: str, data: EncodedData,
+#: The key of a node's metrics that maps each undefined metric to why it is undefined.
+UNDEFINED = "undefined"
+
+
+def undefined_reason(metrics: Metrics, task: str, metric: str) -> str | None:
+    """Why ``task.metric`` has no value (None when it has one or was never computed)."""
+    values = metrics.get(task) or {}
+    reasons = values.get(UNDEFINED) or {}
+    if metric in reasons:
+        return str(reasons[metric])
+    value = values.get(metric)
+    if metric in values and not (isinstance(value, int | float) and math.isfinite(value)):
+        return "not a finite number"
+    return None
+
+
+def _run(result: dict[str, Any], why: dict[str, str], suffix: str, rows: np.ndarray,
+         given: str, truth: np.ndarray, pred: np.ndarray, kind: str, data: EncodedData,
          metrics: Sequence[Component[Metric]]) -> None:
     groups = data.groups[rows] if data.groups is not None else None
     for m in metrics:
         if m.factory.task_type != kind or (m.factory.needs_group and groups is None):
             continue
-        result[m.name + suffix] = _clean(m.factory.fn(truth[rows], pred[rows], groups))
+        _record(result, why, m.name + suffix, rows, given,
+                lambda m=m: m.factory.fn(truth[rows], pred[rows], groups))
 
 
-def _oracle(oracle: Any, data: EncodedData, y: np.ndarray, sub: np.ndarray,
+def _record(result: dict[str, Any], why: dict[str, str], key: str, rows: np.ndarray,
+            given: str, compute: Callable[[], float]) -> None:
+    """``result[key]`` from ``compute()``, or NaN with the reason in ``why[key]``."""
+    if not rows.any():  # no metric exists on no rows: the metric is not even called
+        result[key] = math.nan
+        why[key] = f"no rows {given}".strip()
+        return
+    try:
+        value = compute()
+    except Exception as exc:  # a plugin's metric must not lose a finished run
+        result[key] = math.nan
+        why[key] = f"the metric failed: {type(exc).__name__}: {exc}"
+        return
+    if value is not None and isinstance(value, int | float | np.floating) \
+            and math.isfinite(value):
+        result[key] = float(value)
+        return
+    result[key] = math.nan
+    why[key] = getattr(value, "reason", None) or f"not a finite number ({value})"
+
+
+def _oracle(oracle: Any, data: EncodedData, y: np.ndarray, sub: np.ndarray, given: str,
             pred_cond: np.ndarray, metrics: Sequence[Component[Metric]],
-            result: dict[str, float]) -> None:
+            result: dict[str, Any], why: dict[str, str]) -> None:
     if oracle is None:
         return
     auc = next((m.factory.fn for m in metrics if m.name == "auc"), None)
     if auc is None:
         return
+    every = np.ones(len(y), dtype=bool)
     if oracle.p:
-        result["oracle_auc"] = _clean(auc(y, data.extras[oracle.p], None))
+        _record(result, why, "oracle_auc", every, "",
+                lambda: auc(y, data.extras[oracle.p], None))
     if oracle.p_cond and sub.any():
-        result["oracle_auc_cond"] = _clean(auc(y[sub], data.extras[oracle.p_cond][sub], None))
+        _record(result, why, "oracle_auc_cond", sub, given,
+                lambda: auc(y[sub], data.extras[oracle.p_cond][sub], None))
     if oracle.label_cond:
         # Counterfactual labels exist for every impression (simulated data), so the conditional
         # model can be judged on the entire space: the sample-selection-bias test.
         cf = data.extras[oracle.label_cond]
-        result["auc_cond_entire"] = _clean(auc(cf, pred_cond, None))
+        _record(result, why, "auc_cond_entire", every, "", lambda: auc(cf, pred_cond, None))
         if oracle.p_cond:
-            result["oracle_auc_cond_entire"] = _clean(auc(cf, data.extras[oracle.p_cond], None))
-
-
-def _clean(value: float) -> float:
-    return float(value) if value is not None and math.isfinite(value) else float("nan")
+            _record(result, why, "oracle_auc_cond_entire", every, "",
+                    lambda: auc(cf, data.extras[oracle.p_cond], None))

@@ -46,3 +46,38 @@ def test_logloss_calibration_rmse(engine: Engine) -> None:
     assert metric(engine, "calibration")(y, p, None) == pytest.approx(0.6 / 0.5)
     assert metric(engine, "rmse")(np.array([1.0, 3.0]), np.array([2.0, 3.0]), None) == \
         pytest.approx(np.sqrt(0.5))
+
+
+@pytest.mark.parametrize(("name", "y", "p", "groups", "reason"), [
+    ("auc", [], [], None, "no rows"),
+    ("auc", [0, 0, 0], [0.1, 0.2, 0.3], None, "no positive labels"),
+    ("auc", [1, 1], [0.1, 0.2], None, "no negative labels"),
+    ("gauc", [], [], [], "no rows"),
+    ("gauc", [1, 0, 1], [0.5, 0.2, 0.3], [0, 1, 2], "no group has both positive and negative"),
+    ("logloss", [], [], None, "no rows"),
+    ("calibration", [0, 0], [0.2, 0.4], None, "mean label is 0"),
+    ("calibration", [], [], None, "no rows"),
+    ("rmse", [], [], None, "no rows"),
+])
+def test_metrics_undefined_on_degenerate_data_say_why(engine: Engine, name: str, y: list,
+                                                      p: list, groups: list | None,
+                                                      reason: str) -> None:
+    value = metric(engine, name)(np.array(y, dtype=float), np.array(p, dtype=float),
+                                 None if groups is None else np.array(groups, dtype=np.int64))
+    assert np.isnan(value)  # never inf, never an exception
+    assert reason in getattr(value, "reason", "")
+
+
+def test_grouped_auc_of_no_rows_is_empty() -> None:
+    from plugins.metrics import grouped_auc
+
+    per_group, sizes = grouped_auc(np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64))
+    assert len(per_group) == 0 and len(sizes) == 0
+
+
+def test_single_row_metrics_that_exist_are_numbers(engine: Engine) -> None:
+    y, p = np.array([1.0]), np.array([0.8])
+    assert metric(engine, "logloss")(y, p, None) == pytest.approx(-np.log(0.8))
+    assert metric(engine, "calibration")(y, p, None) == pytest.approx(0.8)
+    assert metric(engine, "rmse")(np.array([2.0]), np.array([1.5]), None) == pytest.approx(0.5)
+    assert np.isnan(metric(engine, "auc")(y, p, None))
