@@ -105,3 +105,63 @@ def test_export_matches_rankengine(artifact: Path, tmp_path: Path, fmt: str, suf
     assert result.exit_code == 0, result.output
     assert out.is_file() and "max |diff|" in result.output
     assert "inputs: categorical, dense, user_hist_categories" in result.output
+
+
+def test_a_bad_engine_toml_in_the_working_directory_breaks_only_the_commands_that_read_it(
+        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "engine.toml").write_bytes(b'[engine]\nseed = "\xff\xfe"\n')
+    exe = Path(sys.executable).with_name("rankengine")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(exe), *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+
+    version = run("--version")
+    assert version.returncode == 0 and "rankengine" in version.stdout, version.stderr
+    assert run("simulate", "--requests", "20", "-o", "sim").returncode == 0
+    listed = run("--help")
+    assert listed.returncode == 0 and "train" in listed.stdout
+    trained = run("train", "--quiet")
+    assert trained.returncode == 1 and "Traceback" not in trained.stderr
+    assert trained.stderr.strip() == ("Error: engine.toml: not UTF-8 text (byte b'\\xff' at "
+                                      "offset 17); TOML files are UTF-8")
+    unknown = run("hello")
+    assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1
+    assert "no such command 'hello'" in unknown.stderr and "engine.toml" in unknown.stderr
+
+
+def test_usage_errors_are_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["simulate", "--seed", "-1", "-o", str(tmp_path / "s")],
+                                prog_name="rankengine")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: Invalid value for '--seed': -1 is not in the range 0<=x<=4294967295. "
+        "(see 'rankengine simulate --help')"]
+
+
+def test_rank_names_a_request_id_of_the_wrong_type(artifact: Path, funnel_dir: Path) -> None:
+    result = CliRunner().invoke(cli, ["rank", str(artifact), "--data",
+                                      str(funnel_dir / "test.parquet"), "--request", "abc"])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "'abc' is not a value of" in result.stderr and "request_id" in result.stderr
+
+
+def test_a_bug_is_one_line_unless_debugging(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    import rankengine.simulate
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(rankengine.simulate, "write_funnel", broken)
+    args = ["simulate", "--requests", "5", "-o", str(tmp_path / "s")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: internal error: ZeroDivisionError: boom (a bug in rankengine or a plugin; set "
+        "RANKENGINE_DEBUG=1 for the traceback)"]
+    monkeypatch.setenv("RANKENGINE_DEBUG", "1")
+    assert isinstance(CliRunner().invoke(cli, args).exception, ZeroDivisionError)
