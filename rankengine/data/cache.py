@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,8 @@ import numpy as np
 from rankengine.config import EngineConfig
 from rankengine.data.dataset import EncodedData
 from rankengine.graph import LabelReport
+
+log = logging.getLogger("rankengine.cache")
 
 
 def _file_stats(path: Path) -> list[Any]:
@@ -49,11 +53,24 @@ def load(root: Path, key: str) -> tuple[dict[str, Any], dict[str, EncodedData],
     meta_path = entry / "meta.json"
     if not meta_path.is_file():
         return None
-    meta = json.loads(meta_path.read_text())
+    try:
+        return _read(entry, meta_path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
+        # A cache is only an accelerator: a damaged entry is a miss, never a failed run.
+        log.warning("ignoring damaged cache entry %s (%s: %s); encoding the data again",
+                    entry, type(exc).__name__, exc)
+        return None
+
+
+def _read(entry: Path, meta_path: Path) -> tuple[dict[str, Any], dict[str, EncodedData],
+                                                 dict[str, str]]:
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
     splits: dict[str, EncodedData] = {}
     for split, info in meta["splits"].items():
-        with np.load(entry / f"{split}.npz") as arrays:
-            splits[split] = EncodedData(
+        # allow_pickle=False: a planted object array must never run code. The file is opened
+        # here because np.load leaks its own handle when the zip is damaged.
+        with (entry / f"{split}.npz").open("rb") as fh, np.load(fh, allow_pickle=False) as arrays:
+            data = EncodedData(
                 categorical=arrays["categorical"], dense=arrays["dense"],
                 sequences=[arrays[f"sequence_{i}"] for i in range(info["sequences"])],
                 labels=arrays["labels"],
@@ -61,6 +78,11 @@ def load(root: Path, key: str) -> tuple[dict[str, Any], dict[str, EncodedData],
                 extras={name: arrays[f"extra_{name}"] for name in info["extras"]},
                 report=LabelReport(**info["report"]) if info["report"] else None,
             )
+        rows = {len(a) for a in (data.categorical, data.dense, data.labels, *data.sequences,
+                                 *data.extras.values())}
+        if len(rows) != 1:
+            raise ValueError(f"{split}: arrays of different lengths {sorted(rows)}")
+        splits[split] = data
     return meta["pipeline"], splits, meta["sources"]
 
 
