@@ -93,7 +93,7 @@ def test_top_k_gating_keeps_k_experts_per_row_and_head(engine: Engine) -> None:
     kept = torch.zeros_like(full).scatter(-1, top.indices, top.values)
     assert torch.allclose(gates, kept / kept.sum(-1, keepdim=True), atol=1e-6)
     sum(r.sum() for r in reps).backward()
-    with pytest.raises(ValueError, match="top_k = 5 exceeds the 4 experts"):
+    with pytest.raises(ValueError, match="top_k = 5 exceeds experts = 4"):
         build(engine, "mmoe", experts=4, top_k=5)
 
 
