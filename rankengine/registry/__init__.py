@@ -6,9 +6,12 @@ from rankengine.registry.store import (
     NotFoundError,
     RegisteredModel,
     RegistryBusyError,
+    RegistryConflictError,
     RegistryError,
     RegistryStore,
     SchemaOutOfDateError,
+    check_model_name,
+    check_name,
 )
 
 __all__ = [
@@ -17,7 +20,10 @@ __all__ = [
     "NotFoundError",
     "RegisteredModel",
     "RegistryBusyError",
+    "RegistryConflictError",
     "RegistryError",
     "RegistryStore",
     "SchemaOutOfDateError",
+    "check_model_name",
+    "check_name",
 ]

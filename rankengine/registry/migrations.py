@@ -1,7 +1,17 @@
-"""Alembic, driven from code: the schema lives in ``migrations/`` (``rankengine_migrations``)."""
+"""Alembic, driven from code: the schema lives in ``migrations/`` (``rankengine_migrations``).
+
+Every schema change (creating the schema on first use, ``rankengine db upgrade`` and
+``downgrade``) runs under one lock per database, and re-reads the revision once it holds it,
+so many processes opening an empty registry at the same moment create the schema once and
+all succeed: a PostgreSQL transaction-level advisory lock, a MariaDB / MySQL named lock
+(``GET_LOCK``), the SQLite write lock (``BEGIN IMMEDIATE``; SQLite DDL is transactional).
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -9,9 +19,17 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 if TYPE_CHECKING:
     from rankengine.registry.store import RegistryStore
+
+#: Key of the PostgreSQL advisory lock (advisory locks are per database).
+PG_LOCK_KEY = 0x72616E6B656E67  # "rankeng"
+LOCK_TIMEOUT_S = 300
 
 
 def alembic_config() -> Config:
@@ -29,7 +47,7 @@ def head() -> str:
 
 
 def current(store: RegistryStore) -> str | None:
-    with store.engine.connect() as conn:
+    with _translated(store), store.engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
@@ -41,27 +59,90 @@ def downgrade(store: RegistryStore, revision: str) -> None:
     _run(store, lambda cfg: command.downgrade(cfg, revision))
 
 
-def _run(store: RegistryStore, action: object) -> None:
+def _run(store: RegistryStore, action: Callable[[Config], None]) -> None:
+    with _translated(store), schema_lock(store) as conn:
+        _run_on(conn, action)
+
+
+def _run_on(conn: Connection, action: Callable[[Config], None]) -> None:
     config = alembic_config()
-    with store.engine.begin() as conn:
-        config.attributes["connection"] = conn
-        action(config)  # type: ignore[operator]
+    config.attributes["connection"] = conn
+    action(config)
+
+
+@contextmanager
+def _translated(store: RegistryStore) -> Iterator[None]:
+    """Database and Alembic failures as one-line registry errors naming the URL."""
+    from rankengine.registry.store import RegistryError, _reason
+
+    try:
+        yield
+    except CommandError as exc:
+        raise RegistryError(f"{store.url}: {exc}") from exc
+    except SQLAlchemyError as exc:
+        raise RegistryError(f"cannot use registry {store.url}: {_reason(exc)}") from exc
+
+
+@contextmanager
+def schema_lock(store: RegistryStore) -> Iterator[Connection]:
+    """A connection in a transaction that holds this database's schema lock."""
+    from rankengine.registry.store import WRITE, RegistryBusyError
+
+    engine = store.engine
+    dialect = engine.dialect.name
+    if dialect == "sqlite":
+        with engine.execution_options(**{WRITE: True}).begin() as conn:  # BEGIN IMMEDIATE
+            yield conn
+    elif dialect == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
+            yield conn
+    elif dialect in ("mysql", "mariadb"):
+        # Named locks are per server and per session, so the name carries the database's,
+        # and the lock is taken outside the transaction (MariaDB DDL commits implicitly).
+        with engine.connect() as conn:
+            database = conn.exec_driver_sql("SELECT DATABASE()").scalar() or ""
+            name = f"rankengine.schema.{hashlib.sha256(database.encode()).hexdigest()[:32]}"
+            got = conn.execute(text("SELECT GET_LOCK(:name, :wait)"),
+                               {"name": name, "wait": LOCK_TIMEOUT_S}).scalar()
+            conn.commit()
+            if got != 1:
+                raise RegistryBusyError(f"{store.url}: another process held the schema lock "
+                                        f"for {LOCK_TIMEOUT_S}s; try again")
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                conn.rollback()
+                conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+                conn.commit()
+    else:
+        with engine.begin() as conn:
+            yield conn
 
 
 def ensure_current(store: RegistryStore, *, create_if_empty: bool) -> None:
     """Create the schema in an empty database; refuse one whose schema is behind."""
-    from rankengine.registry.store import SchemaOutOfDateError
-
-    have, want = current(store), head()
-    if have == want:
+    want = head()
+    if current(store) == want:
         return
-    fix = f"rankengine db upgrade --url '{store.url}'"
-    if have is None and not store.table_names():
-        if create_if_empty:
-            upgrade(store)
+    with _translated(store), schema_lock(store) as conn:
+        # What another process did while this one waited for the lock counts.
+        have = MigrationContext.configure(conn).get_current_revision()
+        if have == want:
             return
-        from rankengine.registry.store import NotFoundError
+        _refuse_or_create(store, conn, have, want, create_if_empty)
 
+
+def _refuse_or_create(store: RegistryStore, conn: Connection, have: str | None, want: str,
+                      create_if_empty: bool) -> None:
+    from rankengine.registry.store import NotFoundError, SchemaOutOfDateError
+
+    fix = f"rankengine db upgrade --url '{store.url}'"
+    if have is None and not inspect(conn).get_table_names():
+        if create_if_empty:
+            _run_on(conn, lambda cfg: command.upgrade(cfg, "head"))
+            return
         raise NotFoundError(f"{store.url} holds no registry yet; train a model first, pass "
                             f"--registry URL, or create it with: {fix}")
     if have is None:

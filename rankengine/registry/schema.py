@@ -2,6 +2,11 @@
 
 The schema itself changes only through Alembic revisions in ``migrations/``; a test checks
 that these mappings and the migrations agree.
+
+Model names and aliases compare byte-exactly on every back end: SQLite's BINARY collation and
+PostgreSQL's deterministic collations do that already; on MariaDB / MySQL the name columns use
+``utf8mb4_bin`` (revision 0003). The store normalises every name to Unicode NFC before it
+reaches a query (:func:`rankengine.registry.store.check_name`).
 """
 
 from __future__ import annotations
@@ -9,8 +14,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
+
+
+def name_type(length: int) -> TypeEngine[str]:
+    """VARCHAR that compares byte for byte: ``utf8mb4_bin`` on MariaDB / MySQL."""
+    binary = mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin")
+    return String(length).with_variant(binary, "mysql", "mariadb")
 
 
 class Base(DeclarativeBase):
@@ -20,7 +43,7 @@ class Base(DeclarativeBase):
 class SqlModel(Base):
     __tablename__ = "registered_models"
 
-    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(name_type(200), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     description: Mapped[str] = mapped_column(String(2000), default="")
     #: Highest version number ever handed out; versions are never reused, even after deletes.
@@ -33,7 +56,7 @@ class SqlVersion(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model_name: Mapped[str] = mapped_column(
-        String(200), ForeignKey("registered_models.name", ondelete="CASCADE"), index=True)
+        name_type(200), ForeignKey("registered_models.name", ondelete="CASCADE"), index=True)
     version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     status: Mapped[str] = mapped_column(String(20))
@@ -51,10 +74,18 @@ class SqlVersion(Base):
 
 class SqlAlias(Base):
     __tablename__ = "model_aliases"
+    __table_args__ = (
+        # An alias points at an existing version, whatever two processes do at once.
+        ForeignKeyConstraint(["model_name", "version"],
+                             ["model_versions.model_name", "model_versions.version"],
+                             name="fk_model_aliases_version"),
+        Index("ix_model_aliases_version", "model_name", "version"),
+    )
 
     model_name: Mapped[str] = mapped_column(
-        String(200), ForeignKey("registered_models.name", ondelete="CASCADE"), primary_key=True)
-    alias: Mapped[str] = mapped_column(String(100), primary_key=True)
+        name_type(200), ForeignKey("registered_models.name", ondelete="CASCADE"),
+        primary_key=True)
+    alias: Mapped[str] = mapped_column(name_type(100), primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
 
 
@@ -63,8 +94,8 @@ class SqlAliasMove(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model_name: Mapped[str] = mapped_column(
-        String(200), ForeignKey("registered_models.name", ondelete="CASCADE"), index=True)
-    alias: Mapped[str] = mapped_column(String(100))
+        name_type(200), ForeignKey("registered_models.name", ondelete="CASCADE"), index=True)
+    alias: Mapped[str] = mapped_column(name_type(100))
     from_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     to_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     moved_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

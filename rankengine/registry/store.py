@@ -10,13 +10,15 @@ import getpass
 import os
 import random
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,6 +29,8 @@ DEFAULT_URL = "sqlite:///rankengine.db"
 URL_ENV = "RANKENGINE_REGISTRY_URL"
 STATUSES = ("pending", "ready", "archived", "failed")
 ROLLBACK = "rollback from"  # reason prefix that marks a move made by rollback()
+#: Execution option that makes a SQLite transaction start with BEGIN IMMEDIATE (the write lock).
+WRITE = "rankengine_write"
 
 
 class RegistryError(RankEngineError):
@@ -43,6 +47,61 @@ class RegistryBusyError(RegistryError):
 
 class SchemaOutOfDateError(RegistryError):
     """The database schema is behind the code; ``rankengine db upgrade`` fixes it."""
+
+
+class RegistryConflictError(RegistryError):
+    """A write broke a uniqueness or foreign-key rule (a lost race, or a row deleted meanwhile)."""
+
+
+# -- names ------------------------------------------------------------------------------------
+
+NAME_MAX_CHARS, NAME_MAX_BYTES = 100, 200
+#: What every model name and alias must be (after NFC normalisation), in words.
+NAME_RULE = ("1-100 characters (at most 200 bytes as UTF-8) after Unicode NFC normalisation: "
+             "letters, digits, combining marks, '-', '_' and '.', starting with a letter or "
+             "digit, not ending with '.', and not a Windows device name (CON, NUL, COM1, ...)")
+_WINDOWS_DEVICES = frozenset(
+    ["con", "prn", "aux", "nul", "conin$", "conout$"]
+    + [f"{d}{i}" for d in ("com", "lpt") for i in (*"0123456789", "¹", "²", "³")])
+
+
+def _name_problem(name: str) -> str | None:
+    if not name:
+        return "it is empty"
+    if len(name) > NAME_MAX_CHARS or len(name.encode("utf-8")) > NAME_MAX_BYTES:
+        return "it is too long"
+    if unicodedata.category(name[0])[0] not in "LN":
+        return "it must start with a letter or digit"
+    for char in name:
+        if char not in "-_." and unicodedata.category(char)[0] not in "LNM":
+            return f"{char!r} is not allowed"
+    if name.endswith("."):
+        return "it must not end with '.'"
+    if name.split(".", 1)[0].lower() in _WINDOWS_DEVICES:
+        return "it is a Windows device name"
+    return None
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    """The NFC form of ``name``, or a one-line :class:`RegistryError` if it breaks the rule.
+
+    Every model name and alias passes through here wherever it enters the registry (creating,
+    looking up, resolving, aliasing), so ``démo`` typed in NFC or NFD is one model, and a name
+    is always a safe single path component under the artifact root (no ``.``, ``..``, ``/``,
+    ``@``, spaces or control characters). Names compare byte-exactly on every back end.
+    """
+    if not isinstance(name, str):
+        raise RegistryError(f"invalid {what} {name!r}: expected a string")
+    normal = unicodedata.normalize("NFC", name)
+    problem = _name_problem(normal)
+    if problem:
+        raise RegistryError(f"invalid {what} {name!r}: {problem}; a {what} is {NAME_RULE}")
+    return normal
+
+
+def check_model_name(name: str) -> str:
+    """The NFC form of a model name, or a one-line :class:`RegistryError` (see check_name)."""
+    return check_name(name, "model name")
 
 
 @dataclass(frozen=True)
@@ -98,10 +157,21 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi: Any, _record: Any) -> None:
+            # pysqlite's own implicit BEGIN (deferred, and none before DDL) is switched off;
+            # _sqlite_begin below starts every transaction instead.
+            dbapi.isolation_level = None
             cursor = dbapi.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
             cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            # A deferred transaction reads a snapshot and cannot upgrade to a writer once
+            # another process has written since: read-modify-writes would work on stale data
+            # or fail. Writing transactions take the write lock before their first read.
+            immediate = conn.get_execution_options().get(WRITE)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -127,8 +197,12 @@ class RegistryStore:
         try:
             self.engine = make_engine(self.url)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
-            raise RegistryError(f"cannot open registry {self.url}: {exc}") from exc
+            raise RegistryError(f"cannot open registry {self.url}: {_reason(exc)}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Sessions that write: on SQLite they begin with the write lock (BEGIN IMMEDIATE);
+        # elsewhere the rows they read-modify-write are locked FOR UPDATE.
+        self._write_sessions = sessionmaker(self.engine.execution_options(**{WRITE: True}),
+                                            expire_on_commit=False)
         if check_schema:
             from rankengine.registry import migrations
 
@@ -145,28 +219,31 @@ class RegistryStore:
         return inspect(self.engine).get_table_names()
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """Commit on success, roll back on error, translate database errors."""
-        session = self._sessions()
+    def session(self, *, write: bool = False) -> Iterator[Session]:
+        """Commit on success, roll back on error, translate database errors.
+
+        ``write=True`` for every transaction that changes rows: on SQLite it holds the write
+        lock from its first statement, so what it reads is what it updates.
+        """
+        session = (self._write_sessions if write else self._sessions)()
         try:
             yield session
             session.commit()
         except RegistryError:
             session.rollback()
             raise
-        except IntegrityError:
+        except IntegrityError as exc:
             session.rollback()
-            raise
+            raise RegistryConflictError(f"registry conflict ({self.url}): "
+                                        f"{_reason(exc)}") from exc
         except OperationalError as exc:
             session.rollback()
             error = RegistryBusyError if _retryable(exc) else RegistryError
-            raise error(f"registry database error ({self.url}): "
-                                f"{type(exc.orig).__name__}: {exc.orig}") from exc
+            raise error(f"registry database error ({self.url}): {_reason(exc)}") from exc
         except SQLAlchemyError as exc:
             session.rollback()
-            cause = getattr(exc, "orig", None) or exc
             raise RegistryError(f"registry database error ({self.url}): "
-                                f"{type(cause).__name__}: {cause}") from exc
+                                f"{_reason(exc)}") from exc
         finally:
             session.close()
 
@@ -184,12 +261,12 @@ class RegistryStore:
         bumped with one UPDATE (a row lock on PostgreSQL / MariaDB, the write lock on SQLite),
         and lost races or busy databases are retried.
         """
-        _check_name(model)
+        model = check_model_name(model)
         if parent_version is not None:
             self.get_version(model, parent_version)
         for attempt in range(200):
             try:
-                with self.session() as s:
+                with self.session(write=True) as s:
                     result = s.execute(
                         update(SqlModel).where(SqlModel.name == model)
                         .values(last_version=SqlModel.last_version + 1)
@@ -212,15 +289,16 @@ class RegistryStore:
                     s.add(row)
                     s.flush()
                     return _version(row, ())
-            except (IntegrityError, RegistryBusyError):
+            except (RegistryConflictError, RegistryBusyError):
                 # a lost race for the first version row, or a deadlock/lock timeout
                 time.sleep(min(0.5, 0.005 * (attempt + 1)) * random.random())
         raise RegistryError(f"could not allocate a version of '{model}' after 200 attempts")
 
     def mark_ready(self, model: str, version: int, *, artifact_uri: str, artifact_sha256: str,
                    artifact_size: int, metrics: dict[str, Any]) -> ModelVersion:
-        with self.session() as s:
-            row = self._version_row(s, model, version)
+        model = check_model_name(model)
+        with self.session(write=True) as s:
+            row = self._version_row(s, model, version, lock=True)
             if row.status != "pending":
                 raise RegistryError(f"{model}/{version} is {row.status}, not pending")
             row.artifact_uri, row.artifact_sha256 = artifact_uri, artifact_sha256
@@ -230,26 +308,49 @@ class RegistryStore:
     def set_status(self, model: str, version: int, status: str) -> ModelVersion:
         if status not in STATUSES:
             raise RegistryError(f"unknown status '{status}'; expected one of {STATUSES}")
-        with self.session() as s:
-            row = self._version_row(s, model, version)
+        model = check_model_name(model)
+        with self.session(write=True) as s:
+            row = self._version_row(s, model, version, lock=True)
             row.status = status
             return _version(row, self._aliases_of(s, model, version))
+
+    def fail_stale_pending(self, older_than: float) -> list[ModelVersion]:
+        """Mark failed every version still pending ``older_than`` seconds after creation.
+
+        A registration that was killed (SIGKILL, power loss) leaves its version pending
+        forever; a live one finishes within minutes. Only rows still pending at the moment of
+        the update change (a registration that completes meanwhile stays ready).
+        """
+        cutoff = _now() - timedelta(seconds=older_than)
+        with self.session(write=True) as s:
+            rows = s.scalars(select(SqlVersion).where(SqlVersion.status == "pending")
+                             .order_by(SqlVersion.model_name, SqlVersion.version)
+                             .with_for_update().execution_options(populate_existing=True)
+                             ).all()
+            stale = [r for r in rows if _aware(r.created_at) <= cutoff]
+            for row in stale:
+                row.status = "failed"
+            return [_version(r, ()) for r in stale]
+
+    def list_all_versions(self, status: str | None = None) -> list[ModelVersion]:
+        """Every version of every model (optionally of one status), without aliases."""
+        with self.session() as s:
+            query = select(SqlVersion).order_by(SqlVersion.model_name, SqlVersion.version)
+            if status is not None:
+                query = query.where(SqlVersion.status == status)
+            return [_version(r, ()) for r in s.scalars(query).all()]
 
     def patch_version(self, model: str, version: int, *, metrics: dict[str, Any] | None = None,
                       tags: dict[str, Any] | None = None) -> ModelVersion:
         """Set top-level keys of a version's ``metrics`` and ``tags`` in one transaction.
 
         A key whose value is None is removed. Nothing else (config, artifact, status) changes.
-        The row is locked for the read-modify-write (FOR UPDATE where the database has it;
-        SQLite serialises writers itself).
+        The read-modify-write is atomic: the row is locked FOR UPDATE on PostgreSQL and
+        MariaDB, and on SQLite the transaction holds the write lock before it reads.
         """
-        with self.session() as s:
-            self._model_row(s, model)
-            row = s.scalars(select(SqlVersion).where(SqlVersion.model_name == model,
-                                                     SqlVersion.version == version)
-                            .with_for_update()).first()
-            if row is None:
-                raise NotFoundError(f"model '{model}' has no version {version}")
+        model = check_model_name(model)
+        with self.session(write=True) as s:
+            row = self._version_row(s, model, version, lock=True)
             if metrics:
                 row.metrics = _patched(row.metrics, metrics)  # a new dict: JSON change tracked
             if tags:
@@ -258,11 +359,13 @@ class RegistryStore:
             return _version(row, self._aliases_of(s, model, version))
 
     def get_version(self, model: str, version: int) -> ModelVersion:
+        model = check_model_name(model)
         with self.session() as s:
             row = self._version_row(s, model, version)
             return _version(row, self._aliases_of(s, model, version))
 
     def list_versions(self, model: str) -> list[ModelVersion]:
+        model = check_model_name(model)
         with self.session() as s:
             self._model_row(s, model)
             rows = s.scalars(select(SqlVersion).where(SqlVersion.model_name == model)
@@ -272,8 +375,15 @@ class RegistryStore:
                     for r in rows]
 
     def delete_version(self, model: str, version: int) -> ModelVersion:
-        with self.session() as s:
-            row = self._version_row(s, model, version)
+        """Delete a version's row; refused while an alias points at it.
+
+        Serialised with alias moves: both lock the model row first, and a foreign key from
+        the alias to the version makes a dangling alias impossible in any case.
+        """
+        model = check_model_name(model)
+        with self.session(write=True) as s:
+            self._model_row(s, model, lock=True)
+            row = self._version_row(s, model, version, lock=True)
             pointing = self._aliases_of(s, model, version)
             if pointing:
                 raise RegistryError(
@@ -291,6 +401,7 @@ class RegistryStore:
             return [_model(r, self._alias_map(s, r.name)) for r in rows]
 
     def get_model(self, name: str) -> RegisteredModel:
+        name = check_model_name(name)
         with self.session() as s:
             return _model(self._model_row(s, name), self._alias_map(s, name))
 
@@ -298,13 +409,14 @@ class RegistryStore:
 
     def set_alias(self, model: str, alias: str, version: int, *, reason: str = "",
                   moved_by: str | None = None) -> AliasMove:
-        _check_name(alias, "alias")
-        with self.session() as s:
-            row = self._version_row(s, model, version)
+        model, alias = check_model_name(model), check_name(alias, "alias")
+        with self.session(write=True) as s:
+            self._model_row(s, model, lock=True)  # one alias move or delete at a time
+            row = self._version_row(s, model, version, lock=True)
             if row.status != "ready":
                 raise RegistryError(f"{model}/{version} is {row.status}; only ready versions "
                                     f"can carry an alias")
-            current = s.get(SqlAlias, (model, alias))
+            current = self._alias_row(s, model, alias)
             previous = current.version if current else None
             if current is None:
                 s.add(SqlAlias(model_name=model, alias=alias, version=version))
@@ -314,11 +426,14 @@ class RegistryStore:
                                 to_version=version, moved_at=_now(),
                                 moved_by=moved_by or _user(), reason=reason)
             s.add(move)
+            s.flush()
             return _move(move)
 
     def delete_alias(self, model: str, alias: str, *, reason: str = "") -> AliasMove:
-        with self.session() as s:
-            current = s.get(SqlAlias, (model, alias))
+        model, alias = check_model_name(model), check_name(alias, "alias")
+        with self.session(write=True) as s:
+            self._model_row(s, model, lock=True)
+            current = self._alias_row(s, model, alias)
             if current is None:
                 raise NotFoundError(self._unknown_alias(s, model, alias))
             move = SqlAliasMove(model_name=model, alias=alias, from_version=current.version,
@@ -326,19 +441,23 @@ class RegistryStore:
                                 reason=reason)
             s.delete(current)
             s.add(move)
+            s.flush()
             return _move(move)
 
     def alias_history(self, model: str, alias: str | None = None) -> list[AliasMove]:
+        model = check_model_name(model)
         with self.session() as s:
             query = select(SqlAliasMove).where(SqlAliasMove.model_name == model)
             if alias is not None:
-                query = query.where(SqlAliasMove.alias == alias)
+                query = query.where(SqlAliasMove.alias == check_name(alias, "alias"))
             return [_move(m) for m in s.scalars(query.order_by(SqlAliasMove.id)).all()]
 
     def rollback(self, model: str, alias: str) -> AliasMove:
         """Undo the latest move of ``alias`` that is not itself undone; repeatable."""
-        with self.session() as s:
-            current = s.get(SqlAlias, (model, alias))
+        model, alias = check_model_name(model), check_name(alias, "alias")
+        with self.session(write=True) as s:
+            self._model_row(s, model, lock=True)
+            current = self._alias_row(s, model, alias)
             if current is None:
                 raise NotFoundError(self._unknown_alias(s, model, alias))
             moves = s.scalars(select(SqlAliasMove).where(
@@ -354,7 +473,7 @@ class RegistryStore:
             if not undo or undo[-1] is None:
                 raise RegistryError(f"alias '{alias}' of '{model}' has no earlier version to "
                                     f"roll back to")
-            target = self._version_row(s, model, undo[-1])
+            target = self._version_row(s, model, undo[-1], lock=True)
             if target.status != "ready":
                 raise RegistryError(f"cannot roll back to {model}/{target.version}: it is "
                                     f"{target.status}")
@@ -363,14 +482,16 @@ class RegistryStore:
                                 reason=f"{ROLLBACK} {current.version}")
             current.version = target.version
             s.add(move)
+            s.flush()
             return _move(move)
 
     def resolve(self, ref: str) -> ModelVersion:
         """``name@alias``, ``name/3`` or ``name`` (the latest ready version)."""
         if "@" in ref:
             model, alias = ref.split("@", 1)
+            model, alias = check_model_name(model), check_name(alias, "alias")
             with self.session() as s:
-                row = s.get(SqlAlias, (model, alias))
+                row = self._alias_row(s, model, alias)
                 if row is None:
                     self._model_row(s, model)
                     raise NotFoundError(self._unknown_alias(s, model, alias))
@@ -383,13 +504,17 @@ class RegistryStore:
             return self.get_version(model, int(number))
         ready = [v for v in self.list_versions(ref) if v.status == "ready"]
         if not ready:
-            raise NotFoundError(f"model '{ref}' has no ready version")
+            raise NotFoundError(f"model '{check_model_name(ref)}' has no ready version")
         return ready[-1]
 
     # -- helpers ----------------------------------------------------------------------------
+    # Names reaching these are already NFC and valid (checked by the public methods).
 
-    def _model_row(self, s: Session, name: str) -> SqlModel:
-        row = s.get(SqlModel, name)
+    def _model_row(self, s: Session, name: str, *, lock: bool = False) -> SqlModel:
+        query = select(SqlModel).where(SqlModel.name == name)
+        if lock:
+            query = query.with_for_update().execution_options(populate_existing=True)
+        row = s.scalars(query).first()
         if row is None:
             names = list(s.scalars(select(SqlModel.name)).all())
             from rankengine.errors import suggest
@@ -398,13 +523,21 @@ class RegistryStore:
                                 f"{', '.join(names) or '(none)'}{suggest(name, names)}")
         return row
 
-    def _version_row(self, s: Session, model: str, version: int) -> SqlVersion:
+    def _version_row(self, s: Session, model: str, version: int, *,
+                     lock: bool = False) -> SqlVersion:
         self._model_row(s, model)
-        row = s.scalars(select(SqlVersion).where(SqlVersion.model_name == model,
-                                                 SqlVersion.version == version)).first()
+        query = select(SqlVersion).where(SqlVersion.model_name == model,
+                                         SqlVersion.version == version)
+        if lock:
+            query = query.with_for_update().execution_options(populate_existing=True)
+        row = s.scalars(query).first()
         if row is None:
             raise NotFoundError(f"model '{model}' has no version {version}")
         return row
+
+    def _alias_row(self, s: Session, model: str, alias: str) -> SqlAlias | None:
+        return s.scalars(select(SqlAlias).where(SqlAlias.model_name == model,
+                                                SqlAlias.alias == alias)).first()
 
     def _alias_map(self, s: Session, model: str) -> dict[str, int]:
         rows = s.scalars(select(SqlAlias).where(SqlAlias.model_name == model)).all()
@@ -417,7 +550,6 @@ class RegistryStore:
         known = sorted(self._alias_map(s, model))
         return (f"model '{model}' has no alias '{alias}'; aliases: "
                 f"{', '.join(known) or '(none)'}")
-
 
 
 def _patched(current: dict[str, Any] | None, patch: dict[str, Any]) -> dict[str, Any]:
@@ -435,9 +567,11 @@ def _retryable(exc: OperationalError) -> bool:
     return any(t in text for t in ("locked", "busy", "deadlock", "serialize", "lock wait"))
 
 
-def _check_name(name: str, what: str = "model name") -> None:
-    if not name or len(name) > 100 or not all(c.isalnum() or c in "-_." for c in name):
-        raise RegistryError(f"invalid {what} {name!r}: use letters, digits, '-', '_' or '.'")
+def _reason(exc: BaseException) -> str:
+    """The driver's own message on one line, e.g. ``OperationalError: connection refused``."""
+    cause = getattr(exc, "orig", None) or exc
+    text = " ".join(str(cause).split())
+    return f"{type(cause).__name__}: {text}"
 
 
 def _version(row: SqlVersion, aliases: tuple[str, ...]) -> ModelVersion:
