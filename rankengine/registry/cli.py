@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -210,21 +211,59 @@ def models_rollback(name: str, alias: str, url: str | None, as_json: bool) -> No
 @json_option
 def models_delete(ref: str, yes: bool, url: str | None, as_json: bool) -> None:
     """Delete a version (NAME/VERSION) and its artifact; aliased versions are refused."""
-    import shutil
-
-    from rankengine.registry.artifacts import path_of
+    from rankengine.registry.artifacts import remove_tree, stored_artifact
 
     store = open_store(url)
     v = store.resolve(ref)
+    artifact = stored_artifact(v)  # refused before anything is deleted if it looks wrong
     if not yes:
         click.confirm(f"delete {v.ref} and its artifact?", abort=True)
     store.delete_version(v.model, v.version)
-    if v.artifact_uri:
-        shutil.rmtree(path_of(v.artifact_uri), ignore_errors=True)
+    if artifact is not None:
+        remove_tree(artifact, artifact.parent.parent)
     if as_json:
         _print(_version_dict(v) | {"deleted": True})
     else:
         click.echo(f"deleted {v.ref} (version numbers are never reused)")
+
+
+@models.command("gc")
+@click.option("--older-than", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              help="seconds a version must have been pending to count as abandoned")
+@click.option("--artifacts", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="artifact root (default: [registry] artifacts of -c, else ./artifacts)")
+@click.option("-c", "--config", "config_path", default=None,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="engine.toml whose [registry] url and artifacts to use")
+@url_option
+@json_option
+def models_gc(older_than: float, artifacts: Path | None, config_path: Path | None,
+              url: str | None, as_json: bool) -> None:
+    """Clean up after killed registrations.
+
+    Marks failed every version pending for longer than --older-than seconds (a registration
+    killed mid-way never finishes) and removes the temporary and partial artifact folders of
+    failed versions, only ever inside the artifact root.
+    """
+    from rankengine.registry.artifacts import collect_garbage
+
+    root = artifacts
+    if config_path is not None:
+        from rankengine.config import load_config
+
+        config = load_config(config_path)
+        url = config.registry_url(url)
+        root = root or config.resolve_path(config.registry.artifacts)
+    done = collect_garbage(open_store(url), root or Path("artifacts"), older_than=older_than)
+    if as_json:
+        _print({"failed": done.failed, "removed": [str(p) for p in done.removed]})
+        return
+    for ref in done.failed:
+        click.echo(f"{ref}: pending for over {older_than:g}s, marked failed")
+    for path in done.removed:
+        click.echo(f"removed {path}")
+    if not done.failed and not done.removed:
+        click.echo("nothing to clean up")
 
 
 @models.command("diff")

@@ -162,3 +162,73 @@ def test_sigkill_while_writing_leaves_nothing_loadable_and_the_next_run_works(
     assert "registered demo/2 (ready)" in out
     assert load_version(store, "demo")[0].version == 2
     store.close()
+
+
+def test_a_killed_registration_is_cleaned_up_by_gc(project: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(project / "engine.toml")],
+                            stdout=subprocess.PIPE, text=True, cwd=project)
+    assert proc.stdout is not None
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if "WRITING" in proc.stdout.readline():
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    (temp,) = (project / "store/demo").iterdir()
+    assert temp.name.startswith(".1.")
+    cfg = str(project / "engine.toml")
+    assert "nothing to clean up" in run("models", "gc", "-c", cfg)  # it may still be running
+    out = run("models", "gc", "-c", cfg, "--older-than", "0")
+    assert "demo/1: pending for over 0s, marked failed" in out and f"removed {temp}" in out
+    assert not any((project / "store/demo").iterdir())
+    assert "failed" in run("models", "versions", "demo", "--url", f"sqlite:///{project}/reg.db")
+
+
+def test_a_bad_model_name_is_refused_before_training(project: Path) -> None:
+    for name in ("..", ".", "a/b", "démo."):
+        result = CliRunner().invoke(cli, ["train", "-c", str(project / "engine.toml"),
+                                          "--model", name])
+        assert result.exit_code == 1 and "invalid model name" in result.output, result.output
+        assert "trained" not in result.output and len(result.output.splitlines()) == 1
+    assert not (project / "store").exists() and not (project.parent / "1").exists()
+
+
+def test_a_version_is_ready_only_once_its_artifact_loads_back(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = str(project / "engine.toml")
+    url = f"sqlite:///{project / 'reg.db'}"
+    # A fusion_weights tag that cannot apply: before, demo/1 became ready and never loaded.
+    result = CliRunner().invoke(cli, ["train", "-c", cfg, "--quiet", "--tag",
+                                      "fusion_weights=nosuchtask=1"])
+    assert result.exit_code == 1 and "registering demo/1 failed" in result.output
+    assert "marked failed" in result.output and "artifact was removed" in result.output
+    assert "Traceback" not in result.output
+    import rankengine.registry.artifacts as artifacts
+
+    def broken_load(path: Path, **_: object) -> None:
+        raise ArtifactError(f"{path}: plugin 'x' could not rebuild the model")
+
+    monkeypatch.setattr(artifacts, "load_artifact", broken_load)
+    result = CliRunner().invoke(cli, ["train", "-c", cfg, "--quiet"])
+    assert result.exit_code == 1 and "registering demo/2 failed" in result.output
+    assert "could not rebuild the model" in result.output
+
+    def broken_save(trained: object, target: Path, **_: object) -> None:
+        # dies leaving a temporary folder behind, as a killed save_artifact would:
+        # register removes only what it wrote; `models gc` removes the rest
+        (target.parent / f".{target.name}.tmp").mkdir(parents=True)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(artifacts, "save_artifact", broken_save)
+    result = CliRunner().invoke(cli, ["train", "-c", cfg, "--quiet"])
+    assert result.exit_code == 1 and "registering demo/3 failed" in result.output
+    assert "No space left on device" in result.output
+    store = RegistryStore(url)
+    assert [(v.version, v.status, v.artifact_uri) for v in store.list_versions("demo")] == [
+        (1, "failed", None), (2, "failed", None), (3, "failed", None)]
+    store.close()
+    assert [p.name for p in (project / "store/demo").iterdir()] == [".3.tmp"]
+    monkeypatch.undo()
+    assert "registered demo/4 (ready)" in run("train", "-c", cfg, "--quiet")
+    assert sorted(p.name for p in (project / "store/demo").iterdir()) == [".3.tmp", "4"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from rankengine.cli import cli
-from rankengine.registry import RegistryStore
+from rankengine.registry import RegistryStore, migrations
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -31,9 +33,9 @@ def test_db_commands_round_trip(registry_url: str) -> None:
     code, out = invoke("db", "current", "--url", registry_url)
     assert code == 0 and "(empty)" in out and "behind" in out
     code, out = invoke("db", "upgrade", "--url", registry_url)
-    assert code == 0 and "→ 0002" in out
+    assert code == 0 and f"→ {migrations.head()}" in out
     code, out = invoke("db", "downgrade", "--url", registry_url, "0001")
-    assert code == 0 and "0002 → 0001" in out
+    assert code == 0 and f"{migrations.head()} → 0001" in out
     code, out = invoke("models", "list", "--url", registry_url)
     assert code == 1 and "revision 0001" in out and "rankengine db upgrade --url" in out
     assert invoke("db", "upgrade", "--url", registry_url)[0] == 0
@@ -72,3 +74,78 @@ def test_unknown_references_are_one_line(registry_url: str, tmp_path: Path) -> N
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     code, out = invoke("rank", "m@champion", "--registry", empty, "--data", "x.parquet")
     assert code == 1 and "holds no registry yet" in out
+
+
+def test_bad_input_is_one_line_naming_the_url(registry_url: str, tmp_path: Path) -> None:
+    seed(registry_url)
+    unreachable = ["postgresql+psycopg://postgres@127.0.0.1:1/nowhere",
+                   "mysql+pymysql://root@127.0.0.1:1/nowhere",
+                   f"sqlite:///{tmp_path}/no/such/dir/registry.db", "nonsense://x"]
+    for url in unreachable:
+        for command in (["models", "list"], ["db", "current"], ["db", "upgrade"]):
+            code, out = invoke(*command, "--url", url)
+            assert code == 1 and url in out and len(out.strip().splitlines()) == 1, out
+    for args in (["models", "promote", "m/1", "no good"], ["models", "versions", "../m"],
+                 ["models", "show", "m@."], ["db", "downgrade", "nope"],
+                 ["models", "delete", "m/x", "--yes"], ["models", "rollback", "m", "nope"]):
+        code, out = invoke(*args, "--url", registry_url)
+        assert code == 1 and out.startswith("Error: ") and len(out.strip().splitlines()) == 1, \
+            (args, out)
+
+
+def test_gc_fails_stale_pending_versions_and_removes_their_leftovers(
+        registry_url: str, tmp_path: Path) -> None:
+    store = RegistryStore(registry_url)
+    root = tmp_path / "artifacts"
+    old = time.time() - 7200
+
+    def version(status: str) -> int:
+        v = store.create_version("m", config={}, task_graph={}, plugins={},
+                                 data_fingerprint={})
+        if status == "ready":
+            folder = root / "m" / str(v.version)
+            folder.mkdir(parents=True)
+            store.mark_ready("m", v.version, artifact_uri=folder.resolve().as_uri(),
+                             artifact_sha256="0" * 64, artifact_size=1, metrics={})
+        elif status == "failed":
+            store.set_status("m", v.version, "failed")
+        return v.version
+
+    def leftover(name: str) -> Path:
+        path = root / "m" / name
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_bytes(b"half")
+        os.utime(path, (old, old))
+        return path
+
+    killed, ready, failed = version("pending"), version("ready"), version("failed")
+    temp_killed, temp_ready = leftover(f".{killed}.x1y2"), leftover(f".{ready}.abcd")
+    partial_failed = leftover(str(failed))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the registry's")
+    os.symlink(outside, root / "m" / f".{killed}.link")
+    os.utime(root / "m" / f".{killed}.link", (old, old), follow_symlinks=False)
+    args = ["models", "gc", "--url", registry_url, "--artifacts", str(root), "--json"]
+
+    code, out = invoke(*args)  # --older-than 3600: the fresh pending one may be running
+    assert code == 0 and json.loads(out)["failed"] == []
+    assert store.get_version("m", killed).status == "pending" and temp_killed.exists()
+    assert not partial_failed.exists()  # a failed version's partial artifact goes at once
+
+    code, out = invoke(*args, "--older-than", "0")
+    assert code == 0, out
+    done = json.loads(out)
+    assert done["failed"] == [f"m/{killed}"]
+    assert sorted(Path(p).name for p in done["removed"]) == sorted(
+        [temp_killed.name, f".{killed}.link"])
+    assert store.get_version("m", killed).status == "failed"
+    assert not temp_killed.exists() and not (root / "m" / f".{killed}.link").is_symlink()
+    assert (outside / "keep.txt").is_file()  # the link went, not what it pointed at
+    assert temp_ready.exists() and (root / "m" / str(ready)).is_dir()  # ready: untouched
+    assert store.get_version("m", ready).status == "ready"
+    code, out = invoke("models", "versions", "m", "--url", registry_url)
+    assert code == 0 and out.count("failed") == 2 and "ready" in out
+    code, out = invoke(*args[:-1])
+    assert code == 0 and "nothing to clean up" in out
+    store.close()
