@@ -173,9 +173,11 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
     store = None
     if output is None and main_rank:  # other ranks never touch the registry
         from rankengine.registry.cli import open_store
-        from rankengine.registry.store import check_model_name
+        from rankengine.registry.store import check_model_name, check_name
 
         check_model_name(model_name or config.registry.model)  # a bad name fails before training
+        if promote:
+            check_name(promote, "alias")
         store = open_store(config.registry_url(registry))  # refuses an outdated schema now
     elif output is not None and output.exists() and not overwrite:
         raise click.ClickException(f"{output} already exists; pass --overwrite to replace it")

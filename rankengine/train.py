@@ -48,7 +48,7 @@ from rankengine.data.stream import (
 )
 from rankengine.distributed import DistContext, context_from_env
 from rankengine.errors import ConfigError, DataError, GraphError, PluginError, TrainingError
-from rankengine.evaluate import Metrics, node_metrics, select_metrics
+from rankengine.evaluate import Metrics, node_metrics, select_metrics, undefined_reason
 from rankengine.graph import TaskGraph
 from rankengine.model.assembly import RankingModel, build_model
 from rankengine.pluginmanager import Engine, load_engine
@@ -448,6 +448,11 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
         history.append(record)
         engine.call("rankengine_after_epoch", context=context, epoch=epoch, metrics=record)
         improved, stop = stopper.update(epoch, valid_loss, valid_metrics)
+        if config.train.early_stopping is not None:
+            why = stopper.undefined(valid_loss, valid_metrics)
+            if why:
+                say(f"early stopping: {config.train.early_stopping.metric} is undefined at "
+                    f"epoch {epoch} ({why}); the epoch is not judged")
         if improved:
             best_epoch = epoch
             best_state = copy.deepcopy(model.state_dict())
@@ -710,11 +715,12 @@ def _evaluate_split(model: RankingModel, objective: Objective, weighting: LossWe
         rows += len(batch)
         entire.append(out.entire(graph))
         conditional.append(out.conditional(graph))
-    loss = dict(zip(graph.names, (sums / max(rows, 1)).tolist(), strict=True))
-    loss["total"] = float(weighting.combine(sums / max(rows, 1)))
-    if not entire:
+    if rows == 0:  # no loss exists on no rows (and 0 would look like a perfect epoch)
+        loss = dict.fromkeys([*graph.names, "total"], math.nan)
         empty = np.zeros((0, len(graph)))
         return loss, node_metrics(graph, data, empty, empty, metrics)
+    loss = dict(zip(graph.names, (sums / rows).tolist(), strict=True))
+    loss["total"] = float(weighting.combine(sums / rows))
     return loss, node_metrics(graph, data, torch.cat(entire).double().numpy(),
                               torch.cat(conditional).double().numpy(), metrics)
 
@@ -746,19 +752,39 @@ class EarlyStopper:
         self.metric, self.task = name, task
         self.sign = -1.0 if known[base].factory.higher_is_better else 1.0
 
-    def update(self, epoch: int, loss: dict[str, float], metrics: Metrics) -> tuple[bool, bool]:
-        """Returns (improved, stop)."""
+    def value(self, loss: dict[str, float], metrics: Metrics) -> float:
+        """The tracked quantity, lower is better; NaN where it is undefined this epoch."""
         if self.metric is None:
-            value = loss["total"]
-        else:
-            assert self.task is not None
-            value = self.sign * metrics[self.task].get(self.metric, float("nan"))
+            return float(loss.get("total", math.nan))
+        assert self.task is not None
+        found = (metrics.get(self.task) or {}).get(self.metric)
+        if not isinstance(found, int | float) or not math.isfinite(found):
+            return math.nan
+        return self.sign * float(found)
+
+    def undefined(self, loss: dict[str, float], metrics: Metrics) -> str | None:
+        """Why the tracked metric has no value this epoch (None when it has one)."""
+        if math.isfinite(self.value(loss, metrics)):
+            return None
+        if self.metric is None:
+            return "no validation rows"
+        assert self.task is not None
+        return undefined_reason(metrics, self.task, self.metric) or "not computed"
+
+    def update(self, epoch: int, loss: dict[str, float], metrics: Metrics) -> tuple[bool, bool]:
+        """Returns (improved, stop).
+
+        An epoch whose tracked metric is undefined (e.g. AUC on a split without positives) is
+        not judged: it neither improves nor counts towards the patience, except that until a
+        defined value has been seen the latest epoch is kept, as without early stopping.
+        """
+        value = self.value(loss, metrics)
+        if not math.isfinite(value):
+            return self.best == math.inf, False
         min_delta = self.spec.min_delta if self.spec else 0.0
-        if math.isfinite(value) and value < self.best - min_delta:
+        if value < self.best - min_delta:
             self.best = value
             self.bad_epochs = 0
-            return True, False
-        if self.best == math.inf and epoch == 1:
             return True, False
         self.bad_epochs += 1
         return False, self.spec is not None and self.bad_epochs >= self.spec.patience
