@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import sys
@@ -232,15 +233,28 @@ def _gate(store: Any, version: Any, alias: str, gate: str | None,
     ops = {">=": operator.ge, "<=": operator.le, "==": operator.eq, ">": operator.gt,
            "<": operator.lt}
 
-    def value(v: Any) -> float:
+    def value(v: Any) -> tuple[float | None, str]:
+        """The metric's value, or None and why it has none (an undefined metric)."""
         try:
-            found = v.metrics["splits"][split][task][metric]
-        except KeyError:
+            values = v.metrics["splits"][split][task]
+            found = values[metric]
+        except (KeyError, TypeError):
             raise click.ClickException(
                 f"--if {gate!r}: {v.ref} has no {split} metric {task}.{metric}") from None
-        return float(found)
+        if isinstance(found, int | float) and not isinstance(found, bool) \
+                and math.isfinite(found):
+            return float(found), ""
+        reasons = values.get("undefined") if isinstance(values, dict) else None
+        why = reasons.get(metric) if isinstance(reasons, dict) else None
+        return None, str(why or "not a number")
 
-    mine = value(version)
+    def undefined(v: Any, why: str) -> tuple[bool, str]:
+        return False, (f"gate {gate}: {v.ref} {task}.{metric} is undefined on the {split} "
+                       f"split ({why}): failed")
+
+    mine, why = value(version)
+    if mine is None:
+        return undefined(version, why)
     try:
         other = float(rhs)
         label = rhs
@@ -249,7 +263,10 @@ def _gate(store: Any, version: Any, alias: str, gate: str | None,
             other_version = store.resolve(f"{version.model}@{rhs}")
         except NotFoundError:
             return True, f"gate {gate}: no {rhs} yet, {task}.{metric} = {mine:.4f}"
-        other, label = value(other_version), f"{other_version.ref}"
+        theirs, why = value(other_version)
+        if theirs is None:
+            return undefined(other_version, why)
+        other, label = theirs, f"{other_version.ref}"
     verdict = ops[op](mine, other)
     return verdict, f"gate {task}.{metric} {mine:.4f} {op} {other:.4f} ({label}): " + \
         ("passed" if verdict else "failed")
@@ -549,8 +566,9 @@ METRIC_COLUMNS = [
 ]
 
 
-def print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
-    """One row per task: the headline metrics, with the oracle beside the model."""
+def print_metrics(metrics: dict[str, dict[str, Any]], title: str) -> None:
+    """One row per task: the headline metrics, with the oracle beside the model; below the
+    table, why the metrics shown as "-" are undefined."""
     present = [(k, h) for k, h in METRIC_COLUMNS if any(k in m for m in metrics.values())]
     view = Table(title=title)
     view.add_column("task")
@@ -559,6 +577,24 @@ def print_metrics(metrics: dict[str, dict[str, float]], title: str) -> None:
     for task, values in metrics.items():
         view.add_row(task, *[_fmt(values.get(k), whole=k == "positives") for k, _ in present])
     console().print(view)
+    notes = undefined_notes(metrics)
+    if notes:
+        click.echo("undefined (-): " + "; ".join(notes))
+
+
+def undefined_notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """``order: auc, gauc (no positive labels)`` per task and reason, from the ``undefined``
+    entries of :func:`rankengine.evaluate.node_metrics`."""
+    notes = []
+    for task, values in metrics.items():
+        reasons = values.get("undefined")
+        if not isinstance(reasons, dict):
+            continue
+        by_reason: dict[str, list[str]] = {}
+        for metric, why in reasons.items():
+            by_reason.setdefault(str(why), []).append(str(metric))
+        notes += [f"{task}: {', '.join(names)} ({why})" for why, names in by_reason.items()]
+    return notes
 
 
 def _fmt(value: float | None, *, whole: bool = False) -> str:

@@ -165,3 +165,26 @@ def test_a_bug_is_one_line_unless_debugging(monkeypatch: pytest.MonkeyPatch,
         "RANKENGINE_DEBUG=1 for the traceback)"]
     monkeypatch.setenv("RANKENGINE_DEBUG", "1")
     assert isinstance(CliRunner().invoke(cli, args).exception, ZeroDivisionError)
+
+
+def test_gate_fails_in_one_line_when_a_metric_is_undefined() -> None:
+    from types import SimpleNamespace
+
+    from rankengine.cli import _gate
+
+    def version(ref: str, auc: float | None, why: str | None = None) -> SimpleNamespace:
+        values: dict = {"auc": auc}
+        if why:
+            values["undefined"] = {"auc": why}
+        return SimpleNamespace(ref=ref, model="m", metrics={"splits": {"test": {"order": values}}})
+
+    champion = version("m/1", None, "no positive labels")
+    store = SimpleNamespace(resolve=lambda ref: champion)
+    passed, why = _gate(store, version("m/2", 0.7), "champion", "order.auc >= champion", "test")
+    assert not passed
+    assert why == ("gate order.auc >= champion: m/1 order.auc is undefined on the test split "
+                   "(no positive labels): failed")
+    passed, why = _gate(store, version("m/2", None), "champion", "order.auc >= 0.5", "test")
+    assert not passed and "m/2 order.auc is undefined on the test split (not a number)" in why
+    champion = version("m/1", 0.6)
+    assert _gate(store, version("m/2", 0.7), "champion", "order.auc >= champion", "test")[0]

@@ -315,3 +315,28 @@ click = { label = "click" }
     with pytest.raises(ConfigError, match=r"\[engine\.plugins\]: plugin 'casades' is not "
                                           r"installed.*did you mean 'cascades'"):
         train(load_config(tmp_path / "engine.toml"), progress=False)
+
+
+def test_early_stopping_does_not_judge_an_epoch_whose_metric_is_undefined(
+        tmp_path: Path, funnel_dir: Path, engine) -> None:
+    from rankengine.evaluate import select_metrics
+    from rankengine.train import EarlyStopper, build_graph
+
+    text = tiny_config_text(funnel_dir).replace(
+        "progress = false", "progress = false\nearly_stopping = { metric = \"auc:order\", "
+                            "patience = 1 }")
+    (tmp_path / "engine.toml").write_text(text)
+    config = load_config(tmp_path / "engine.toml")
+    stopper = EarlyStopper(config, build_graph(config, engine),
+                           select_metrics(engine.components.metrics, None))
+    loss = {"total": 1.0}
+    undefined = {"order": {"auc": float("nan"), "undefined": {"auc": "no positive labels"}}}
+    # Nothing defined yet: the latest epoch is kept (as without early stopping), no stop.
+    assert stopper.update(1, loss, undefined) == (True, False)
+    assert stopper.undefined(loss, undefined) == "no positive labels"
+    assert stopper.update(2, loss, {"order": {"auc": 0.7}}) == (True, False)
+    # Undefined after a defined epoch: not an improvement, and no patience used up.
+    assert stopper.update(3, loss, undefined) == (False, False)
+    assert stopper.update(4, loss, {"order": {"auc": None}}) == (False, False)
+    assert stopper.update(5, loss, {"order": {"auc": 0.6}}) == (False, True)
+    assert stopper.undefined(loss, {"order": {"auc": 0.6}}) is None

@@ -104,10 +104,14 @@ class FeaturePipeline:
             if encoder.output == "categorical":
                 categorical.append(np.broadcast_to(values.astype(np.int64).reshape(-1), (n,)))
             elif encoder.output == "dense":
-                dense.append(np.broadcast_to(values.astype(np.float32).reshape(len(values), -1),
-                                             (n, encoder.width)))
+                # explicit widths: numpy cannot infer a -1 axis of an array with no rows
+                dense.append(np.broadcast_to(
+                    values.astype(np.float32).reshape(len(values), encoder.width),
+                    (n, encoder.width)))
             else:
-                seq = values.astype(np.int64).reshape(len(values), -1)
+                seq = values.astype(np.int64)
+                if seq.ndim != 2:
+                    seq = seq.reshape(len(values), -1)
                 sequences.append(np.array(np.broadcast_to(seq, (n, seq.shape[1]))))
         cat = np.stack(categorical, axis=1) if categorical else np.zeros((n, 0), np.int64)
         den = np.concatenate(dense, axis=1) if dense else np.zeros((n, 0), np.float32)

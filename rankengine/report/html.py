@@ -56,6 +56,7 @@ METRICS = [
     ("rows_cond", "rows|parent", "parent-positive rows"),
 ]
 HEADERS = {k: (h, t) for k, h, t in METRICS}
+UNDEFINED = "undefined"  # a task's metric → why it has no value (rankengine.evaluate)
 
 CSS = """
 :root { --fg:#1b2631; --muted:#5d6d7e; --line:#d5dbdb; --bg:#fbfcfc; --accent:#2e86c1;
@@ -81,7 +82,8 @@ th { background: #f4f6f6; font-weight: 600; position: sticky; top: 0; }
 td:first-child, th:first-child { text-align: left; }
 td.text { text-align: left; font-family: ui-monospace, "DejaVu Sans Mono", monospace;
           font-size: 12px; word-break: break-all; }
-td.missing { color: #aab7b8; }
+td.missing, td.undefined { color: #aab7b8; }
+td.undefined { cursor: help; }
 .scroll { overflow-x: auto; }
 .note { color: var(--muted); font-style: italic; margin: 6px 0; }
 .skipped { color: var(--muted); }
@@ -229,7 +231,8 @@ def _attr(value: Any) -> str:
 
 
 def _ordered_metrics(tables: list[dict[str, dict[str, Any]]]) -> list[str]:
-    present = {k for table in tables for row in table.values() for k in row}
+    # "undefined" maps metrics without a value to the reason: notes, not a column
+    present = {k for table in tables for row in table.values() for k in row if k != UNDEFINED}
     known = [k for k, _, _ in METRICS if k in present]
     return known + sorted(present - set(known))
 
@@ -266,20 +269,32 @@ def _metrics_section(report: VersionReport) -> str:
         table = report.metrics[split]
         cols = _ordered_metrics([table])
         head = "<tr><th>task</th>" + "".join(_header(c) for c in cols) + "</tr>"
-        body = []
+        body, notes = [], []
         for task, values in table.items():
+            reasons = values.get(UNDEFINED)
+            reasons = reasons if isinstance(reasons, dict) else {}
             cells = []
             for c in cols:
                 value = values.get(c)
-                cls = ' class="missing"' if value is None else ""
-                cells.append(f'<td{cls} data-split="{escape(split)}" data-task="{escape(task)}" '
-                             f'data-metric="{escape(c)}" data-value="{_attr(value)}">'
-                             f"{_fmt(value, c)}</td>")
+                why = reasons.get(c)
+                cls = ' class="undefined"' if why else ' class="missing"' if value is None \
+                    else ""
+                tip = f' title="undefined: {escape(str(why))}"' if why else ""
+                cells.append(f'<td{cls}{tip} data-split="{escape(split)}" '
+                             f'data-task="{escape(task)}" data-metric="{escape(c)}" '
+                             f'data-value="{_attr(value)}">{_fmt(value, c)}</td>')
             body.append(f"<tr><td>{escape(task)}</td>{''.join(cells)}</tr>")
+            by_reason: dict[str, list[str]] = {}
+            for metric, why in reasons.items():
+                by_reason.setdefault(str(why), []).append(str(metric))
+            notes += [f"{task}: {', '.join(names)} ({why})" for why, names in by_reason.items()]
         best = f" (best epoch {report.best_epoch})" if report.best_epoch else ""
         out.append(f'<h3 id="metrics-{escape(split)}">{escape(split)} split{best}</h3>'
                    f'<div class="scroll"><table class="metrics" data-split="{escape(split)}">'
                    f"{head}{''.join(body)}</table></div>")
+        if notes:
+            out.append(f'<p class="note undefined-metrics" data-split="{escape(split)}">'
+                       f"Undefined on this split (-): {escape('; '.join(notes))}.</p>")
     out.append('<p class="note">|parent: on the rows where the parent task happened, with '
                "p(task | parent). calib: mean prediction / mean label. oracle: the true "
                "probabilities of simulated data.</p>")

@@ -69,7 +69,7 @@ def test_metrics_undefined_on_degenerate_data_say_why(engine: Engine, name: str,
 
 
 def test_grouped_auc_of_no_rows_is_empty() -> None:
-    from plugins.metrics import grouped_auc
+    from rankengine_plugins.metrics import grouped_auc
 
     per_group, sizes = grouped_auc(np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64))
     assert len(per_group) == 0 and len(sizes) == 0
