@@ -144,6 +144,17 @@ def read_splits(config: EngineConfig, columns: list[str], seed: int) -> Splits:
     return Splits(train, valid, test, sources)
 
 
+def absolute_data_paths(config: EngineConfig) -> EngineConfig:
+    """A copy of ``config`` whose ``[data]`` train / valid / test paths are absolute (resolved
+    against the config file's directory, as training read them)."""
+    from os.path import abspath  # normalises ".." without resolving symlinks
+
+    data = config.data
+    paths = {split: abspath(config.resolve_path(path))
+             for split in ("train", "valid", "test") if (path := getattr(data, split))}
+    return config.model_copy(update={"data": data.model_copy(update=paths)})
+
+
 def split_table(table: pa.Table, fractions: Mapping[str, float], group: str | None,
                 seed: int) -> dict[str, pa.Table]:
     """Seeded random split; rows of one group (request) always land in the same split."""
@@ -483,7 +494,9 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
         gate_stats=gate_statistics(model, tensors["valid"], config.train.eval_batch_size),
     )
     engine.call("rankengine_after_train", context=context, result=result)
-    return Trained(config, engine, graph, pipeline, model, result)
+    # The saved config names its data by absolute paths: an artifact does not live where
+    # engine.toml does, and the report reads the evaluation split back from them.
+    return Trained(absolute_data_paths(config), engine, graph, pipeline, model, result)
 
 
 class InMemoryData:

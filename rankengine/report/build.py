@@ -8,9 +8,11 @@ most ``max_rows`` rows of it (a seeded random sample beyond that).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -135,11 +137,32 @@ def gather_report(store: RegistryStore, ref: str, *, max_rows: int = MAX_ROWS,
         raise ArtifactError(f"cannot report on {_named(version, ref)}: {exc}") from exc
     report = _report_of(version, loaded.metrics)
     try:
-        report.curves = score_curves(loaded, _split_of(report), max_rows=max_rows, seed=seed)
+        report.curves = score_curves(_located(loaded, version), _split_of(report),
+                                     max_rows=max_rows, seed=seed)
     except RankEngineError as exc:
         # The stored metrics still make a useful report when the data has moved away.
         report.notes["curves"] = f"no curves: {exc}"
     return report
+
+
+def _located(loaded: LoadedModel, version: ModelVersion) -> LoadedModel:
+    """The loaded model with its data paths as training read them.
+
+    Versions trained since data paths are saved absolute need nothing; older ones saved the
+    config's relative paths, which mean nothing next to the artifact: the registry's data
+    fingerprint holds the absolute path training read for each split.
+    """
+    data = loaded.config.data
+    sources = (version.data_fingerprint or {}).get("sources") or {}
+    paths = {}
+    for split in ("train", "valid", "test"):
+        path, recorded = getattr(data, split), (sources.get(split) or {}).get("path")
+        if path and recorded and not Path(path).expanduser().is_absolute():
+            paths[split] = str(recorded)
+    if not paths:
+        return loaded
+    config = loaded.config.model_copy(update={"data": data.model_copy(update=paths)})
+    return dataclasses.replace(loaded, config=config)
 
 
 def gather_compare(store: RegistryStore, a: str, b: str) -> CompareReport:

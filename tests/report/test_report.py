@@ -357,3 +357,83 @@ def test_missing_data_still_reports_stored_metrics(registry: Registry, tmp_path:
     assert dom.data["curves"] is None and "not found" in dom.data["notes"]["curves"]
     assert str(test_file) in dom.data["notes"]["curves"]
     assert dom.having("td", "data-metric")
+
+
+def test_curves_of_a_model_trained_with_relative_data_paths(tmp_path: Path, funnel_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """The Quick start layout: engine.toml names data/funnel/... relative to itself; the report
+    runs elsewhere and still finds the evaluation split (the artifact folder is not the
+    config's folder)."""
+    from ..conftest import tiny_config_text
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    shutil.copytree(funnel_dir, project / "data" / "funnel")
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    text = tiny_config_text(funnel_dir, extra=f'[registry]\nurl = "{url}"\nmodel = "demo"\n')
+    text = text.replace(f"{funnel_dir}/", "data/funnel/")
+    assert 'test = "data/funnel/test.parquet"' in text
+    (project / "engine.toml").write_text(text)
+    monkeypatch.chdir(project)
+    code, output = invoke("train", "-c", "engine.toml", "--quiet", "--epochs", "1")
+    assert code == 0, output
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, output = invoke("report", "demo/1", "--registry", url, "-o", "r.html")
+    assert code == 0, output
+    dom = Dom((elsewhere / "r.html").read_text())
+    assert "curves" not in dom.data["notes"], dom.data["notes"]
+    curves = dom.data["curves"]
+    assert curves["source"] == str(project / "data" / "funnel" / "test.parquet")
+    for task in ("click", "order"):
+        assert curves["tasks"][task]["roc"]["fpr"] and curves["tasks"][task]["reliability"]
+        assert dom.find("div", id=f"curves-{task}", data_task=task)
+    # The saved config names the data absolutely; a missing file is named in full.
+    store = RegistryStore(url)
+    try:
+        version = store.resolve("demo/1")
+    finally:
+        store.close()
+    assert version.config["data"]["test"] == curves["source"]
+    # Versions registered before saved relative paths: the data fingerprint's paths stand in.
+    import dataclasses
+
+    from rankengine.registry.artifacts import load_version
+    from rankengine.report.build import _located
+
+    store = RegistryStore(url)
+    try:
+        _, loaded = load_version(store, "demo/1")
+    finally:
+        store.close()
+    relative = loaded.config.data.model_copy(update={"train": "data/funnel/train.parquet",
+                                                     "test": "data/funnel/test.parquet"})
+    old = dataclasses.replace(loaded, config=loaded.config.model_copy(update={"data": relative}))
+    assert _located(old, version).config.data.test == curves["source"]
+    assert _located(loaded, version) is loaded
+    shutil.move(project / "data", tmp_path / "moved")
+    code, output = invoke("report", "demo/1", "--registry", url, "-o", "r2.html")
+    assert code == 0, output
+    notes = Dom((elsewhere / "r2.html").read_text()).data["notes"]
+    assert f"{curves['source']}: data file or directory not found" in notes["curves"]
+
+
+def test_undefined_metrics_show_as_dashes_with_their_reason() -> None:
+    from types import SimpleNamespace
+
+    from rankengine.report.html import _compare_rows, _metrics_section
+
+    metrics = {"test": {"order": {"auc": None, "logloss": 0.2, "gauc": None,
+                                  "undefined": {"auc": "no positive labels",
+                                                "gauc": "no positive labels"}}}}
+    html = _metrics_section(SimpleNamespace(metrics=metrics, best_epoch=None))  # type: ignore[arg-type]
+    dom = Dom(html)
+    assert not dom.find("th", title="undefined")  # reasons are not a column
+    cell = dom.find("td", data_metric="auc")[0]
+    assert cell["class"] == "undefined" and cell["title"] == "undefined: no positive labels"
+    assert "Undefined on this split (-): order: auc, gauc (no positive labels)." in html
+    side = SimpleNamespace(metrics=metrics)
+    rows = _compare_rows(SimpleNamespace(a=side, b=side, directions={}))  # type: ignore[arg-type]
+    assert {r["metric"] for r in rows} == {"logloss"}
