@@ -1,9 +1,20 @@
-"""Fusion: one ranking score from the per-task entire-space predictions."""
+"""Fusion: one ranking score from the per-task entire-space predictions.
+
+Parameters are validated by their ``Params`` models (each weight a finite number >= 0) and the
+task names by the constructors, which see the task graph's names: the core builds the fusion
+before training, so a typo or a NaN weight fails in seconds instead of registering a model
+that cannot be served.
+"""
 
 from __future__ import annotations
 
+import difflib
+import math
+from typing import Annotated, Any
+
 import torch
-from pydantic import Field
+from pydantic import BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
 from rankengine import Fusion, Params, Register, hookimpl
 
@@ -17,17 +28,39 @@ def rankengine_register_fusions(register: Register) -> None:
              help="p(task) · predicted value of a regression task (its entire-space expectation)")
 
 
+def _weight(value: Any) -> float:
+    """A task's weight: a finite number >= 0 (NaN would be saved as null, a negative weight
+    would rank the task's positives last)."""
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and number >= 0):
+        raise PydanticCustomError("fusion_weight", "expected a finite number >= 0")
+    return number
+
+
+Weight = Annotated[float, BeforeValidator(_weight)]
+
+
+def unknown_task(key: str, name: str, tasks: list[str]) -> ValueError:
+    """``weights: unknown task 'clik'; tasks: click, order; did you mean 'click'?``"""
+    close = difflib.get_close_matches(name, tasks, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ValueError(f"{key}: unknown task '{name}'; tasks: {', '.join(tasks)}{hint}")
+
+
 class FusionWeights(Params):
-    weights: dict[str, float] = Field(default_factory=dict)
+    #: task → weight; tasks left out weigh 0 (or, when no weight is given at all, 1 each)
+    weights: dict[str, Weight] = Field(default_factory=dict)
 
 
 class _Weighted(Fusion):
     def __init__(self, tasks: list[str], params: FusionWeights) -> None:
         super().__init__(tasks, params)
-        unknown = sorted(set(params.weights) - set(tasks))
-        if unknown:
-            raise ValueError(f"[fusion] weights name unknown task(s) {unknown}; "
-                             f"tasks: {', '.join(tasks)}")
+        for name in params.weights:
+            if name not in tasks:
+                raise unknown_task("weights", name, tasks)
         default = 0.0 if params.weights else 1.0  # no weights given: every task counts once
         self.w = torch.tensor([params.weights.get(t, default) for t in tasks])
 
@@ -47,7 +80,7 @@ class ExpectedValueParams(Params):
     probability: str
     value: str
     #: Added to the score times ``tiebreak`` so equal expected values still rank by probability.
-    tiebreak: float = Field(default=0.0, ge=0.0)
+    tiebreak: Weight = 0.0
 
 
 class ExpectedValue(Fusion):
@@ -61,7 +94,7 @@ class ExpectedValue(Fusion):
         for key in ("probability", "value"):
             name = getattr(params, key)
             if name not in tasks:
-                raise ValueError(f"{key} = '{name}' is not a task; tasks: {', '.join(tasks)}")
+                raise unknown_task(key, name, tasks)
         self.p = tasks.index(params.probability)
         self.v = tasks.index(params.value)
 

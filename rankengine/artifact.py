@@ -23,13 +23,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from rankengine.components import Fusion
-from rankengine.config import EngineConfig, TaskSpec, parse_config, resolve_component
+from rankengine.config import EngineConfig, TaskSpec, parse_config
 from rankengine.data.pipeline import FeaturePipeline
 from rankengine.errors import ArtifactError, PluginError, RankEngineError
 from rankengine.graph import TaskGraph
 from rankengine.model.assembly import RankingModel, build_model
 from rankengine.pluginmanager import Engine, check_model_plugins, load_engine
-from rankengine.train import Trained
+from rankengine.train import Trained, build_fusion
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -252,15 +252,11 @@ def load_artifact(path: str | Path, *, engine: Engine | None = None) -> LoadedMo
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     model.eval()
+    # A ConfigError naming config.json and the key (a fusion weight that names no task, from a
+    # model trained before fusions were built ahead of training), never a raw ValueError.
     fusion = build_fusion(config, engine, graph)
     metrics = read_json(path / "metrics.json")
     return LoadedModel(path, config, engine, graph, pipeline, model, fusion, manifest, metrics)
 
-
-def build_fusion(config: EngineConfig, engine: Engine, graph: TaskGraph) -> Fusion:
-    factory, params = resolve_component(engine.components.fusions, config.fusion.kind,
-                                        config.fusion.params, key="fusion", source=config.source)
-    fusion: Fusion = factory(graph.names, params)
-    return fusion
 
 

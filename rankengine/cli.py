@@ -171,6 +171,14 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
     tag_map = dict(t.split("=", 1) for t in tags if "=" in t)
     if len(tag_map) != len(tags):
         raise click.UsageError("--tag takes KEY=VALUE")
+    engine = None
+    if "fusion_weights" in tag_map:  # replaces the fusion's weights at every load: check now
+        from rankengine.train import build_graph, engine_for
+        from rankengine.tune import fusion_with_weights
+
+        engine = engine_for(config)
+        fusion_with_weights(config, engine, build_graph(config, engine),
+                            tag_map["fusion_weights"], where="--tag fusion_weights")
     store = None
     if output is None and main_rank:  # other ranks never touch the registry
         from rankengine.registry.cli import open_store
@@ -183,7 +191,7 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
     elif output is not None and output.exists() and not overwrite:
         raise click.ClickException(f"{output} already exists; pass --overwrite to replace it")
     try:
-        trained = run_training(config, progress=not quiet and sys.stderr.isatty(),
+        trained = run_training(config, engine=engine, progress=not quiet and sys.stderr.isatty(),
                                log=(lambda m: None) if quiet else
                                (lambda m: click.echo(m, err=True)), resume=resume)
     finally:

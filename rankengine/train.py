@@ -26,6 +26,7 @@ from rankengine.checkpoint import CheckpointError, Position, load_latest, rng_st
 from rankengine.checkpoint import save as save_checkpoint
 from rankengine.components import (
     Component,
+    Fusion,
     LossWeighting,
     Metric,
     NodePrediction,
@@ -300,6 +301,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     generator = seed_everything(config.engine.seed)
     graph = build_graph(config, engine)
     pipeline = FeaturePipeline(config.features, engine.components.encoders, source=config.source)
+    check_buildable(config, engine, graph, pipeline)  # in seconds, before any data is read
 
     sw_factory, sw_params = resolve_component(
         engine.components.sample_weightings, config.loss.sample_weighting.kind,
@@ -316,16 +318,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
         engine.components.loss_weightings, config.loss.weighting.kind,
         config.loss.weighting.params, key="loss.weighting", source=config.source)
     weighting: LossWeighting = _construct(lw_factory, "loss.weighting", config, graph, lw_params)
-    losses = []
-    for node in graph.nodes:
-        loss = engine.components.losses.get(node.spec.loss_name, key=f"tasks.{node.name}.loss",
-                                            source=config.source)
-        pointwise = loss.factory(loss.parse_params({}))
-        if isinstance(pointwise, RankingLoss):
-            raise ConfigError(f"'{node.spec.loss_name}' is a ranking loss; use it in "
-                              f"[loss.ranking] and give the task a pointwise loss",
-                              source=config.source, key=f"tasks.{node.name}.loss")
-        losses.append(pointwise)
+    losses = build_losses(config, engine, graph)
     ranking = RankingObjective(config, engine, graph) if config.loss.ranking else None
     metric_components = select_metrics(engine.components.metrics, config.evaluate.metrics)
     stopper = EarlyStopper(config, graph, metric_components)
@@ -669,6 +662,120 @@ def _construct(factory: Any, key: str, config: EngineConfig, *args: Any) -> Any:
         return factory(*args)
     except (ValueError, GraphError) as exc:
         raise ConfigError(str(exc), source=config.source, key=key) from None
+
+
+def build_fusion(config: EngineConfig, engine: Engine, graph: TaskGraph) -> Fusion:
+    """The configured fusion over the graph's tasks (training, loading and serving build it
+    here). Its ``Params`` model validates the values; its constructor, given the task names,
+    refuses what names no task: that ``ValueError`` becomes a :class:`ConfigError` on
+    ``[fusion]``, whichever plugin registered the fusion."""
+    factory, params = resolve_component(engine.components.fusions, config.fusion.kind,
+                                        config.fusion.params, key="fusion", source=config.source)
+    fusion: Fusion = _construct(factory, "fusion", config, list(graph.names), params)
+    return fusion
+
+
+def build_losses(config: EngineConfig, engine: Engine, graph: TaskGraph) -> list[PointwiseLoss]:
+    """Each task's pointwise loss, in graph order."""
+    losses = []
+    for node in graph.nodes:
+        key = f"tasks.{node.name}.loss"
+        loss = engine.components.losses.get(node.spec.loss_name, key=key, source=config.source)
+        pointwise = _construct(loss.factory, key, config, loss.parse_params({}))
+        if isinstance(pointwise, RankingLoss):
+            raise ConfigError(f"'{node.spec.loss_name}' is a ranking loss; use it in "
+                              f"[loss.ranking] and give the task a pointwise loss",
+                              source=config.source, key=key)
+        losses.append(pointwise)
+    return losses
+
+
+def check_buildable(config: EngineConfig, engine: Engine, graph: TaskGraph,
+                    pipeline: FeaturePipeline) -> None:
+    """Build everything a saved model is rebuilt from, once, before any data is read: a config
+    that would train for hours and then register a version that never loads (a fusion weight
+    naming no task, a NaN saved as null) fails in seconds, naming the key.
+
+    Checked: the config as it is saved with the model (JSON, read back and validated again),
+    the fusion, every task's loss, the loss weighting, the ranking objective, early stopping,
+    and the cascade, backbone and towers on a stand-in feature layout (the real one needs the
+    fitted encoders; training builds the model again on it).
+    """
+    check_saved_config(config, engine)
+    build_fusion(config, engine, graph)
+    build_losses(config, engine, graph)
+    with torch.random.fork_rng(devices=[]):  # the real model's initialisation is unchanged
+        factory, params = resolve_component(
+            engine.components.loss_weightings, config.loss.weighting.kind,
+            config.loss.weighting.params, key="loss.weighting", source=config.source)
+        _construct(factory, "loss.weighting", config, graph, params)
+        if config.loss.ranking:
+            RankingObjective(config, engine, graph)
+        EarlyStopper(config, graph, select_metrics(engine.components.metrics,
+                                                   config.evaluate.metrics))
+        try:
+            build_model(config, engine, graph, _stand_in_layout(pipeline))
+        except (ValueError, GraphError) as exc:
+            raise ConfigError(str(exc), source=config.source, key="model") from None
+
+
+def _stand_in_layout(pipeline: FeaturePipeline) -> list[Any]:
+    """The feature layout with 2 ids per categorical feature (and the static width of dense
+    ones, 1 where it is only known after fitting): enough to build the model's layers."""
+    from rankengine.data.pipeline import FeatureLayout
+
+    out = []
+    counters = {"categorical": 0, "dense": 0, "sequence": 0}
+    for spec, encoder in zip(pipeline.features, pipeline.encoders, strict=True):
+        kind = encoder.output
+        width = 1
+        if kind == "dense":
+            try:
+                width = max(int(encoder.width), 1)
+            except Exception:  # a width that depends on the fitted data
+                width = 1
+        out.append(FeatureLayout(
+            name=spec.name, output=kind, side=spec.side, groups=tuple(spec.groups),
+            dim=width if kind == "dense" else spec.dim, cardinality=0 if kind == "dense" else 2,
+            column=counters[kind], pooling=getattr(encoder.params, "pooling", "mean")))
+        counters[kind] += width if kind == "dense" else 1
+    return out
+
+
+def check_saved_config(config: EngineConfig, engine: Engine) -> None:
+    """The config must read back from the JSON saved with the model as the same config: no
+    NaN or infinity (JSON writes them as null), nothing that validates differently."""
+    from rankengine.config import parse_config
+
+    raw = config.resolved_dict()
+    leaves = _leaves(raw)
+    for key, value in leaves.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"expected a finite number, found {value}", source=config.source,
+                              key=key)
+    again = parse_config(json.loads(json.dumps(raw)), source=config.source,
+                         base_dir=config.base_dir)
+    validate_components(again, engine)
+    back = _leaves(again.resolved_dict())
+    for key in sorted(set(leaves) | set(back)):
+        if leaves.get(key) != back.get(key):
+            raise ConfigError(f"{leaves.get(key)!r} reads back as {back.get(key)!r} from the "
+                              f"config saved with the model", source=config.source, key=key)
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"fusion.weights.click": 1.0, "features[0].name": "user_id", ...}``."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(data, list) and data:
+        out = {}
+        for i, value in enumerate(data):
+            out.update(_leaves(value, f"{prefix}[{i}]"))
+        return out
+    return {prefix: data}
 
 
 def _optimizer(config: EngineConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

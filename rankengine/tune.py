@@ -50,6 +50,10 @@ from rankengine.errors import ArtifactError, ConfigError, DataError, RankEngineE
 
 if TYPE_CHECKING:
     from rankengine.artifact import LoadedModel
+    from rankengine.components import Fusion
+    from rankengine.config import EngineConfig
+    from rankengine.graph import TaskGraph
+    from rankengine.pluginmanager import Engine
     from rankengine.registry.store import ModelVersion, RegistryStore
 
 Floats = NDArray[np.float64]
@@ -95,22 +99,33 @@ def parse_fusion_weights(raw: Any, *, where: str) -> dict[str, float]:
     return out
 
 
-def apply_fusion_weights(loaded: LoadedModel, raw: Any, *, where: str) -> LoadedModel:
-    """The loaded model with its fusion rebuilt from the same kind and these weights."""
-    from rankengine.artifact import build_fusion
+def fusion_with_weights(config: EngineConfig, engine: Engine, graph: TaskGraph, raw: Any, *,
+                        where: str) -> tuple[EngineConfig, Fusion]:
+    """``config`` with its fusion's weights replaced by the tag value ``raw``, and that fusion
+    built: validated exactly like ``[fusion] weights`` (each a finite number >= 0 naming a
+    task), errors naming ``where``."""
     from rankengine.config import FusionSection
+    from rankengine.train import build_fusion
 
     weights = parse_fusion_weights(raw, where=where)
-    kind = loaded.config.fusion.kind
-    if "weights" not in type(loaded.fusion.params).model_fields:
+    kind = config.fusion.kind
+    component = engine.components.fusions.get(kind, key="fusion.kind", source=config.source)
+    if "weights" not in component.params.model_fields:
         raise ArtifactError(f"{where}: fusion '{kind}' takes no weights")
     section = FusionSection.model_validate(
-        {**loaded.config.fusion.params, "kind": kind, "weights": weights})
-    config = loaded.config.model_copy(update={"fusion": section})
+        {**config.fusion.params, "kind": kind, "weights": weights})
+    changed = config.model_copy(update={"fusion": section, "source": where})
     try:
-        fusion = build_fusion(config, loaded.engine, loaded.graph)
-    except (ConfigError, ValueError) as exc:
-        raise ArtifactError(f"{where}: {exc}") from None
+        fusion = build_fusion(changed, engine, graph)
+    except ConfigError as exc:
+        raise ArtifactError(str(exc)) from None
+    return changed.model_copy(update={"source": config.source}), fusion
+
+
+def apply_fusion_weights(loaded: LoadedModel, raw: Any, *, where: str) -> LoadedModel:
+    """The loaded model with its fusion rebuilt from the same kind and these weights."""
+    config, fusion = fusion_with_weights(loaded.config, loaded.engine, loaded.graph, raw,
+                                         where=where)
     return dataclasses.replace(loaded, config=config, fusion=fusion)
 
 
@@ -714,6 +729,9 @@ def tune_fusion(model: str, data_path: Path, group: str | None, k: int, method: 
         return
     assert store is not None and version is not None
     weights = result.points[result.recommended]
+    # The tag is read back at every load: it must build (it always does from a search).
+    fusion_with_weights(loaded.config, loaded.engine, loaded.graph,
+                        format_fusion_weights(weights), where=f"{label} recommended weights")
     store.patch_version(version.model, version.version, metrics={"fusion_search": record},
                         tags={FUSION_WEIGHTS_TAG: format_fusion_weights(weights)})
     click.echo(f"wrote {version.ref}: metrics.fusion_search ({len(record['points'])} points) and "

@@ -340,3 +340,38 @@ def test_early_stopping_does_not_judge_an_epoch_whose_metric_is_undefined(
     assert stopper.update(4, loss, {"order": {"auc": None}}) == (False, False)
     assert stopper.update(5, loss, {"order": {"auc": 0.6}}) == (False, True)
     assert stopper.undefined(loss, {"order": {"auc": 0.6}}) is None
+
+
+def test_an_old_artifact_with_an_unservable_fusion_fails_to_load_in_one_line(
+        trained, tmp_path: Path) -> None:
+    """Models saved before fusions were built ahead of training can still hold a fusion weight
+    naming no task: loading names the file and key instead of raising a bare ValueError."""
+    from rankengine.artifact import MANIFEST, sha256_file
+    from rankengine.errors import ConfigError
+
+    path = save_artifact(trained, tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    config["fusion"]["weights"] = {"clik": 1.0}
+    (path / "config.json").write_text(json.dumps(config))
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["files"]["config.json"] = sha256_file(path / "config.json")
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError) as caught:
+        load_artifact(path)
+    assert str(caught.value) == (
+        f"{path / 'config.json'}: [fusion]: weights: unknown task 'clik'; tasks: click, "
+        f"favorite, order, pay, dwell; did you mean 'click'?")
+
+
+def test_the_saved_config_must_read_back_the_same(tmp_path: Path, engine) -> None:
+    from rankengine.errors import ConfigError
+    from rankengine.train import check_saved_config
+
+    (tmp_path / "engine.toml").write_text(tiny_config_text(tmp_path))
+    config = load_config(tmp_path / "engine.toml")
+    check_saved_config(config, engine)
+    bad = config.model_copy(update={"train": config.train.model_copy(
+        update={"lr": float("nan")})})
+    with pytest.raises(ConfigError, match=r"engine\.toml: \[train\.lr\]: expected a finite "
+                                          r"number, found nan"):
+        check_saved_config(bad, engine)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from click.testing import CliRunner
 
 from rankengine.cli import cli
@@ -372,3 +373,44 @@ def test_cli_errors(reg: Setup, tmp_path: Path) -> None:
     out = fails(str(artifact), "--data", str(valid), "--write", *base)
     assert "--write needs a registry reference" in out
     assert "fusion_search" not in reg.store.get_version("demo", 1).metrics
+
+
+def test_fusion_weights_tags_are_validated_like_the_config(tmp_path: Path, engine) -> None:
+    """A tag replaces [fusion] weights at every load: the same checks, naming the tag."""
+    from rankengine.train import build_graph
+    from rankengine.tune import fusion_with_weights
+
+    (tmp_path / "engine.toml").write_text(tiny_config_text(tmp_path))
+    config = load_config(tmp_path / "engine.toml")
+    graph = build_graph(config, engine)
+    where = "demo/3 tag fusion_weights"
+    for raw, message in [
+        ("click=1,order=-0.5", f"{where}: [fusion.weights.order]: expected a finite number >= 0; "
+                               f"found -0.5"),
+        ("click=1,ordr=2", f"{where}: [fusion]: weights: unknown task 'ordr'; tasks: click, "
+                           f"favorite, order, pay, dwell; did you mean 'order'?"),
+        ("click=nan", f"{where}: weight of 'click' is not finite"),
+    ]:
+        with pytest.raises(ArtifactError) as caught:
+            fusion_with_weights(config, engine, graph, raw, where=where)
+        assert str(caught.value).startswith(message), caught.value
+    changed, fusion = fusion_with_weights(config, engine, graph, "order=2", where=where)
+    assert changed.fusion.params["weights"] == {"order": 2.0}
+    assert changed.source == config.source and config.fusion.params["weights"] == {
+        "click": 1.0, "order": 1.0}
+    assert fusion(torch.tensor([[0.5, 0.5, 0.5, 0.5, 1.0]])).item() == pytest.approx(0.25)
+    ev = config.model_copy(update={"fusion": config.fusion.model_validate(
+        {"kind": "expected_value", "probability": "click", "value": "dwell"})})
+    with pytest.raises(ArtifactError, match=f"{where}: fusion 'expected_value' takes no weights"):
+        fusion_with_weights(ev, engine, graph, "click=1", where=where)
+
+
+def test_train_refuses_an_unusable_fusion_weights_tag_before_training(tmp_path: Path) -> None:
+    # No data exists: the tag is refused before training would look for it.
+    (tmp_path / "engine.toml").write_text(tiny_config_text(tmp_path / "nowhere"))
+    code, _, output = invoke("train", "-c", str(tmp_path / "engine.toml"), "-o",
+                             str(tmp_path / "m"), "--tag", "fusion_weights=clik=1")
+    assert code == 1
+    assert output.strip() == (
+        "Error: --tag fusion_weights: [fusion]: weights: unknown task 'clik'; tasks: click, "
+        "favorite, order, pay, dwell; did you mean 'click'?")
