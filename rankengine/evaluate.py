@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -114,7 +115,7 @@ def _run(result: dict[str, Any], why: dict[str, str], suffix: str, rows: np.ndar
         if m.factory.task_type != kind or (m.factory.needs_group and groups is None):
             continue
         _record(result, why, m.name + suffix, rows, given,
-                lambda m=m: m.factory.fn(truth[rows], pred[rows], groups))
+                partial(m.factory.fn, truth[rows], pred[rows], groups))
 
 
 def _record(result: dict[str, Any], why: dict[str, str], key: str, rows: np.ndarray,

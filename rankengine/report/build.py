@@ -90,7 +90,8 @@ class VersionReport:
 
     version: ModelVersion
     graph: dict[str, dict[str, Any]]  # task → {type, after, via, label}
-    metrics: dict[str, dict[str, dict[str, float | None]]]  # split → task → metric → value
+    #: split → task → metric → value, and "undefined" → metric → why it has none
+    metrics: dict[str, dict[str, dict[str, Any]]]
     history: list[dict[str, Any]]
     artifact_metrics: dict[str, Any]
     curves: CurveSet | None = None

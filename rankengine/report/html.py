@@ -271,8 +271,8 @@ def _metrics_section(report: VersionReport) -> str:
         head = "<tr><th>task</th>" + "".join(_header(c) for c in cols) + "</tr>"
         body, notes = [], []
         for task, values in table.items():
-            reasons = values.get(UNDEFINED)
-            reasons = reasons if isinstance(reasons, dict) else {}
+            found = values.get(UNDEFINED)
+            reasons: dict[str, Any] = found if isinstance(found, dict) else {}
             cells = []
             for c in cols:
                 value = values.get(c)

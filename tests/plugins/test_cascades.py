@@ -132,7 +132,7 @@ def test_fusions(engine: Engine) -> None:
                           torch.tensor([0.5 * 0.2 ** 0.5, 0.1 * 0.05 ** 0.5]))
     assert torch.allclose(fusion("expected_value", probability="pay", value="gmv")(preds),
                           torch.tensor([2.0, 2.0]))
-    with pytest.raises(ValueError, match="^value: unknown task 'price'; tasks: click, pay, gmv$"):
+    with pytest.raises(ValueError, match=r"^value: unknown task 'price'; tasks: click, pay, gmv$"):
         fusion("expected_value", probability="pay", value="price")
     with pytest.raises(ValueError, match="unknown task"):
         fusion("weighted_sum", weights={"clik": 1})
