@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from rankengine.cli import cli
 from rankengine.data.dataset import EncodedData
-from rankengine.evaluate import node_metrics, select_metrics, undefined_reason
+from rankengine.evaluate import node_metrics, select_metrics
 from rankengine.graph import TaskGraph
 from rankengine.pluginmanager import Engine
 
@@ -127,6 +127,7 @@ def test_node_metrics_never_call_a_metric_on_no_rows_and_survive_a_failing_one(
         engine: Engine) -> None:
     from rankengine.components import Component, Metric
     from rankengine.config import TaskSpec
+    from rankengine.evaluate import undefined_reason
 
     graph = TaskGraph({"click": TaskSpec(label="click"),
                        "order": TaskSpec(label="order", after="click")})
