@@ -1,12 +1,18 @@
 """The HTTP server: Open Inference Protocol v2, a ranking endpoint, health and metrics.
 
 Inference runs in worker threads behind a fixed limiter, never on the event loop. Client
-mistakes are 400 with the field named, unknown models 404, a model still loading 503.
+mistakes are 400 with the field named, a body over the size limit 413 (refused by its
+Content-Length, or as soon as a streamed body passes the limit), candidates the model cannot
+score (a prediction that is not a finite number) 422, unknown models 404, a model still
+loading 503.
 """
 
 from __future__ import annotations
 
+import hmac
 import inspect
+import logging
+import math
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -28,22 +34,47 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rankengine import __version__
 from rankengine.serve import tensors
 from rankengine.serve.holder import ModelHolder, Served
 from rankengine.serve.schema import INFER_REQUEST, INFER_RESPONSE, RANK_REQUEST, RANK_RESPONSE
 from rankengine.serve.schema import body as body_schema
-from rankengine.serve.scoring import BadRequestError, column, score
+from rankengine.serve.scoring import BadRequestError, column, row_label, score
+
+log = logging.getLogger("rankengine.serve")
+REFUSED_BODY_GRACE = 1 << 20  # bytes past --max-body-bytes read (and dropped) before closing
+CLOSE = {"Connection": "close"}
 
 
 @dataclass
 class ServeSettings:
+    """The serving limits (``rankengine serve`` checks the ranges of its flags; these checks
+    catch what no server could run with). ``admin_token``, when set, is required as
+    ``Authorization: Bearer <token>`` by ``POST /v2/repository/models/{name}/load``."""
+
     threads: int = 2
     max_candidates: int = 2000
     max_body_bytes: int = 8 << 20
     max_fusion_weight: float = 100.0
     poll_interval: float = 30.0
+    admin_token: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "max_candidates", "max_body_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ServeSettings.{name} must be a positive integer, found "
+                                 f"{value!r}")
+        for name in ("max_fusion_weight", "poll_interval"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"ServeSettings.{name} must be a positive finite number, "
+                                 f"found {value!r}")
+        if self.admin_token is not None and not self.admin_token:
+            raise ValueError("ServeSettings.admin_token must not be empty (None: no token)")
 
 
 class JSONResponse(Response):
@@ -56,9 +87,10 @@ class JSONResponse(Response):
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, dict(headers or {})
 
 
 class Metrics:
@@ -82,10 +114,48 @@ class Metrics:
                                          .05, .1, .25))
 
 
+class RequestMetrics:
+    """ASGI middleware: counts every routed request by the status the server really sent.
+
+    The label is the endpoint's name (``rank``, ``infer``, ...; ``names`` maps handlers to
+    them) or, for other routes, the route's path template. A handler that raises before it
+    answers is counted as the 500 it becomes; it used to be counted as a 200.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, names: Mapping[Any, str]) -> None:
+        self.app, self.metrics, self.names = app, metrics, names
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless a response starts: an exception escaping the app is a 500
+
+        async def recording(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording)
+        finally:
+            route = scope.get("route")  # set by the router once a route matched
+            if route is not None:
+                name = self.names.get(getattr(route, "endpoint", None)) or \
+                    getattr(route, "path", "?")
+                self.metrics.requests.labels(name, str(status)).inc()
+                self.metrics.latency.labels(name).observe(time.perf_counter() - started)
+                if status >= 400:
+                    self.metrics.errors.labels(name, str(status)).inc()
+
+
 def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
                *, load_in_background: bool = True) -> FastAPI:
     settings = settings or ServeSettings()
     metrics = Metrics()
+    names: dict[Any, str] = {}  # handler -> endpoint label of the request metrics
     limiter = anyio.CapacityLimiter(settings.threads)
 
     @asynccontextmanager
@@ -104,6 +174,13 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
         holder.stop()
 
     app = FastAPI(title="rankengine", version=__version__, lifespan=lifespan)
+    app.add_middleware(RequestMetrics, metrics=metrics, names=names)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> Response:
+        # Starlette logs the traceback; the client gets the same JSON shape as other errors.
+        return JSONResponse({"error": f"internal server error ({type(exc).__name__})"},
+                            status_code=500)
 
     def served(name: str, version: str | None = None) -> Served:
         if name != holder.name:
@@ -118,11 +195,42 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
         return current
 
     async def raw_body(request: Request) -> bytes:
-        raw = await request.body()
-        if len(raw) > settings.max_body_bytes:
-            raise HTTPError(400, f"request body is {len(raw):,} bytes; the limit is "
-                                 f"{settings.max_body_bytes:,}")
-        return raw
+        """The body, never more than ``max_body_bytes`` of it held: refused with 413 by its
+        Content-Length before any of it is read, or as soon as a body sent without one
+        (chunked) passes the limit.
+
+        Clients that send the whole body before reading the answer (most libraries) would see
+        a connection reset instead of the 413 if the connection closed with their body unread,
+        so up to :data:`REFUSED_BODY_GRACE` bytes past the limit are read and dropped (by
+        uvicorn, once the answer is sent, when the length was declared); beyond that the
+        answer says ``Connection: close`` and the rest is never read.
+        """
+        limit = settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HTTPError(413, f"request body is {int(declared):,} bytes; the limit is "
+                                 f"{limit:,} (--max-body-bytes)",
+                            None if int(declared) <= limit + REFUSED_BODY_GRACE else CLOSE)
+        chunks, size = [], 0
+        stream = request.stream()
+        try:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > limit:
+                    break
+                chunks.append(chunk)
+            else:
+                return b"".join(chunks)
+            chunks.clear()
+            too_large = f"request body is over the limit of {limit:,} bytes (--max-body-bytes)"
+            async for chunk in stream:  # drop the rest, up to the grace
+                size += len(chunk)
+                if size > limit + REFUSED_BODY_GRACE:
+                    raise HTTPError(413, too_large, CLOSE)
+            raise HTTPError(413, too_large)
+        except ClientDisconnect:
+            raise HTTPError(400, "the client closed the connection before the body "
+                                 "ended") from None
 
     def parse_json(raw: bytes) -> Any:
         try:
@@ -143,22 +251,16 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
                                         Callable[..., Awaitable[Any]]]:
         def wrap(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
             async def handler(*args: Any, **kwargs: Any) -> Any:
-                started = time.perf_counter()
-                status = 200
+                # RequestMetrics counts the response, whatever produced it.
                 try:
                     result = await fn(*args, **kwargs)
                     return result if isinstance(result, Response) else JSONResponse(result)
                 except HTTPError as exc:
-                    status = exc.status
-                    metrics.errors.labels(name, str(exc.status)).inc()
-                    return JSONResponse({"error": exc.message}, status_code=exc.status)
+                    return JSONResponse({"error": exc.message}, status_code=exc.status,
+                                        headers=exc.headers)
                 except BadRequestError as exc:
-                    status = 400
-                    metrics.errors.labels(name, "400").inc()
-                    return JSONResponse({"error": str(exc)}, status_code=400)
-                finally:
-                    metrics.requests.labels(name, str(status)).inc()
-                    metrics.latency.labels(name).observe(time.perf_counter() - started)
+                    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            names[handler] = name
             handler.__name__ = fn.__name__
             # FastAPI reads parameters from the signature; the result is always a Response.
             handler.__signature__ = inspect.signature(fn).replace(  # type: ignore[attr-defined]
@@ -214,9 +316,23 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
     async def infer_version(name: str, version: str, request: Request) -> Any:
         return await _infer(served(name, version), *await infer_body(request))
 
+    def authorize(request: Request) -> None:
+        """The admin token as ``Authorization: Bearer <token>``: 401 without one, 403 wrong.
+        Compared in constant time, as bytes (a header may hold any latin-1 text)."""
+        if settings.admin_token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise HTTPError(401, "this endpoint needs the admin token: send 'Authorization: "
+                                 "Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
+                                   settings.admin_token.encode("utf-8", "surrogateescape")):
+            raise HTTPError(403, "wrong admin token")
+
     @app.post("/v2/repository/models/{name}/load")
     @endpoint("load")
-    async def load(name: str) -> Any:
+    async def load(name: str, request: Request) -> Any:
+        authorize(request)
         if name != holder.name:
             raise HTTPError(404, f"unknown model '{name}'; this server serves '{holder.name}'")
         try:
@@ -239,6 +355,11 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
             tname, shape = tensor.get("name"), tensor.get("shape")
             if not isinstance(tname, str) or not isinstance(shape, list):
                 raise BadRequestError(f"inputs[{i}]: needs 'name', 'shape', 'datatype' and 'data'")
+            datatype = tensor.get("datatype")
+            if datatype is not None and not isinstance(datatype, str):
+                raise BadRequestError(f"input '{tname}': 'datatype' must be a string such as "
+                                      f"'FP32' or 'BYTES', found {type(datatype).__name__} "
+                                      f"{datatype!r}"[:300])
             if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1) or \
                     not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                             for d in shape):
@@ -248,7 +369,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
                 if offset + size > len(blob):
                     raise BadRequestError(f"input '{tname}': binary_data_size {size} runs past "
                                           f"the {len(blob)} bytes of binary data")
-                data: Any = tensors.decode(tname, tensor.get("datatype"), shape[0],
+                data: Any = tensors.decode(tname, datatype, shape[0],
                                            blob[offset:offset + size])
                 offset += size
             else:
@@ -261,7 +382,10 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
             if n is not None and len(data) != n:
                 raise BadRequestError(f"input '{tname}': {len(data)} rows, other inputs have {n}")
             n = len(data)
-            columns[tname] = column(tname, data, tensor.get("datatype"))
+            columns[tname] = column(tname, data, datatype)
+        request_id = payload.get("id", "")
+        if not isinstance(request_id, str):
+            raise BadRequestError(f"'id' must be a string, found {type(request_id).__name__}")
         if offset != len(blob):
             raise BadRequestError(f"{len(blob) - offset} bytes of binary data belong to no "
                                   f"input (binary_data_size of the inputs add up to {offset})")
@@ -292,7 +416,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
                 entry["data"] = values.tolist()
             outputs.append(entry)
         header = {"model_name": model.name, "model_version": str(model.version),
-                  "id": payload.get("id", ""), "outputs": outputs}
+                  "id": request_id, "outputs": outputs}
         if not chunks:
             return header
         text = orjson.dumps(header)
@@ -332,7 +456,11 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
         ctx = {k: column(f"context.{k}", [v]) for k, v in context.items()}
         items = {k: column(f"candidates.{k}", v) for k, v in item_cols.items()}
         timings["parse"] = time.perf_counter() - started
-        out = await _score(model, ctx, items, n, weights, timings)
+
+        def candidate(i: int) -> str:
+            return f"candidates[{i}]" + ("" if ids[i] is None else f" (id {ids[i]!r})")
+
+        out = await _score(model, ctx, items, n, weights, timings, candidate)
         respond_at = time.perf_counter()
         order = np.argsort(-out["score"], kind="stable")[:top_k]
         names = model.loaded.graph.names
@@ -375,16 +503,18 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
             if task not in names:
                 raise BadRequestError(f"fusion_weights.{task}: unknown task; tasks: "
                                  f"{', '.join(names)}")
-            if not isinstance(w, int | float) or not 0 <= w <= settings.max_fusion_weight:
+            if isinstance(w, bool) or not isinstance(w, int | float) or \
+                    not 0 <= w <= settings.max_fusion_weight:
                 raise BadRequestError(f"fusion_weights.{task}: expected a number in "
                                  f"[0, {settings.max_fusion_weight}], found {w!r}")
         return {k: float(v) for k, v in raw.items()}
 
     async def _score(model: Served, ctx: dict[str, pa.Array], items: dict[str, pa.Array],
                      n: int, weights: dict[str, float] | None,
-                     timings: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+                     timings: dict[str, float] | None = None,
+                     label: Callable[[int], str] = row_label) -> dict[str, np.ndarray]:
         out = await anyio.to_thread.run_sync(score, model, ctx, items, n, weights, timings,
-                                             limiter=limiter)
+                                             label, limiter=limiter)
         metrics.candidates.inc(n)
         return out
 
@@ -434,6 +564,10 @@ def _candidate_columns(candidates: Any, sides: Mapping[str, str]
     else:
         raise BadRequestError("'candidates' must be a non-empty list of objects (or an object "
                               "of equally long columns)")
+    nested = next((i for i, x in enumerate(ids) if isinstance(x, dict | list)), None)
+    if nested is not None:
+        raise BadRequestError(f"candidates[{nested}].id: expected a string or a number, found "
+                              f"{type(ids[nested]).__name__}")
     for key, values in columns.items():
         if sides.get(key) == "context":
             raise BadRequestError(f"candidates.{key}: '{key}' is a context feature; send it "

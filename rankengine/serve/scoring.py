@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,37 @@ from rankengine.serve.holder import Served
 
 
 class BadRequestError(Exception):
-    """A client mistake: answered with 400 and this message."""
+    """A client mistake: answered with ``status`` (400) and this message."""
+
+    status = 400
+
+
+class UnscorableError(BadRequestError):
+    """A well-formed request the model cannot score: some prediction or the fused score of a
+    candidate is not a finite number (extreme feature values). Answered with 422."""
+
+    status = 422
+
+
+def row_label(i: int) -> str:
+    return f"row {i}"
+
+
+def check_finite(out: Mapping[str, np.ndarray], label: Callable[[int], str] = row_label,
+                 error: type[Exception] = UnscorableError) -> None:
+    """Raise ``error`` naming the first row (by ``label``) whose outputs are not all finite,
+    and the output: a NaN score sorts nowhere and is written as null in JSON."""
+    if not out:
+        return
+    finite = np.ones(len(next(iter(out.values()))), dtype=bool)
+    for values in out.values():
+        finite &= np.isfinite(values)
+    if finite.all():
+        return
+    row = int(np.flatnonzero(~finite)[0])
+    name = next(k for k, v in out.items() if not np.isfinite(v[row]))
+    raise error(f"{label(row)}: its {name} is {float(out[name][row])}, not a finite number; "
+                f"check its feature values for extreme numbers")
 
 
 DATATYPES = {
@@ -51,10 +81,13 @@ def column(name: str, values: Sequence[Any], datatype: str | None = None) -> pa.
 
 def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, pa.Array],
           n: int, weights: Mapping[str, float] | None = None,
-          timings: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+          timings: dict[str, float] | None = None,
+          label: Callable[[int], str] = row_label) -> dict[str, np.ndarray]:
     """Encode the context once (1 row) and the items (n rows), broadcast, predict, fuse.
 
-    ``timings`` (if given) receives the seconds spent encoding and in the model.
+    ``timings`` (if given) receives the seconds spent encoding and in the model. A row whose
+    predictions or fused score are not all finite is an :class:`UnscorableError` naming it
+    by ``label`` (whatever the back end).
     """
     started = time.perf_counter()
     loaded = served.loaded
@@ -98,6 +131,7 @@ def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, p
         if loaded.graph.parent_index[i] >= 0:
             out[f"pc_{name}"] = conditional[:, i]
     out["score"] = fused
+    check_finite(out, label)
     if timings is not None:
         timings["encode"] = encoded_at - started
         timings["model"] = time.perf_counter() - encoded_at

@@ -8,8 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,72 +16,14 @@ import numpy as np
 import orjson
 import pyarrow.parquet as pq
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rankengine.config import load_config
 from rankengine.predict import score_table
-from rankengine.registry import RegistryStore
-from rankengine.registry.artifacts import load_version, path_of, register
+from rankengine.registry.artifacts import load_version, path_of
 from rankengine.serve import ModelHolder, ServeSettings, create_app
-from rankengine.train import train
 
-from ..conftest import tiny_config_text
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory, funnel_dir: Path) -> Iterator[tuple]:
-    root = tmp_path_factory.mktemp("serve")
-    text = tiny_config_text(funnel_dir).replace("[train]\nepochs = 2", "[train]\nepochs = 1")
-    (root / "engine.toml").write_text(text)
-    trained = train(load_config(root / "engine.toml"), progress=False)
-    store = RegistryStore(f"sqlite:///{root / 'reg.db'}")
-    for _ in range(3):
-        v = register(store, root / "artifacts", trained, "demo")
-    store.set_alias("demo", "champion", 1)
-    yield store, root, funnel_dir, v
-    store.close()
-
-
-class Server:
-    def __init__(self, app: object) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> httpx.Client:
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.02)
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
-        return self.client
-
-    def __exit__(self, *exc: object) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-def wait_ready(client: httpx.Client) -> None:
-    deadline = time.time() + 30
-    while client.get("/v2/health/ready").status_code != 200:
-        assert time.time() < deadline, "model never became ready"
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def served(registry: tuple) -> Iterator[tuple[httpx.Client, RegistryStore, Path]]:
-    store, _, funnel, _ = registry
-    store.set_alias("demo", "champion", 1)
-    holder = ModelHolder(store, "demo@champion")
-    with Server(create_app(holder, ServeSettings(max_candidates=50, poll_interval=0.2))) as c:
-        wait_ready(c)
-        yield c, store, funnel
+from .conftest import FEATURES, Server, rank_payload, rows, wait_ready
 
 
 def test_oip_v2_metadata_and_health(served: tuple) -> None:
@@ -97,15 +38,6 @@ def test_oip_v2_metadata_and_health(served: tuple) -> None:
     assert client.get("/v2/models/demo/versions/1/ready").json()["ready"] is True
     assert client.get("/v2/models/demo/versions/2").status_code == 404
     assert client.get("/v2/models/nope").status_code == 404
-
-
-def rows(funnel: Path, n: int) -> dict[str, list]:
-    table = pq.read_table(funnel / "test.parquet").slice(0, n)
-    return {c: table.column(c).to_pylist() for c in table.column_names}
-
-
-FEATURES = ["user_id", "device", "user_hist_categories", "item_id", "item_category",
-            "item_price", "position"]
 
 
 def test_infer_matches_offline_scoring(served: tuple) -> None:
@@ -132,18 +64,6 @@ def test_infer_matches_offline_scoring(served: tuple) -> None:
     unknown = client.post("/v2/models/demo/infer",
                           json={"inputs": inputs, "outputs": [{"name": "p_buy"}]})
     assert unknown.status_code == 400 and "unknown output 'p_buy'" in unknown.json()["error"]
-
-
-def rank_payload(funnel: Path, n: int = 10) -> dict:
-    data = rows(funnel, n)
-    return {
-        "context": {"user_id": data["user_id"][0], "device": data["device"][0],
-                    "user_hist_categories": "|".join(map(str, data["user_hist_categories"][0]))},
-        "candidates": [{"id": f"item-{data['item_id'][i]}", "item_id": data["item_id"][i],
-                        "item_category": data["item_category"][i],
-                        "item_price": data["item_price"][i], "position": data["position"][i]}
-                       for i in range(n)],
-    }
 
 
 def test_rank_orders_by_fused_score_and_broadcasts_the_context(served: tuple) -> None:
@@ -555,7 +475,7 @@ def test_rankengine_serve_process_ranks_and_shuts_down_gracefully(registry: tupl
             ranked = client.post("/v1/rank", json=rank_payload(funnel)).json()["ranked"]
             assert len(ranked) == 10 and ranked[0]["score"] >= ranked[-1]["score"]
             too_big = client.post("/v1/rank", json=rank_payload(funnel, 100))
-            assert too_big.status_code == 400 and "the limit is 4,000" in too_big.text
+            assert too_big.status_code == 413 and "the limit is 4,000" in too_big.text
             heavy = client.post("/v1/rank", json=rank_payload(funnel) | {
                 "fusion_weights": {"click": 6}})
             assert heavy.status_code == 400 and "[0, 5.0]" in heavy.text
