@@ -405,24 +405,55 @@ def rank(model: str, registry: str | None, data_path: Path, request_id: str | No
     console().print(view)
 
 
-@cli.command()
+class ServeCommand(click.Command):
+    """``serve``'s usage errors (a flag out of range, a missing token) are one line, like
+    rankengine's own errors, instead of the usage text and a help hint."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise click.UsageError(exc.format_message()) from None
+
+
+def finite(_: click.Context, param: click.Parameter, value: float) -> float:
+    """click.FloatRange lets NaN through (every comparison with it is false)."""
+    import math
+
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", param=param)
+    return value
+
+
+@cli.command(cls=ServeCommand)
 @click.argument("ref")
 @click.option("--registry", default=None, help="registry URL (default: $RANKENGINE_REGISTRY_URL "
                                                 "or sqlite:///rankengine.db)")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int)
-@click.option("--workers", default=1, show_default=True, type=int, help="server processes")
-@click.option("--threads", default=2, show_default=True, type=int,
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to bind; one that is not loopback needs an admin token")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 256),
+              help="server processes")
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 256),
               help="inference threads per process (the cores are split into torch threads "
                    "over workers x threads)")
-@click.option("--poll-interval", default=30.0, show_default=True, type=float,
+@click.option("--poll-interval", default=30.0, show_default=True,
+              type=click.FloatRange(0.1, 86400.0), callback=finite,
               help="seconds between registry checks for a moved alias")
-@click.option("--max-candidates", default=2000, show_default=True, type=int,
-              help="rows per request; more is a 400")
-@click.option("--max-body-bytes", default=8 << 20, show_default=True, type=int,
-              help="request body size; larger is a 400")
-@click.option("--max-fusion-weight", default=100.0, show_default=True, type=float,
+@click.option("--max-candidates", default=2000, show_default=True,
+              type=click.IntRange(1, 1_000_000), help="rows per request; more is a 400")
+@click.option("--max-body-bytes", default=8 << 20, show_default=True,
+              type=click.IntRange(1, 1 << 30),
+              help="request body size; larger is a 413, refused by its Content-Length or "
+                   "as soon as a streamed body passes it")
+@click.option("--max-fusion-weight", default=100.0, show_default=True,
+              type=click.FloatRange(0.0, 1e6, min_open=True), callback=finite,
               help="upper bound of per-request fusion_weights")
+@click.option("--admin-token", envvar="RANKENGINE_ADMIN_TOKEN", default=None,
+              show_envvar=True,
+              help="required as 'Authorization: Bearer TOKEN' by POST "
+                   "/v2/repository/models/NAME/load; needed when --host is not loopback "
+                   "(prefer the environment variable: arguments show in ps)")
 @click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch",
               show_default=True, help="what runs the forward pass; onnxruntime exports the "
               "model at load time (needs rankengine[export])")
@@ -430,7 +461,8 @@ def rank(model: str, registry: str | None, data_path: Path, request_id: str | No
               help="one log line per request (uvicorn's access log)")
 def serve(ref: str, registry: str | None, host: str, port: int, workers: int, threads: int,
           poll_interval: float, max_candidates: int, max_body_bytes: int,
-          max_fusion_weight: float, backend: str, access_log: bool) -> None:
+          max_fusion_weight: float, admin_token: str | None, backend: str,
+          access_log: bool) -> None:
     """Serve NAME[@ALIAS|/VERSION] over HTTP (Open Inference Protocol v2 + /v1/rank)."""
     import json as json_lib
     import os
@@ -439,9 +471,16 @@ def serve(ref: str, registry: str | None, host: str, port: int, workers: int, th
 
     from rankengine.registry.store import RegistryStore, resolve_url
     from rankengine.serve import ENV
+    from rankengine.serve.access import ADMIN_TOKEN_ENV, is_loopback
     from rankengine.serve.http import NoDelayHTTPProtocol
     from rankengine.serve.process import usable_cores
 
+    admin_token = admin_token or None  # an empty variable is no token
+    exposed = not is_loopback(host)
+    if exposed and admin_token is None:
+        raise click.UsageError(f"--host {host} is not a loopback address: give an admin token "
+                               f"(--admin-token or {ADMIN_TOKEN_ENV}) to guard POST "
+                               f"/v2/repository/models/NAME/load")
     url = resolve_url(registry)
     RegistryStore(url, create_if_empty=False).resolve(ref)  # fail fast: schema, name, alias
     if backend == "onnxruntime":
@@ -456,11 +495,16 @@ def serve(ref: str, registry: str | None, host: str, port: int, workers: int, th
         "registry": url, "ref": ref, "backend": backend, "torch_threads": per_thread,
         "settings": {"threads": threads, "poll_interval": poll_interval,
                      "max_candidates": max_candidates, "max_body_bytes": max_body_bytes,
-                     "max_fusion_weight": max_fusion_weight},
+                     "max_fusion_weight": max_fusion_weight, "admin_token": admin_token},
     })
     click.echo(f"serving {ref} from {url} on http://{host}:{port} ({workers} worker(s), "
                f"{threads} inference thread(s) each with {per_thread} torch thread(s), "
                f"{backend})", err=True)
+    if exposed:
+        click.echo(f"WARNING: {host} is reachable from other machines and only the admin "
+                   f"endpoint checks a token: /v1/rank, /v2 (inference, metadata, health) and "
+                   f"/metrics are unauthenticated; put an authenticating proxy in front if "
+                   f"that matters", err=True)
     uvicorn.run("rankengine.serve:app_from_env", factory=True, host=host, port=port,
                 workers=workers, log_level="info", access_log=access_log,
                 http=NoDelayHTTPProtocol, timeout_graceful_shutdown=10)
@@ -585,24 +629,12 @@ def print_metrics(metrics: dict[str, dict[str, Any]], title: str) -> None:
     for task, values in metrics.items():
         view.add_row(task, *[_fmt(values.get(k), whole=k == "positives") for k, _ in present])
     console().print(view)
-    notes = undefined_notes(metrics)
+    from rankengine.evaluate import undefined_summary
+
+    notes = undefined_summary(metrics)
     if notes:
-        click.echo("undefined (-): " + "; ".join(notes))
-
-
-def undefined_notes(metrics: dict[str, dict[str, Any]]) -> list[str]:
-    """``order: auc, gauc (no positive labels)`` per task and reason, from the ``undefined``
-    entries of :func:`rankengine.evaluate.node_metrics`."""
-    notes = []
-    for task, values in metrics.items():
-        reasons = values.get("undefined")
-        if not isinstance(reasons, dict):
-            continue
-        by_reason: dict[str, list[str]] = {}
-        for metric, why in reasons.items():
-            by_reason.setdefault(str(why), []).append(str(metric))
-        notes += [f"{task}: {', '.join(names)} ({why})" for why, names in by_reason.items()]
-    return notes
+        click.echo("undefined (-):\n" + "".join(f"  {task}: {why}\n" for task, why in
+                                               notes.items()), nl=False)
 
 
 def _fmt(value: float | None, *, whole: bool = False) -> str:
