@@ -21,7 +21,12 @@ from rankengine.evaluate import predict_arrays
 
 def score_table(loaded: LoadedModel, table: pa.Table, *, where: str = "data",
                 batch_size: int = 16384) -> dict[str, np.ndarray]:
-    """``p_<task>`` (entire space), ``pc_<task>`` (given the parent) and ``score`` (fused)."""
+    """``p_<task>`` (entire space), ``pc_<task>`` (given the parent) and ``score`` (fused).
+
+    A row whose predictions or score are not all finite numbers (extreme feature values) is
+    a :class:`DataError` naming it (and its ``item_id`` when the table has one): a NaN would
+    be written as a missing score and rank nowhere.
+    """
     categorical, dense, sequences = loaded.pipeline.transform(table, where=where)
     labels = np.zeros((table.num_rows, len(loaded.graph)), dtype=np.float32)
     data = TensorData(EncodedData(categorical, dense, sequences, labels))
@@ -33,7 +38,20 @@ def score_table(loaded: LoadedModel, table: pa.Table, *, where: str = "data",
             out[f"pc_{name}"] = conditional[:, i]
     with torch.inference_mode():
         out["score"] = loaded.fusion(torch.from_numpy(entire)).numpy()
+    _check_finite(out, table, where)
     return out
+
+
+def _check_finite(out: dict[str, np.ndarray], table: pa.Table, where: str) -> None:
+    finite = np.logical_and.reduce([np.isfinite(v) for v in out.values()])
+    if finite.all():
+        return
+    row = int(np.flatnonzero(~finite)[0])
+    name = next(k for k, v in out.items() if not np.isfinite(v[row]))
+    item = f" (item_id {table.column('item_id')[row].as_py()})" \
+        if "item_id" in table.column_names else ""
+    raise DataError(f"{where}: row {row}{item}: its {name} is {float(out[name][row])}, not a "
+                    f"finite number; check the row's feature values for extreme numbers")
 
 
 def write_table(table: pa.Table, path: str | Path) -> Path:
