@@ -95,6 +95,21 @@ def node_metrics(
 UNDEFINED = "undefined"
 
 
+def undefined_summary(metrics: Metrics) -> dict[str, str]:
+    """Per task with undefined metrics, one line grouping them by reason:
+    ``{"order": "auc, gauc (no positive labels); auc_cond (no rows with click = 1)"}``."""
+    out = {}
+    for task, values in metrics.items():
+        reasons = values.get(UNDEFINED) if isinstance(values, dict) else None
+        if not isinstance(reasons, dict) or not reasons:
+            continue
+        by_reason: dict[str, list[str]] = {}
+        for metric, why in reasons.items():
+            by_reason.setdefault(str(why), []).append(str(metric))
+        out[task] = "; ".join(f"{', '.join(names)} ({why})" for why, names in by_reason.items())
+    return out
+
+
 def undefined_reason(metrics: Metrics, task: str, metric: str) -> str | None:
     """Why ``task.metric`` has no value (None when it has one or was never computed)."""
     values = metrics.get(task) or {}

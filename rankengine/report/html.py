@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rankengine.artifact import json_safe
+from rankengine.evaluate import undefined_summary
 from rankengine.report import plots
 from rankengine.report.build import (
     BUILTIN_DIRECTIONS,
@@ -269,7 +270,7 @@ def _metrics_section(report: VersionReport) -> str:
         table = report.metrics[split]
         cols = _ordered_metrics([table])
         head = "<tr><th>task</th>" + "".join(_header(c) for c in cols) + "</tr>"
-        body, notes = [], []
+        body = []
         for task, values in table.items():
             found = values.get(UNDEFINED)
             reasons: dict[str, Any] = found if isinstance(found, dict) else {}
@@ -284,17 +285,16 @@ def _metrics_section(report: VersionReport) -> str:
                              f'data-task="{escape(task)}" data-metric="{escape(c)}" '
                              f'data-value="{_attr(value)}">{_fmt(value, c)}</td>')
             body.append(f"<tr><td>{escape(task)}</td>{''.join(cells)}</tr>")
-            by_reason: dict[str, list[str]] = {}
-            for metric, why in reasons.items():
-                by_reason.setdefault(str(why), []).append(str(metric))
-            notes += [f"{task}: {', '.join(names)} ({why})" for why, names in by_reason.items()]
         best = f" (best epoch {report.best_epoch})" if report.best_epoch else ""
         out.append(f'<h3 id="metrics-{escape(split)}">{escape(split)} split{best}</h3>'
                    f'<div class="scroll"><table class="metrics" data-split="{escape(split)}">'
                    f"{head}{''.join(body)}</table></div>")
+        notes = undefined_summary(table)
         if notes:
-            out.append(f'<p class="note undefined-metrics" data-split="{escape(split)}">'
-                       f"Undefined on this split (-): {escape('; '.join(notes))}.</p>")
+            items = "".join(f"<li>{escape(task)}: {escape(why)}</li>"
+                            for task, why in notes.items())
+            out.append(f'<div class="note undefined-metrics" data-split="{escape(split)}">'
+                       f"Undefined on this split (-):<ul>{items}</ul></div>")
     out.append('<p class="note">|parent: on the rows where the parent task happened, with '
                "p(task | parent). calib: mean prediction / mean label. oracle: the true "
                "probabilities of simulated data.</p>")

@@ -433,7 +433,7 @@ def test_undefined_metrics_show_as_dashes_with_their_reason() -> None:
     assert not dom.find("th", title="undefined")  # reasons are not a column
     cell = dom.find("td", data_metric="auc")[0]
     assert cell["class"] == "undefined" and cell["title"] == "undefined: no positive labels"
-    assert "Undefined on this split (-): order: auc, gauc (no positive labels)." in html
+    assert "Undefined on this split (-):<ul><li>order: auc, gauc (no positive labels)</li>" in html
     side = SimpleNamespace(metrics=metrics)
     rows = _compare_rows(SimpleNamespace(a=side, b=side, directions={}))  # type: ignore[arg-type]
     assert {r["metric"] for r in rows} == {"logloss"}
