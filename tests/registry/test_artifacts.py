@@ -200,23 +200,27 @@ def test_a_bad_model_name_is_refused_before_training(project: Path) -> None:
 
 def test_a_version_is_ready_only_once_its_artifact_loads_back(
         project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = str(project / "engine.toml")
-    url = f"sqlite:///{project / 'reg.db'}"
-    # A fusion_weights tag that cannot apply: before, demo/1 became ready and never loaded.
-    result = CliRunner().invoke(cli, ["train", "-c", cfg, "--quiet", "--tag",
-                                      "fusion_weights=nosuchtask=1"])
-    assert result.exit_code == 1 and "registering demo/1 failed" in result.output
-    assert "marked failed" in result.output and "artifact was removed" in result.output
-    assert "Traceback" not in result.output
     import rankengine.registry.artifacts as artifacts
+    from rankengine.config import load_config
+    from rankengine.train import train
+
+    config = load_config(project / "engine.toml")
+    trained = train(config, progress=False)
+    store = RegistryStore(f"sqlite:///{project / 'reg.db'}")
+    root = project / "store"
+    # A fusion_weights tag that cannot apply: before, demo/1 became ready and never loaded.
+    with pytest.raises(RegistryError, match=r"^registering demo/1 failed: .*unknown task "
+                                            r"'nosuchtask'.*; the version is marked failed, "
+                                            r"its artifact was removed$"):
+        artifacts.register(store, root, trained, "demo",
+                           tags={"fusion_weights": "nosuchtask=1"})
 
     def broken_load(path: Path, **_: object) -> None:
         raise ArtifactError(f"{path}: plugin 'x' could not rebuild the model")
 
     monkeypatch.setattr(artifacts, "load_artifact", broken_load)
-    result = CliRunner().invoke(cli, ["train", "-c", cfg, "--quiet"])
-    assert result.exit_code == 1 and "registering demo/2 failed" in result.output
-    assert "could not rebuild the model" in result.output
+    with pytest.raises(RegistryError, match=r"registering demo/2 failed: .*could not rebuild"):
+        artifacts.register(store, root, trained, "demo")
 
     def broken_save(trained: object, target: Path, **_: object) -> None:
         # dies leaving a temporary folder behind, as a killed save_artifact would:
@@ -225,14 +229,13 @@ def test_a_version_is_ready_only_once_its_artifact_loads_back(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(artifacts, "save_artifact", broken_save)
-    result = CliRunner().invoke(cli, ["train", "-c", cfg, "--quiet"])
-    assert result.exit_code == 1 and "registering demo/3 failed" in result.output
-    assert "No space left on device" in result.output
-    store = RegistryStore(url)
+    with pytest.raises(RegistryError, match=r"registering demo/3 failed: .*No space left"):
+        artifacts.register(store, root, trained, "demo")
     assert [(v.version, v.status, v.artifact_uri) for v in store.list_versions("demo")] == [
         (1, "failed", None), (2, "failed", None), (3, "failed", None)]
-    store.close()
-    assert [p.name for p in (project / "store/demo").iterdir()] == [".3.tmp"]
+    assert [p.name for p in (root / "demo").iterdir()] == [".3.tmp"]
     monkeypatch.undo()
-    assert "registered demo/4 (ready)" in run("train", "-c", cfg, "--quiet")
-    assert sorted(p.name for p in (project / "store/demo").iterdir()) == [".3.tmp", "4"]
+    assert artifacts.register(store, root, trained, "demo").ref == "demo/4"
+    assert sorted(p.name for p in (root / "demo").iterdir()) == [".3.tmp", "4"]
+    assert load_version(store, "demo")[0].version == 4
+    store.close()
