@@ -8,6 +8,7 @@ Pareto-efficient weighting in the spirit of PE-LTR (Lin et al., RecSys 2019).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,6 +139,17 @@ class DynamicWeightAverage(LossWeighting):
     def current_weights(self) -> dict[str, float]:
         return dict(zip(self.tasks, self.weights.tolist(), strict=True))
 
+    # Checkpointed with the module's state_dict (tensors only: checkpoints hold no pickles).
+    def get_extra_state(self) -> dict[str, list[torch.Tensor]]:
+        return {"epoch_losses": [t.clone() for t in self.epoch_losses]}
+
+    def set_extra_state(self, state: Any) -> None:
+        losses = state.get("epoch_losses") if isinstance(state, dict) else None
+        if not isinstance(losses, list) or not all(
+                isinstance(t, torch.Tensor) and t.shape == (len(self.tasks),) for t in losses):
+            raise ValueError(f"dwa: expected epoch_losses, a list of {len(self.tasks)}-vectors")
+        self.epoch_losses = [t.float() for t in losses]
+
     def after_epoch(self, epoch: int, mean_losses: dict[str, float]) -> None:
         self.epoch_losses.append(torch.tensor([mean_losses[t] for t in self.tasks]))
         if len(self.epoch_losses) >= 2:
@@ -236,6 +248,14 @@ class PCGrad(FixedWeighting):
         super().__init__(graph, params)
         self.generator = torch.Generator().manual_seed(0)
 
+    def get_extra_state(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, dict) or not isinstance(state.get("generator"), torch.Tensor):
+            raise ValueError("pcgrad: expected a generator state tensor")
+        self.generator.set_state(state["generator"])
+
     def backward(self, losses: torch.Tensor, shared: SharedParameters) -> torch.Tensor:
         weighted = losses * self.weights
         projected = project_conflicting(_task_gradients(weighted, shared.all), self.generator)
@@ -301,6 +321,15 @@ class ParetoWeighting(LossWeighting):
         self.register_buffer("lower", lower, persistent=False)
         self.register_buffer("weights", torch.ones(len(graph)), persistent=False)
         self.steps = 0
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"steps": self.steps}
+
+    def set_extra_state(self, state: Any) -> None:
+        steps = state.get("steps") if isinstance(state, dict) else None
+        if not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"pareto: expected a step count, found {steps!r}")
+        self.steps = steps
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
         return (losses * self.weights).sum()

@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,19 @@ import pyarrow.compute as pc
 import torch
 from tqdm.auto import tqdm
 
-from rankengine.checkpoint import CheckpointError, Position, load_latest, rng_state, set_rng_state
+from rankengine.checkpoint import (
+    CheckpointError,
+    Position,
+    check_generator_state,
+    check_rng_state,
+    load_latest,
+    load_module_state,
+    load_optimizer_state,
+    load_state_dict_checked,
+    module_state,
+    rng_state,
+    set_rng_state,
+)
 from rankengine.checkpoint import save as save_checkpoint
 from rankengine.components import (
     Component,
@@ -332,13 +345,12 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     best_epoch, seen, elapsed_before = 0, 0, 0.0
     position = Position(1, 0)
     if restored is not None:
+        assert checkpoints is not None
         position, state = restored
-        model.load_state_dict(state["model"])
-        weighting = state["weighting"]
-        stopper, history = state["stopper"], state["history"]
+        checkpoints.restore(state, model, weighting, stopper, tasks=len(graph),
+                            ranking_generator=ranking.generator if ranking else None)
+        history = state["history"]
         best_epoch, seen, elapsed_before = state["best_epoch"], state["seen"], state["elapsed"]
-        if ranking is not None:
-            ranking.generator.set_state(state["ranking_generator"])
         if state.get("stopped"):  # early stopping had ended the run: nothing left to train
             position = Position(config.train.epochs + 1, 0)
     objective = Objective(graph, model, losses, sample_weighting)
@@ -348,7 +360,8 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     optimizer = _optimizer(config, params)
     best_state = copy.deepcopy(model.state_dict())
     if restored is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        assert checkpoints is not None
+        checkpoints.restore_optimizer(state, optimizer)
         best_state = state["best_state"]
     context = TrainContext(config, engine, graph, pipeline, model,
                            {"train": len(splits.train), **{k: len(v) for k, v in encoded.items()
@@ -364,7 +377,9 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
         """Everything a resumed run needs; the epoch_* entries say where in the epoch it is."""
         return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "weighting": weighting, "stopper": stopper, "history": history,
+            "weighting": module_state(weighting),
+            "stopper": {"best": stopper.best, "bad_epochs": stopper.bad_epochs},
+            "history": history,
             "best_epoch": best_epoch, "best_state": best_state, "seen": seen,
             "elapsed": elapsed_before + time.perf_counter() - started,
             "epoch_generator": epoch_generator, "epoch_sums": epoch_sums,
@@ -590,6 +605,7 @@ class Checkpoints:
         self.dist = dist
         self.fingerprint = _config_fingerprint(config)
         self.source = config.source
+        self.path: Path | None = None  # the checkpoint latest() returned
 
     def due(self, global_steps: int) -> bool:
         return bool(self.every) and global_steps % self.every == 0
@@ -611,8 +627,64 @@ class Checkpoints:
                 f"{path} was written by a run with another configuration (only [train] "
                 f"epochs, progress and the checkpoint keys may change between runs); move "
                 f"it away or use another checkpoint_dir")
+        for key, kind in _CHECKPOINT_TYPES.items():
+            if not isinstance(state.get(key), kind):
+                raise CheckpointError(
+                    f"{path}: '{key}': expected {' or '.join(k.__name__ for k in kind)}, "
+                    f"found {type(state.get(key)).__name__}")
+        # Unusable states fail here, on throwaway generators, not after a replayed epoch.
+        check_rng_state(state["rng"], f"{path}: 'rng'")
+        check_generator_state(state["epoch_generator"], f"{path}: 'epoch_generator'")
+        if state["ranking_generator"] is not None:
+            check_generator_state(state["ranking_generator"], f"{path}: 'ranking_generator'")
+        self.path = path
         say(f"resuming from {path} (epoch {position.epoch}, after {position.batches} steps)")
         return position, state
+
+    def restore(self, state: dict[str, Any], model: torch.nn.Module, weighting: LossWeighting,
+                stopper: EarlyStopper, tasks: int,
+                ranking_generator: torch.Generator | None) -> None:
+        """Load what :meth:`latest` returned into this run's objects; every mismatch is a
+        one-line :class:`CheckpointError` naming the file."""
+        where = str(self.path)
+        load_state_dict_checked(model, state["model"], f"{where}: 'model'")
+        reference = model.state_dict()
+        best = state["best_state"]
+        if best.keys() != reference.keys() or any(
+                not isinstance(best[k], torch.Tensor) or best[k].shape != v.shape
+                for k, v in reference.items()):
+            raise CheckpointError(f"{where}: 'best_state': expected the model's tensors "
+                                  f"({len(reference)} with its shapes)")
+        load_module_state(weighting, state["weighting"], f"{where}: 'weighting'")
+        if not all(isinstance(record, dict) for record in state["history"]):
+            raise CheckpointError(f"{where}: 'history': expected a list of per-epoch records")
+        saved = state["stopper"]
+        if not isinstance(saved.get("best"), float | int) \
+                or not isinstance(saved.get("bad_epochs"), int):
+            raise CheckpointError(f"{where}: 'stopper': expected best (a number) and "
+                                  f"bad_epochs (an integer), found {sorted(saved)}")
+        stopper.best, stopper.bad_epochs = float(saved["best"]), saved["bad_epochs"]
+        if state["epoch_sums"].shape != (tasks,):
+            raise CheckpointError(f"{where}: 'epoch_sums': expected shape ({tasks},), found "
+                                  f"{tuple(state['epoch_sums'].shape)}")
+        if ranking_generator is not None:
+            if state["ranking_generator"] is None:
+                raise CheckpointError(f"{where}: 'ranking_generator': expected a generator "
+                                      f"state, found none")
+            ranking_generator.set_state(state["ranking_generator"])
+
+    def restore_optimizer(self, state: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+        load_optimizer_state(optimizer, state["optimizer"], f"{self.path}: 'optimizer'")
+
+
+# What a checkpoint's state must hold (train's snapshot writes it), checked before any use.
+_CHECKPOINT_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (dict,), "optimizer": (dict,), "weighting": (dict,), "stopper": (dict,),
+    "history": (list,), "best_epoch": (int,), "best_state": (dict,), "seen": (int,),
+    "elapsed": (float, int), "epoch_generator": (torch.Tensor,), "epoch_sums": (torch.Tensor,),
+    "epoch_rank_sum": (float, int), "rng": (dict,), "ranking_generator": (torch.Tensor, type(None)),
+    "stopped": (bool,),
+}
 
 
 def _config_fingerprint(config: EngineConfig) -> str:
