@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import inspect
-import logging
 import math
 import threading
 import time
@@ -44,7 +43,6 @@ from rankengine.serve.schema import INFER_REQUEST, INFER_RESPONSE, RANK_REQUEST,
 from rankengine.serve.schema import body as body_schema
 from rankengine.serve.scoring import BadRequestError, column, row_label, score
 
-log = logging.getLogger("rankengine.serve")
 REFUSED_BODY_GRACE = 1 << 20  # bytes past --max-body-bytes read (and dropped) before closing
 CLOSE = {"Connection": "close"}
 

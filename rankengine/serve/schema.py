@@ -16,6 +16,10 @@ ERROR = {"description": "what was wrong, naming the field",
              "properties": {"error": {"type": "string"}}}}}}
 ERRORS = {"400": {**ERROR, "description": "a client mistake; the message names the field"},
           "404": {**ERROR, "description": "unknown model or version"},
+          "413": {**ERROR, "description": "the body is over the server's --max-body-bytes"},
+          "422": {**ERROR, "description": "a candidate the model cannot score (a prediction "
+                                          "or the score is not a finite number); the message "
+                                          "names it"},
           "503": {**ERROR, "description": "the model is not loaded yet"}}
 PROBABILITIES = {"type": "object", "additionalProperties": {"type": "number"},
                  "description": "entire-space probability (or prediction) per task"}

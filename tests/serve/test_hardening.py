@@ -318,6 +318,9 @@ def test_extreme_finite_inputs_are_a_422_naming_the_candidate(plain: httpx.Clien
     assert response.status_code == 422 and response.json()["error"].startswith("row 2: ")
     metrics = client.get("/metrics").text
     assert counter(metrics, "rank", 422) == 3 and counter(metrics, "infer", 422) == 1
+    for path in ("/v1/rank", "/v2/models/{name}/infer"):
+        documented = client.get("/openapi.json").json()["paths"][path]["post"]["responses"]
+        assert {"400", "413", "422"} <= set(documented)
 
 
 @pytest.mark.parametrize("datatype,value", [("FP64", math.inf), ("FP32", -math.inf),
