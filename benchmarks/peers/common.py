@@ -122,14 +122,14 @@ def prepare(seed: int) -> dict[str, Any]:
         arrays[f"{split}_labels"] = data.labels
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, allow_pickle=False, **arrays)  # plain arrays only: the load refuses pickles
     tmp.rename(out)
     meta_path.write_text(json.dumps(meta, indent=1))
     return meta
 
 
 def load_split(seed: int, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    with np.load(data_path(seed)) as arrays:
+    with np.load(data_path(seed), allow_pickle=False) as arrays:  # never unpickle from disk
         return (arrays[f"{split}_categorical"], arrays[f"{split}_dense"],
                 arrays[f"{split}_labels"])
 
