@@ -88,6 +88,10 @@ class RankEngineGroup(click.Group):
             raise click.ClickException(one_line(str(exc))) from exc
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except MemoryError as exc:
+            raise click.ClickException(
+                f"out of memory: {one_line(str(exc)) or 'an allocation failed'}; the data, "
+                f"the model or a size setting is larger than this machine can hold") from exc
         except Exception as exc:
             # Input errors are RankEngineErrors naming the file, key or row; anything else is a
             # bug, still reported as one line unless a developer asks for the traceback.
