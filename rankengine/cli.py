@@ -186,11 +186,20 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
     store = None
     if output is None and main_rank:  # other ranks never touch the registry
         from rankengine.registry.cli import open_store
-        from rankengine.registry.store import check_model_name, check_name
+        from rankengine.config import ConfigError
+        from rankengine.registry.store import RegistryError, check_model_name, check_name
 
-        check_model_name(model_name or config.registry.model)  # a bad name fails before training
+        try:  # a bad name fails before training, naming where it came from
+            check_model_name(model_name or config.registry.model)
+        except RegistryError as exc:
+            if model_name:
+                raise click.BadParameter(str(exc), param_hint="--model") from None
+            raise ConfigError(str(exc), source=config.source, key="registry.model") from None
         if promote:
-            check_name(promote, "alias")
+            try:
+                check_name(promote, "alias")
+            except RegistryError as exc:
+                raise click.BadParameter(str(exc), param_hint="--promote") from None
         store = open_store(config.registry_url(registry))  # refuses an outdated schema now
     elif output is not None and output.exists() and not overwrite:
         raise click.ClickException(f"{output} already exists; pass --overwrite to replace it")

@@ -10,6 +10,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -315,6 +316,11 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     graph = build_graph(config, engine)
     pipeline = FeaturePipeline(config.features, engine.components.encoders, source=config.source)
     check_buildable(config, engine, graph, pipeline)  # in seconds, before any data is read
+    if config.train.checkpoint_dir:
+        _check_checkpoint_dir(config)
+    elif resume:
+        raise ConfigError("--resume needs [train] checkpoint_dir", source=config.source,
+                          key="train.checkpoint_dir")
 
     sw_factory, sw_params = resolve_component(
         engine.components.sample_weightings, config.loss.sample_weighting.kind,
@@ -592,6 +598,23 @@ def _prepare_data(config: EngineConfig, graph: TaskGraph, pipeline: FeaturePipel
         + f"; valid {len(encoded['valid']):,}"
         + (f", test {len(encoded['test']):,}" if "test" in encoded else "") + " rows")
     return PreparedData(train_data, encoded, sources)
+
+
+def _check_checkpoint_dir(config: EngineConfig) -> None:
+    """A checkpoint folder that cannot be written must fail now, not after the first epoch."""
+    assert config.train.checkpoint_dir is not None
+    directory = config.resolve_path(config.train.checkpoint_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{directory} is a file, not a directory", source=config.source,
+                          key="train.checkpoint_dir") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create {directory}: {exc.strerror or exc}",
+                          source=config.source, key="train.checkpoint_dir") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConfigError(f"{directory} is not writable", source=config.source,
+                          key="train.checkpoint_dir")
 
 
 class Checkpoints:
