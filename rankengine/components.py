@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 class Params(BaseModel):
     """Base for a component's parameters: unknown keys are errors, values are type-checked."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A non-finite parameter is always a mistake; refusing it here covers third-party plugins.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NoParams(Params):
