@@ -27,7 +27,12 @@ def rankengine_after_epoch(context: Any, epoch: int, metrics: dict[str, Any]) ->
     train = metrics["train_loss_total"]
     valid = metrics["valid_loss"]["total"]
     aucs = " ".join(
-        f"{task}={m['auc']:.4f}" for task, m in metrics["valid"].items() if "auc" in m
+        f"{task}={_number(m['auc'])}" for task, m in metrics["valid"].items() if "auc" in m
     )
-    print(f"epoch {epoch}: train loss {train:.4f}, valid loss {valid:.4f}, valid auc {aucs}",
-          file=sys.stderr)
+    print(f"epoch {epoch}: train loss {_number(train)}, valid loss {_number(valid)}, "
+          f"valid auc {aucs}", file=sys.stderr)
+
+
+def _number(value: float | None) -> str:
+    """4 decimals, or "undefined" where a metric has no value (no positives, no rows)."""
+    return "undefined" if value is None or value != value else f"{value:.4f}"

@@ -185,8 +185,8 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
                             tag_map["fusion_weights"], where="--tag fusion_weights")
     store = None
     if output is None and main_rank:  # other ranks never touch the registry
+        from rankengine.errors import ConfigError
         from rankengine.registry.cli import open_store
-        from rankengine.config import ConfigError
         from rankengine.registry.store import RegistryError, check_model_name, check_name
 
         try:  # a bad name fails before training, naming where it came from
@@ -318,7 +318,7 @@ def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -
     from rankengine.data.batching import TensorData
     from rankengine.data.dataset import encode_table, label_columns, oracle_columns
     from rankengine.data.io import read_table
-    from rankengine.evaluate import node_metrics, predict_arrays, select_metrics
+    from rankengine.evaluate import node_metrics, predict_arrays, require_finite, select_metrics
 
     loaded = load_model(model, registry)
     cfg, graph = loaded.config, loaded.graph
@@ -331,6 +331,7 @@ def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -
     data = encode_table(table, loaded.pipeline, graph, policy=cfg.data.inconsistent,
                         group=cfg.data.group, extras=extras, where=str(data_path))
     entire, conditional = predict_arrays(loaded.model, TensorData(data), cfg.train.eval_batch_size)
+    require_finite(entire, graph.names, str(data_path))
     metrics = node_metrics(graph, data, entire, conditional,
                            select_metrics(loaded.engine.components.metrics, cfg.evaluate.metrics))
     if as_json:
@@ -373,6 +374,7 @@ def rank(model: str, registry: str | None, data_path: Path, request_id: str | No
          top_k: int) -> None:
     """Rank the candidates of one request with MODEL by the fused score and print them."""
     from rankengine.data.io import read_table
+    from rankengine.errors import DataError
     from rankengine.predict import score_table
 
     loaded = load_model(model, registry)
@@ -380,6 +382,11 @@ def rank(model: str, registry: str | None, data_path: Path, request_id: str | No
     if not group:
         raise click.ClickException("the model's config has no [data] group column to rank by")
     table = read_table(data_path, format=loaded.config.data.format, csv=loaded.config.data.csv)
+    if group not in table.column_names:
+        raise DataError(f"{data_path}: no column '{group}' (the model's [data] group) to pick "
+                        f"a request by")
+    if table.num_rows == 0:
+        raise DataError(f"{data_path}: no rows to rank")
     ids = table.column(group)
     if request_id is None:
         first_label = loaded.graph.nodes[0].spec.label_columns[0]

@@ -19,6 +19,7 @@ import torch
 from rankengine.components import Component, ComponentTable, Metric
 from rankengine.data.batching import TensorData, iterate_batches
 from rankengine.data.dataset import EncodedData
+from rankengine.errors import DataError
 from rankengine.graph import TaskGraph
 from rankengine.model.assembly import RankingModel
 
@@ -42,6 +43,17 @@ def predict_arrays(
     if not entire:
         return np.zeros((0, t)), np.zeros((0, t))
     return (torch.cat(entire).double().numpy(), torch.cat(conditional).double().numpy())
+
+
+def require_finite(predictions: np.ndarray, names: Sequence[str], where: str) -> None:
+    """A NaN prediction (an extreme feature value) would turn every metric into a silent NaN;
+    name the first such row and task instead."""
+    bad = ~np.isfinite(predictions)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise DataError(f"{where}: row {row}: the prediction for '{names[col]}' is "
+                        f"{predictions[row, col]}, not a finite number; check the row's feature "
+                        f"values for extreme numbers")
 
 
 def select_metrics(

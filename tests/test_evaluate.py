@@ -108,6 +108,9 @@ def test_evaluate_and_predict_on_a_file_without_rows(tmp_path: Path, funnel_dir:
     written = pq.read_table(scores)
     assert written.num_rows == 0
     assert {"p_click", "pc_order", "p_dwell", "score"} <= set(written.column_names)
+    ranked = CliRunner().invoke(cli, ["rank", str(out), "--data", str(files["no_rows"])])
+    assert ranked.exit_code == 1
+    assert ranked.stderr.strip() == f"Error: {files['no_rows']}: no rows to rank"
 
 
 def test_gate_on_an_undefined_metric_fails_in_one_line(tmp_path: Path, funnel_dir: Path,
@@ -159,3 +162,30 @@ def test_node_metrics_never_call_a_metric_on_no_rows_and_survive_a_failing_one(
                                          "broken": "no rows", "auc_cond": "no rows with "
                                          "click = 1", "logloss_cond": "no rows with click = 1",
                                          "broken_cond": "no rows with click = 1"}
+
+
+def test_a_prediction_that_is_not_finite_is_an_error_naming_the_row(
+        tmp_path: Path, funnel_dir: Path) -> None:
+    """A finite but extreme feature value makes the model's output NaN or inf: evaluate and
+    predict name the row instead of reporting NaN metrics or writing missing scores."""
+    text = tiny_config_text(funnel_dir).replace('transform = "log1p_standardize"',
+                                                'transform = "standardize"')
+    (tmp_path / "engine.toml").write_text(text)
+    out = tmp_path / "model"
+    trained = CliRunner().invoke(cli, ["train", "-c", str(tmp_path / "engine.toml"), "-o",
+                                       str(out), "--quiet", "--epochs", "1"])
+    assert trained.exit_code == 0, trained.output
+    table = pq.read_table(funnel_dir / "test.parquet").slice(0, 50)
+    price = table.column("item_price").to_numpy().copy()
+    price[7] = 1e30
+    extreme = tmp_path / "extreme.parquet"
+    pq.write_table(table.set_column(table.column_names.index("item_price"), "item_price",
+                                    pa.array(price)), extreme)
+    for args in (["evaluate", str(out), "--data", str(extreme)],
+                 ["predict", str(out), "--data", str(extreme), "-o", str(tmp_path / "s.csv")]):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"Error: {extreme}: row 7"), lines
+        assert "not a finite number" in lines[0]
+    assert not (tmp_path / "s.csv").exists()

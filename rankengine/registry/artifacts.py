@@ -25,6 +25,7 @@ from rankengine.artifact import MANIFEST, LoadedModel, json_safe, load_artifact,
 from rankengine.config import EngineConfig
 from rankengine.data.io import open_dataset, shard_files
 from rankengine.errors import ArtifactError, RankEngineError
+from rankengine.pluginmanager import IN_PROCESS
 from rankengine.registry.store import (
     ModelVersion,
     RegistryError,
@@ -157,7 +158,10 @@ def register(store: RegistryStore, root: Path, trained: Trained, model: str, *,
         save_artifact(trained, target)  # refuses a folder that exists: never another's files
         written = target
         sha, size = digest(target)
-        loaded = load_artifact(target)
+        # Load back as a fresh process would (plugins found again by name), unless a plugin
+        # lives only in this process (tests, notebooks): then with the engine that trained.
+        in_process = IN_PROCESS in trained.engine.plugin_distributions().values()
+        loaded = load_artifact(target, engine=trained.engine if in_process else None)
         if tags and tags.get(FUSION_WEIGHTS_TAG):
             from rankengine.tune import apply_fusion_weights
 

@@ -66,7 +66,7 @@ def test_smoothing_keeps_a_zero_probability_from_zeroing_the_score(engine: Engin
 
 
 def test_smoothed_product_names_unknown_tasks(engine: Engine) -> None:
-    with pytest.raises(ValueError, match=r"\[fusion\] alpha name unknown task\(s\) \['buy'\]"):
+    with pytest.raises(ValueError, match=r"^alpha name unknown task\(s\) \[.buy.\]"):
         fusion(engine, "smoothed_product", weights={"click": 1.0}, alpha={"buy": 0.1})
 
 

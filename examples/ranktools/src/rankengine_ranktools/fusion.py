@@ -35,11 +35,11 @@ class SmoothedProduct(Fusion):
         for key, names in (("weights", params.weights), ("alpha", alpha)):
             unknown = sorted(set(names) - set(tasks))
             if unknown:
-                raise ValueError(f"[fusion] {key} name unknown task(s) {unknown}; "
+                raise ValueError(f"{key} name unknown task(s) {unknown}; "
                                  f"tasks: {', '.join(tasks)}")
         negative = sorted(name for name, a in alpha.items() if not a >= 0.0)
         if negative:
-            raise ValueError(f"[fusion] alpha must be >= 0; got {negative}")
+            raise ValueError(f"alpha must be >= 0; got {negative}")
         used = [t for t in tasks if t in params.weights]
         self.index = torch.tensor([tasks.index(t) for t in used])
         self.w = torch.tensor([params.weights[t] for t in used], dtype=torch.float64)
