@@ -189,11 +189,12 @@ def test_a_bad_model_name_is_refused_before_training(project: Path) -> None:
     for name in ("..", ".", "a/b", "démo."):
         result = CliRunner().invoke(cli, ["train", "-c", str(project / "engine.toml"),
                                           "--model", name])
-        assert result.exit_code == 1 and "invalid model name" in result.output, result.output
+        assert result.exit_code == 2 and "invalid model name" in result.output, result.output
+        assert "--model" in result.output
         assert "trained" not in result.output and len(result.output.splitlines()) == 1
     result = CliRunner().invoke(cli, ["train", "-c", str(project / "engine.toml"),
                                       "--promote", "no good"])
-    assert result.exit_code == 1 and "invalid alias 'no good'" in result.output
+    assert result.exit_code == 2 and "invalid alias 'no good'" in result.output
     assert "trained" not in result.output
     assert not (project / "store").exists() and not (project.parent / "1").exists()
 
