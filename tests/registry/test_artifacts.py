@@ -138,8 +138,8 @@ register(store, config.resolve_path(config.registry.artifacts), trained, "demo")
 """
 
 
-def test_sigkill_while_writing_leaves_nothing_loadable_and_the_next_run_works(
-        project: Path) -> None:
+def _kill_while_writing(project: Path) -> None:
+    """SIGKILL a registration of project's engine.toml while it writes its artifact."""
     proc = subprocess.Popen([sys.executable, "-c", KILLER, str(project / "engine.toml")],
                             stdout=subprocess.PIPE, text=True, cwd=project)
     assert proc.stdout is not None
@@ -150,6 +150,11 @@ def test_sigkill_while_writing_leaves_nothing_loadable_and_the_next_run_works(
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
+
+
+def test_sigkill_while_writing_leaves_nothing_loadable_and_the_next_run_works(
+        project: Path) -> None:
+    _kill_while_writing(project)
     store = RegistryStore(f"sqlite:///{project / 'reg.db'}")
     (killed,) = store.list_versions("demo")
     assert killed.status == "pending" and killed.artifact_uri is None
@@ -165,16 +170,7 @@ def test_sigkill_while_writing_leaves_nothing_loadable_and_the_next_run_works(
 
 
 def test_a_killed_registration_is_cleaned_up_by_gc(project: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(project / "engine.toml")],
-                            stdout=subprocess.PIPE, text=True, cwd=project)
-    assert proc.stdout is not None
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if "WRITING" in proc.stdout.readline():
-            break
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc.stdout.close()
+    _kill_while_writing(project)
     (temp,) = (project / "store/demo").iterdir()
     assert temp.name.startswith(".1.")
     cfg = str(project / "engine.toml")

@@ -4,6 +4,7 @@ on loopback."""
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -80,6 +81,19 @@ def wait_ready(client: httpx.Client) -> None:
     while client.get("/v2/health/ready").status_code != 200:
         assert time.time() < deadline, "model never became ready"
         time.sleep(0.05)
+
+
+def wait_process_ready(client: httpx.Client, server: subprocess.Popen[str]) -> None:
+    """Until a ``rankengine serve`` subprocess answers ready (it may not listen yet)."""
+    deadline = time.time() + 60
+    while True:
+        try:
+            if client.get("/v2/health/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert server.poll() is None and time.time() < deadline, "server never ready"
+        time.sleep(0.1)
 
 
 @pytest.fixture

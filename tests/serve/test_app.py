@@ -23,7 +23,7 @@ from rankengine.predict import score_table
 from rankengine.registry.artifacts import load_version, path_of
 from rankengine.serve import ModelHolder, ServeSettings, create_app
 
-from .conftest import FEATURES, Server, rank_payload, rows, wait_ready
+from .conftest import FEATURES, Server, rank_payload, rows, wait_process_ready, wait_ready
 
 
 def test_oip_v2_metadata_and_health(served: tuple) -> None:
@@ -463,15 +463,7 @@ def test_rankengine_serve_process_ranks_and_shuts_down_gracefully(registry: tupl
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            deadline = time.time() + 60
-            while True:
-                try:
-                    if client.get("/v2/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert server.poll() is None and time.time() < deadline, "server never ready"
-                time.sleep(0.1)
+            wait_process_ready(client, server)
             ranked = client.post("/v1/rank", json=rank_payload(funnel)).json()["ranked"]
             assert len(ranked) == 10 and ranked[0]["score"] >= ranked[-1]["score"]
             too_big = client.post("/v1/rank", json=rank_payload(funnel, 100))

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from rankengine.registry.artifacts import load_version
 from rankengine.serve import ModelHolder, ServeSettings, create_app
 from rankengine.serve.app import REFUSED_BODY_GRACE
 
-from .conftest import FEATURES, Server, rank_payload, rows, wait_ready
+from .conftest import FEATURES, Server, rank_payload, rows, wait_process_ready, wait_ready
 
 
 def counter(metrics: str, endpoint: str, status: int) -> float:
@@ -439,15 +438,7 @@ def test_serving_on_all_interfaces_needs_the_token_and_warns(registry: tuple) ->
         env=os.environ | {"RANKENGINE_ADMIN_TOKEN": "from-the-env"})
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            deadline = time.time() + 60
-            while True:
-                try:
-                    if client.get("/v2/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert server.poll() is None and time.time() < deadline, "server never ready"
-                time.sleep(0.1)
+            wait_process_ready(client, server)
             load = "/v2/repository/models/demo/load"
             assert client.post(load).status_code == 401
             assert client.post(load, headers={"Authorization": "Bearer nope"}).status_code == 403
