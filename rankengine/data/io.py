@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +23,10 @@ def detect_format(path: Path, declared: str = "auto") -> str:
     if declared != "auto":
         return declared
     files = shard_files(path) if path.is_dir() else [path]
+    formats = {f.name.lower().endswith(PARQUET_SUFFIXES): f for f in files}
+    if len(formats) > 1:
+        raise DataError(f"{path}: the directory mixes Parquet ({formats[True].name}) and CSV "
+                        f"({formats[False].name}) shards; keep one format per directory")
     name = files[0].name.lower()
     if name.endswith(PARQUET_SUFFIXES):
         return "parquet"
@@ -51,12 +56,63 @@ def open_dataset(path: str | Path, *, format: str = "auto",
         raise DataError(f"{path}: data file or directory not found")
     fmt = detect_format(path, format)
     files = [str(p) for p in (shard_files(path) if path.is_dir() else [path])]
+    file_format = "parquet" if fmt == "parquet" else _csv_format(csv or CsvOptions())
     try:
-        if fmt == "parquet":
-            return ds.dataset(files, format="parquet")
-        return ds.dataset(files, format=_csv_format(csv or CsvOptions()))
+        dataset = ds.dataset(files, format=file_format)
+        if len(files) > 1:
+            # The dataset takes its schema from the first shard: a column missing from another
+            # shard would read as nulls and a column typed differently would fail mid-read.
+            shards = [(Path(f.path), f.physical_schema) for f in dataset.get_fragments()]
+            dataset = ds.dataset(files, format=file_format, schema=_unified(path, shards))
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: cannot read as {fmt}: {exc}") from exc
+        raise DataError(f"{path}: cannot read as {fmt}: {arrow_message(exc, fmt, path)}") from None
+    return dataset
+
+
+def _unified(path: Path, shards: Sequence[tuple[Path, pa.Schema]]) -> pa.Schema:
+    """One schema for every shard (int and float columns widen to float); a column that
+    some shards lack, or whose types cannot be reconciled, is an error naming two shards."""
+    names = list(dict.fromkeys(name for _, schema in shards for name in schema.names))
+    for name in names:
+        having = [(p, schema.field(name).type) for p, schema in shards if name in schema.names]
+        lacking = [p for p, schema in shards if name not in schema.names]
+        if lacking:
+            raise DataError(f"{path}: shard {lacking[0].name} has no column '{name}' but shard "
+                            f"{having[0][0].name} has; every shard must hold the same columns")
+        for p, data_type in having[1:]:
+            try:
+                pa.unify_schemas([pa.schema([(name, having[0][1])]),
+                                  pa.schema([(name, data_type)])],
+                                 promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                raise DataError(f"{path}: column '{name}' is {data_type} in shard {p.name} but "
+                                f"{having[0][1]} in shard {having[0][0].name}; every shard must "
+                                f"give a column the same type") from None
+    return pa.unify_schemas([schema for _, schema in shards], promote_options="permissive")
+
+
+def arrow_message(exc: BaseException, fmt: str = "csv", path: Path | None = None) -> str:
+    """Arrow's error without its layers of context, with CSV rows as line numbers:
+    ``b.csv: line 12: expected 6 fields, found 7: 2,0,0,0.0,cat0,11.00,9``."""
+    text = " ".join(str(exc).split())
+    source = re.search(r"input source '([^']+)'", text)
+    text = re.sub(r"^Error creating dataset\. Could not read schema from '[^']*'\. Is this a "
+                  r"'\w+' file\?: ", "", text)
+    text = re.sub(r"^Could not open \w+ input source '[^']*': ", "", text)
+    text = re.sub(r"^(Invalid|IOError): ", "", text)
+    text = text.removeprefix("CSV parse error: ")
+    text = re.sub(r"Row #(\d+)", lambda m: f"line {m.group(1)}", text)
+    text = re.sub(r"Expected (\d+) columns, got (\d+)", r"expected \1 fields, found \2", text)
+    if "straddling object straddles" in text:
+        text = ("a row is longer than 16 MiB (an unclosed quote, or a huge cell); close the "
+                "quote or shorten the cell")
+    if text.startswith("Empty CSV file"):
+        text = "the file is empty (no header line)"
+    if len(text) > 300:  # a bad cell can be megabytes long
+        text = text[:300] + " ..."
+    shard = Path(source.group(1)) if source and fmt == "csv" else None
+    where = f"{shard.name}: " if shard and (path is None or shard != path) else ""
+    return f"{where}{text}"
 
 
 def read_table(
@@ -87,7 +143,7 @@ def read_table(
     try:
         table = dataset.to_table(columns=list(dict.fromkeys(columns)) if columns else None)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: cannot read as {fmt}: {exc}") from exc
+        raise DataError(f"{path}: cannot read as {fmt}: {arrow_message(exc, fmt, path)}") from None
     if fmt == "csv":
         _check_utf8(table, path, csv.header and not path.is_dir())
         if csv.strip:

@@ -3,11 +3,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
 
 from rankengine.config import CsvOptions
-from rankengine.data.io import read_table
+from rankengine.data.io import arrow_message, read_table
 from rankengine.errors import DataError
 
 from ..conftest import REPO
@@ -65,3 +66,72 @@ def test_ali_ccp_sample_reads_with_expected_labels() -> None:
                        ["click", "purchase", "205"])
     assert table.num_rows == 100
     assert sum(table.column("click").to_pylist()) == 7
+
+
+# -- hostile inputs (issue #13): one DataError naming the shard, the column or the line ----------
+
+
+def test_a_ragged_csv_row_names_its_line(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("a,b\n1,2\n3,4,5\n")
+    with pytest.raises(DataError, match=r"d\.csv: cannot read as csv: line 3: expected 2 "
+                                        r"fields, found 3: 3,4,5$"):
+        read_table(tmp_path / "d.csv")
+
+
+def test_an_empty_csv_file_says_so(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_bytes(b"")
+    with pytest.raises(DataError, match=r"d\.csv: cannot read as csv: the file is empty"):
+        read_table(tmp_path / "d.csv")
+
+
+def test_a_csv_row_longer_than_a_block_names_the_likely_cause(tmp_path: Path) -> None:
+    (tmp_path / "d.csv").write_text("a,b\n1,x\n3," + "y" * (40 << 20) + "\n4,z\n")
+    with pytest.raises(DataError, match=r"a row is longer than 16 MiB \(an unclosed quote"):
+        read_table(tmp_path / "d.csv")
+
+
+def test_a_huge_bad_cell_is_not_copied_into_the_message() -> None:
+    # Arrow quotes the whole cell that failed to convert (a block after the one that typed
+    # the column); the message keeps the line and a bounded excerpt
+    exc = pa.ArrowInvalid("In CSV column #1: Row #3: CSV conversion error to int64: invalid "
+                          "value '" + "y" * (1 << 20) + "'")
+    message = arrow_message(exc, "csv")
+    assert message.startswith("In CSV column #1: line 3: CSV conversion error to int64")
+    assert len(message) < 400
+
+
+def test_a_directory_mixing_csv_and_parquet_shards_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text("a\n1\n")
+    pq.write_table(pa.table({"a": [2]}), tmp_path / "b.parquet")
+    with pytest.raises(DataError, match=r"mixes Parquet \(b\.parquet\) and CSV \(a\.csv\)"):
+        read_table(tmp_path, ["a"])
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_a_shard_without_a_column_is_refused_not_read_as_nulls(tmp_path: Path,
+                                                              suffix: str) -> None:
+    first, second = pa.table({"a": [1], "b": [1.5]}), pa.table({"a": [2]})
+    for name, table in (("part-0", first), ("part-1", second)):
+        if suffix == "csv":
+            pa.csv.write_csv(table, tmp_path / f"{name}.csv")
+        else:
+            pq.write_table(table, tmp_path / f"{name}.parquet")
+    with pytest.raises(DataError, match=rf"shard part-1\.{suffix} has no column 'b' but shard "
+                                        rf"part-0\.{suffix} has"):
+        read_table(tmp_path, ["a", "b"])
+
+
+def test_shards_typing_a_column_differently_name_both(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"b": [1.5]}), tmp_path / "part-0.parquet")
+    pq.write_table(pa.table({"b": ["x"]}), tmp_path / "part-1.parquet")
+    with pytest.raises(DataError, match=r"column 'b' is string in shard part-1\.parquet but "
+                                        r"double in shard part-0\.parquet"):
+        read_table(tmp_path, ["b"])
+
+
+def test_csv_shards_with_int_and_float_values_widen_to_float(tmp_path: Path) -> None:
+    (tmp_path / "part-0.csv").write_text("b\n1\n2\n")
+    (tmp_path / "part-1.csv").write_text("b\n1.5\n")
+    table = read_table(tmp_path, ["b"])
+    assert table.column("b").type == pa.float64()
+    assert sorted(table.column("b").to_pylist()) == [1.0, 1.5, 2.0]
