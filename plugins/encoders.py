@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from itertools import pairwise
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rankengine import DataError, FeatureEncoder, FeatureSpec, Params, Register, hookimpl
 
@@ -35,12 +36,36 @@ def rankengine_register_encoders(register: Register) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def as_strings(values: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
-    """Values as strings, so vocabularies do not depend on int vs string typing of a column."""
+def decoded(values: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """The column as a chunked array of plain values: a dictionary-encoded column (pandas
+    categoricals in Parquet) is decoded, a column of Arrow type ``null`` (an all-empty CSV
+    column, a header-only file) is all missing."""
     if isinstance(values, pa.Array):
         values = pa.chunked_array([values])
+    if pa.types.is_dictionary(values.type):
+        values = pc.cast(values, values.type.value_type)
+    return values
+
+
+def is_scalar(data_type: pa.DataType) -> bool:
+    """A type one value of which is one category / number (not a list, struct, map ...)."""
+    if pa.types.is_dictionary(data_type):
+        return is_scalar(data_type.value_type)
+    return not (pa.types.is_nested(data_type) or isinstance(data_type, pa.ExtensionType))
+
+
+def as_strings(values: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """Values as strings, so vocabularies do not depend on int vs string typing of a column."""
+    values = decoded(values)
     if pa.types.is_string(values.type):
         return values
+    if not is_scalar(values.type):
+        hint = "; use kind = \"sequence\" for a list column" if pa.types.is_list(
+            values.type) or pa.types.is_large_list(values.type) else ""
+        raise DataError(f"expected one value per row (a string or a number), found type "
+                        f"{values.type}{hint}")
+    if pa.types.is_null(values.type):
+        return pc.cast(values, pa.string())
     if pa.types.is_floating(values.type):
         # 3.0 and 3 must be the same category: integral floats are written without ".0".
         as_int = pc.cast(values, pa.int64(), safe=False)
@@ -86,12 +111,25 @@ def integer_vocabulary(vocabulary: pa.Array) -> pa.Array | None:
     return integers if canonical is not False else None
 
 
+def state_number(state: Mapping[str, Any], key: str, *, positive: bool = False) -> float:
+    """``state[key]`` as a finite float (a fitted state read back from an artifact)."""
+    value = state[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value) \
+            or (positive and value <= 0):
+        expected = "a finite number > 0" if positive else "a finite number"
+        raise ValueError(f"'{key}' must be {expected}, found {value!r}")
+    return float(value)
+
+
 def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 def to_float(column: pa.ChunkedArray) -> np.ndarray:
     """Column as float64 with NaN for missing; a non-numeric value is an error naming the row."""
+    column = decoded(column)
+    if pa.types.is_null(column.type):  # every value missing
+        return np.full(len(column), np.nan)
     if pa.types.is_boolean(column.type) or pa.types.is_integer(column.type) or \
             pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
         return np.asarray(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False),
@@ -140,7 +178,12 @@ class VocabularyEncoder(FeatureEncoder):
         return {"vocabulary": self.vocabulary}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        self.set_vocabulary(list(state["vocabulary"]))
+        vocabulary = state["vocabulary"]
+        if not isinstance(vocabulary, list) or not all(isinstance(v, str) for v in vocabulary):
+            bad = vocabulary if not isinstance(vocabulary, list) else next(
+                v for v in vocabulary if not isinstance(v, str))
+            raise ValueError(f"'vocabulary' must be a list of strings, found {bad!r}")
+        self.set_vocabulary(vocabulary)
 
 
 class CategoricalEncoder(VocabularyEncoder):
@@ -246,7 +289,9 @@ class NumericEncoder(FeatureEncoder):
         return {"mean": self.mean, "std": self.std, "fill": self.fill}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        self.mean, self.std, self.fill = state["mean"], state["std"], state["fill"]
+        self.mean, self.std, self.fill = (state_number(state, "mean"),
+                                          state_number(state, "std", positive=True),
+                                          state_number(state, "fill"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,6 +302,16 @@ class NumericEncoder(FeatureEncoder):
 class BucketizeParams(Params):
     buckets: int = Field(default=10, ge=2, le=100_000)
     boundaries: list[float] | None = None
+
+    @field_validator("boundaries")
+    @classmethod
+    def _increasing(cls, boundaries: list[float] | None) -> list[float] | None:
+        # np.searchsorted on unsorted boundaries returns meaningless bucket ids, silently
+        for i, (a, b) in enumerate(pairwise(boundaries or [])):
+            if not a < b:
+                raise ValueError(f"boundaries must be strictly increasing; found {a!r} then "
+                                 f"{b!r} at positions {i} and {i + 1}")
+        return boundaries
 
 
 def quantile_boundaries(x: np.ndarray, buckets: int) -> list[float]:
@@ -306,7 +361,13 @@ class BucketizeEncoder(FeatureEncoder):
         return {"boundaries": self.boundaries}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        self.boundaries = list(state["boundaries"])
+        boundaries = state["boundaries"]
+        if not isinstance(boundaries, list):
+            raise ValueError(f"'boundaries' must be a list of numbers, found {boundaries!r}")
+        numbers = [state_number({"boundaries": b}, "boundaries") for b in boundaries]
+        if any(not a < b for a, b in pairwise(numbers)):
+            raise ValueError("'boundaries' must be strictly increasing")
+        self.boundaries = numbers
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,7 +377,7 @@ class BucketizeEncoder(FeatureEncoder):
 
 class SequenceParams(Params):
     max_len: int = Field(default=20, ge=1, le=4096)
-    separator: str = "|"
+    separator: str = Field(default="|", min_length=1)
     min_count: int = Field(default=1, ge=1)
     max_vocab: int | None = Field(default=None, ge=1)
     pooling: Literal["mean", "sum", "max"] = "mean"
@@ -330,13 +391,21 @@ class SequenceEncoder(VocabularyEncoder):
     params: SequenceParams
 
     def _lists(self, column: pa.ChunkedArray) -> pa.ListArray:
+        column = decoded(column)
+        if pa.types.is_null(column.type):  # every row missing: no elements
+            column = pc.cast(column, pa.list_(pa.string()))
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             column = pc.split_pattern(column, self.params.separator)
+        if pa.types.is_fixed_size_list(column.type):
+            column = pc.cast(column, pa.list_(column.type.value_type))
         if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
             raise DataError(
                 f"expected a list column or a string joined by {self.params.separator!r}, "
                 f"found type {column.type}"
             )
+        if not is_scalar(column.type.value_type):
+            raise DataError(f"expected a list of ids (strings or numbers), found type "
+                            f"{column.type}")
         return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
     def fit(self, column: pa.ChunkedArray) -> None:

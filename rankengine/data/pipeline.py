@@ -140,7 +140,17 @@ class FeaturePipeline:
         for spec, encoder in zip(self.features, self.encoders, strict=True):
             if spec.name not in state:
                 raise ArtifactError(f"fitted state of feature '{spec.name}' is missing")
-            encoder.load_state(state[spec.name])
+            if not isinstance(state[spec.name], Mapping):
+                raise ArtifactError(f"fitted state of feature '{spec.name}' must be an object, "
+                                    f"found {type(state[spec.name]).__name__}")
+            try:
+                encoder.load_state(state[spec.name])
+            except KeyError as exc:
+                raise ArtifactError(f"fitted state of feature '{spec.name}' has no {exc}") \
+                    from None
+            except (TypeError, ValueError) as exc:
+                raise ArtifactError(f"fitted state of feature '{spec.name}' (kind "
+                                    f"{spec.kind}): {exc}") from None
         self.fitted = True
         return self
 

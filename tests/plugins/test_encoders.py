@@ -5,6 +5,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from pydantic import ValidationError
 
 from rankengine.config import FeatureSpec
 from rankengine.errors import DataError
@@ -156,3 +157,52 @@ def test_bucketize_gives_heavy_values_their_own_bucket(engine: Engine) -> None:
     zero_bucket = enc.transform(col([0.0] * 3 + [-1e-9, 1e-9]))
     assert zero_bucket[:3].tolist() == [ids[0]] * 3
     assert zero_bucket[3] != ids[0] and zero_bucket[4] != ids[0]
+
+
+# -- hostile inputs (issue #13) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", [pa.array([["a"], ["b"]]), pa.array([{"x": 1}, {"x": 2}])])
+def test_categorical_refuses_a_nested_column_in_one_line(engine: Engine, values: pa.Array) -> None:
+    enc = encoder(engine, "categorical")
+    with pytest.raises(DataError, match=r"expected one value per row .* found type"):
+        enc.fit(pa.chunked_array([values]))
+
+
+def test_dictionary_and_null_typed_columns_encode_like_their_values(engine: Engine) -> None:
+    cat = encoder(engine, "categorical")
+    cat.fit(col(["a", "b", "a"]))
+    dictionary = pa.chunked_array([pa.array(["a", "b", None]).dictionary_encode()])
+    assert cat.transform(dictionary).tolist() == cat.transform(col(["a", "b", None])).tolist()
+    num = encoder(engine, "numeric", transform="none")
+    num.fit(col([1.0, 3.0]))
+    assert num.transform(pa.chunked_array([pa.nulls(2)]))[:, 0].tolist() == [2.0, 2.0]
+    seq = encoder(engine, "sequence", max_len=2)
+    seq.fit(col(["a|b", "c"]))
+    assert seq.transform(pa.chunked_array([pa.nulls(1)])).tolist() == [[0, 0]]
+
+
+def test_sequence_refuses_lists_of_lists_and_an_empty_separator(engine: Engine) -> None:
+    seq = encoder(engine, "sequence")
+    with pytest.raises(DataError, match=r"expected a list of ids .* found type list<"):
+        seq.fit(pa.chunked_array([pa.array([[[1]]])]))
+    with pytest.raises(ValidationError, match="at least 1 character"):
+        encoder(engine, "sequence", separator="")
+
+
+def test_bucketize_boundaries_must_increase(engine: Engine) -> None:
+    with pytest.raises(ValidationError, match=r"strictly increasing; found 3\.0 then 1\.0"):
+        encoder(engine, "bucketize", boundaries=[3.0, 1.0])
+
+
+@pytest.mark.parametrize(("kind", "state", "message"), [
+    ("numeric", {"mean": "x", "std": 1.0, "fill": 0.0}, "'mean' must be a finite number"),
+    ("numeric", {"mean": 0.0, "std": 0, "fill": 0.0}, "'std' must be a finite number > 0"),
+    ("categorical", {"vocabulary": "abc"}, "'vocabulary' must be a list of strings"),
+    ("categorical", {"vocabulary": [1, None]}, "'vocabulary' must be a list of strings"),
+    ("bucketize", {"boundaries": [2.0, 1.0]}, "'boundaries' must be strictly increasing"),
+])
+def test_a_damaged_fitted_state_is_refused(engine: Engine, kind: str, state: dict[str, Any],
+                                           message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        encoder(engine, kind).load_state(state)
