@@ -5,6 +5,8 @@ Learning to rank within request groups (``[loss.ranking]``): BPR (Rendle et al. 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -21,10 +23,12 @@ from rankengine import (
 
 @hookimpl
 def rankengine_register_losses(register: Register) -> None:
-    register("bce", lambda params: bce, help="binary cross-entropy, computed in log space")
+    register("bce", lambda params: TypedLoss(bce, "binary"),
+             help="binary cross-entropy, computed in log space (binary tasks)")
     register("mse", lambda params: mse, help="squared error on the value")
-    register("log_mse", lambda params: log_mse,
-             help="squared error of log1p(value); the head models log1p(value)")
+    register("log_mse", lambda params: TypedLoss(log_mse, "regression"),
+             help="squared error of log1p(value); the head models log1p(value) (regression "
+                  "tasks)")
     register("bpr", lambda params: BPRLoss(), help="ranking: -log sigmoid(s_i - s_j) per pair")
     register("ranknet", RankNetLoss, params=RankNetParams,
              help="ranking: cross-entropy of sigmoid(sigma (s_i - s_j)); ties target 1/2")
@@ -32,6 +36,20 @@ def rankengine_register_losses(register: Register) -> None:
              help="ranking: max(0, margin - (s_i - s_j)) per pair")
     register("listwise", lambda params: ListwiseSoftmaxLoss(),
              help="ranking: softmax cross-entropy against relevance shares per group")
+
+
+class TypedLoss:
+    """A pointwise loss that fits one task type: ``task_types`` lets training refuse it on a
+    task of the other type (BCE on a dwell time, log-MSE on a 0/1 label) before any data is
+    read. Any pointwise loss may carry a ``task_types`` attribute."""
+
+    def __init__(self, fn: Callable[[NodePrediction, torch.Tensor], torch.Tensor],
+                 *task_types: str) -> None:
+        self.fn = fn
+        self.task_types = task_types
+
+    def __call__(self, prediction: NodePrediction, target: torch.Tensor) -> torch.Tensor:
+        return self.fn(prediction, target)
 
 
 def bce(prediction: NodePrediction, target: torch.Tensor) -> torch.Tensor:

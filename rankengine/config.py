@@ -119,7 +119,8 @@ class LabelRule(Section):
     """A label that is 1 where ``column`` holds one of ``equals`` (string or numeric values)."""
 
     column: str
-    equals: list[str | int | float]
+    #: at least one value: an empty list would make the label 0 on every row
+    equals: list[str | int | float] = Field(min_length=1)
 
 
 class OracleSpec(Section):
@@ -172,7 +173,8 @@ class ModelSection(Section):
     backbone: ComponentRef = ComponentRef(kind="mmoe")
     tower: ComponentRef = ComponentRef(kind="mlp")
     cascade: ComponentRef = ComponentRef(kind="esmm")
-    backbone_groups: list[str] | None = None
+    #: none: every feature; an empty list would leave the backbone without input
+    backbone_groups: list[str] | None = Field(default=None, min_length=1)
     bias_tower: BiasTowerSection | None = None
 
     def bias_only_features(self, features: Sequence[FeatureSpec]) -> list[str]:
@@ -350,6 +352,12 @@ def _one_per_key(found: list[tuple[Any, str, str]]) -> list[tuple[str, str]]:
     """A union (``label = str | list | {column, equals}``) reports one error per member; keep
     the member the value looked like (a constraint it broke) over the type mismatches."""
     best: dict[str, tuple[bool, str]] = {}
+    # `equals = []` breaks a constraint inside the LabelRule member; the str and list members'
+    # type mismatches on the enclosing key only say what the value is not
+    constrained = [key for err, key, _ in found if not str(err["type"]).endswith("_type")]
+    found = [(err, key, message) for err, key, message in found
+             if not (str(err["type"]).endswith("_type") and any(
+                 c.startswith(key + ".") or c.startswith(key + "[") for c in constrained))]
     for err, key, message in found:
         mismatch = str(err["type"]).endswith("_type")
         if key not in best or (best[key][0] and not mismatch):

@@ -194,8 +194,10 @@ def _validate(specs: Mapping[str, TaskSpec]) -> None:
                 )
             if spec.type != "binary":
                 raise GraphError(f"task '{name}': via is only defined for binary tasks")
-        if spec.type == "regression" and len(spec.label_columns) != 1:
-            raise GraphError(f"task '{name}': a regression task takes exactly one label column")
+        if spec.type == "regression" and (len(spec.label_columns) != 1
+                                          or not isinstance(spec.label, str)):
+            raise GraphError(f"task '{name}': a regression task takes exactly one label column "
+                             f"(its value), e.g. label = \"{spec.label_columns[0]}\"")
 
 
 def _topological_order(specs: Mapping[str, TaskSpec]) -> list[str]:

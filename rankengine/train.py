@@ -51,7 +51,13 @@ from rankengine.components import (
 from rankengine.config import EngineConfig, TaskSpec, resolve_component, validate_components
 from rankengine.data import cache as data_cache
 from rankengine.data.batching import Batch, TensorData, iterate_batches
-from rankengine.data.dataset import EncodedData, encode_table, label_columns, oracle_columns
+from rankengine.data.dataset import (
+    EncodedData,
+    encode_table,
+    group_ids,
+    label_columns,
+    oracle_columns,
+)
 from rankengine.data.io import read_table
 from rankengine.data.pipeline import FeaturePipeline
 from rankengine.data.stream import (
@@ -140,7 +146,11 @@ def read_splits(config: EngineConfig, columns: list[str], seed: int) -> Splits:
         if test is None:
             raise ConfigError("valid_from = \"test\" needs [data] test", source=config.source,
                               key="data.valid_from")
-        parts = split_table(test, {"valid": data.valid_fraction}, data.group, seed)
+        parts = split_table(test, {"valid": data.valid_fraction}, data.group, seed,
+                            sources["test"])
+        _check_carved(parts, {"valid": ("valid", "valid_fraction"),
+                              "train": ("test", "valid_fraction")},
+                      sources["test"], data.group, config.source)
         valid, test = parts["valid"], parts["train"]
         sources["valid"] = f"{sources['test']} ({data.valid_fraction:.0%} of it)"
         sources["test"] += f" (the other {1 - data.valid_fraction:.0%})"
@@ -148,7 +158,11 @@ def read_splits(config: EngineConfig, columns: list[str], seed: int) -> Splits:
         fractions = {"valid": data.valid_fraction}
         if test is None and data.test_fraction > 0:
             fractions["test"] = data.test_fraction
-        parts = split_table(train, fractions, data.group, seed)
+        parts = split_table(train, fractions, data.group, seed, sources["train"])
+        _check_carved(parts, {"valid": ("valid", "valid_fraction"),
+                              "test": ("test", "test_fraction"),
+                              "train": ("training", "valid_fraction")},
+                      sources["train"], data.group, config.source)
         train, valid = parts["train"], parts["valid"]
         test = parts.get("test", test)
         sources["valid"] = f"{sources['train']} ({data.valid_fraction:.0%} held out)"
@@ -157,6 +171,27 @@ def read_splits(config: EngineConfig, columns: list[str], seed: int) -> Splits:
     if train.num_rows == 0:
         raise DataError(f"{sources['train']}: the training split is empty")
     return Splits(train, valid, test, sources)
+
+
+def _check_carved(parts: Mapping[str, pa.Table], keys: Mapping[str, tuple[str, str]],
+                  source: str, group: str | None, config_source: str) -> None:
+    """A split carved out of a file by a fraction must get rows: an empty validation split
+    leaves early stopping and every metric undefined, an empty training split trains nothing.
+    ``keys``: part → (the split's name, the [data] key that sized it)."""
+    rows = sum(part.num_rows for part in parts.values())
+    if rows == 0:
+        raise DataError(f"{source}: the file has no data rows")
+    for part, table in parts.items():
+        if table.num_rows:
+            continue
+        split, key = keys[part]
+        unit = f"{rows} rows"
+        if group:
+            ids = set().union(*(pc.unique(t.column(group)).to_pylist() for t in parts.values()))
+            unit += f" in {len(ids)} groups of [data] group '{group}'"
+        raise ConfigError(
+            f"the {split} split carved out of {source} ({unit}) is empty; change [data] {key} "
+            f"or give the split its own file", source=config_source, key=f"data.{key}")
 
 
 def absolute_data_paths(config: EngineConfig) -> EngineConfig:
@@ -171,11 +206,11 @@ def absolute_data_paths(config: EngineConfig) -> EngineConfig:
 
 
 def split_table(table: pa.Table, fractions: Mapping[str, float], group: str | None,
-                seed: int) -> dict[str, pa.Table]:
+                seed: int, where: str = "data") -> dict[str, pa.Table]:
     """Seeded random split; rows of one group (request) always land in the same split."""
     rng = np.random.default_rng(seed)
     if group:
-        ids = pc.dictionary_encode(table.column(group)).combine_chunks().indices.to_numpy()
+        ids = group_ids(table, group, where)
         draw = rng.random(int(ids.max()) + 1 if len(ids) else 0)[ids]
     else:
         draw = rng.random(table.num_rows)
@@ -556,6 +591,8 @@ def _prepare_data(config: EngineConfig, graph: TaskGraph, pipeline: FeaturePipel
         raise ConfigError(f"data file or directory not found: {train_path}",
                           source=config.source, key="data.train")
     every_fragment = list_fragments(train_path)
+    if not any(fragment.rows for fragment in every_fragment):
+        raise DataError(f"{train_path}: no rows to train on")
     fragments = every_fragment[dist.rank::dist.world_size]
     columns = needed_columns(config, graph, pipeline, extras)
     where = f"{train_path} (rank {dist.rank} of {dist.world_size})" if dist.active \
@@ -598,6 +635,18 @@ def _prepare_data(config: EngineConfig, graph: TaskGraph, pipeline: FeaturePipel
         + f"; valid {len(encoded['valid']):,}"
         + (f", test {len(encoded['test']):,}" if "test" in encoded else "") + " rows")
     return PreparedData(train_data, encoded, sources)
+
+
+def _check_directory(directory: Path, config: EngineConfig, key: str) -> None:
+    """A folder rankengine writes into (``[data] cache_dir``) must be one, or creatable."""
+    for parent in (directory, *directory.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{parent} is a file, not a directory", source=config.source,
+                                  key=key)
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"{parent} is not writable", source=config.source, key=key)
+            return
 
 
 def _check_checkpoint_dir(config: EngineConfig) -> None:
@@ -728,6 +777,7 @@ def _encoded_splits(
     cache_root = config.resolve_path(config.data.cache_dir) if config.data.cache_dir else None
     key = ""
     if cache_root is not None:
+        _check_directory(cache_root, config, "data.cache_dir")
         tasks = {n.name: n.spec.model_dump(mode="json") for n in graph.nodes}
         key = data_cache.cache_key(config, tasks, extras)
         hit = data_cache.load(cache_root, key)
@@ -781,6 +831,12 @@ def build_losses(config: EngineConfig, engine: Engine, graph: TaskGraph) -> list
             raise ConfigError(f"'{node.spec.loss_name}' is a ranking loss; use it in "
                               f"[loss.ranking] and give the task a pointwise loss",
                               source=config.source, key=key)
+        types = getattr(pointwise, "task_types", None)  # a loss may name the tasks it fits
+        if types is not None and node.type not in types:
+            default = "bce" if node.type == "binary" else "mse"
+            raise ConfigError(f"loss '{node.spec.loss_name}' is for {' / '.join(types)} tasks, "
+                              f"but '{node.name}' is a {node.type} task (its default loss is "
+                              f"'{default}')", source=config.source, key=key)
         losses.append(pointwise)
     return losses
 
@@ -963,6 +1019,20 @@ class EarlyStopper:
                 source=config.source, key="train.early_stopping.metric")
         if task not in graph.names:
             raise ConfigError(f"task '{task}' is not in the graph ({', '.join(graph.names)})",
+                              source=config.source, key="train.early_stopping.metric")
+        node = graph.node(task)
+        if known[base].factory.task_type != node.type:  # never computed: never judged
+            fitting = sorted(m for m, c in known.items() if c.factory.task_type == node.type)
+            raise ConfigError(f"metric '{base}' is computed for {known[base].factory.task_type} "
+                              f"tasks, but '{task}' is a {node.type} task; its metrics: "
+                              f"{', '.join(fitting) or '(none)'}", source=config.source,
+                              key="train.early_stopping.metric")
+        if known[base].factory.needs_group and not config.data.group:
+            raise ConfigError(f"metric '{base}' is computed per request group; set [data] group",
+                              source=config.source, key="train.early_stopping.metric")
+        if name.endswith("_cond") and node.parent is None:
+            raise ConfigError(f"'{name}' is measured on the parent-positive rows, but task "
+                              f"'{task}' has no parent (after); use '{base}:{task}'",
                               source=config.source, key="train.early_stopping.metric")
         self.metric, self.task = name, task
         self.sign = -1.0 if known[base].factory.higher_is_better else 1.0

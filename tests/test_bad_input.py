@@ -161,6 +161,30 @@ def config_cases() -> st.SearchStrategy[Case]:
         st.integers(min_value=4097, max_value=10**12).map(
             lambda n: key('kind = "categorical"\ndim', f'kind = "sequence"\nmax_len = {n}\ndim',
                           "max_len")),
+        # issue #13, second pass: what a value cannot mean for its task, feature or folder
+        st.sampled_from(["engine.toml", "train.csv/cache"]).map(lambda f: key(
+            'group = "request_id"', f'group = "request_id"\ncache_dir = "{f}"', "cache_dir")),
+        st.sampled_from(["0.001", "0.999"]).map(
+            lambda f: key("valid_fraction = 0.25", f"valid_fraction = {f}", "valid_fraction")),
+        st.just(key('type = "regression", after = "click" }',
+                    'type = "regression", after = "click", loss = "bce" }', "tasks.dwell.loss")),
+        st.just(key('click = { label = "click" }', 'click = { label = "click", loss = "log_mse" }',
+                    "tasks.click.loss")),
+        st.sampled_from(["auc:dwell", "rmse:click", "auc_cond:click"]).map(lambda m: key(
+            "progress = false", f'progress = false\nearly_stopping = {{ metric = "{m}" }}',
+            "train.early_stopping.metric")),
+        st.just(key('click = { label = "click" }',
+                    'click = { label = { column = "click", equals = [] } }',
+                    "tasks.click.label.equals")),
+        st.just(key('cascade = "esmm"', 'cascade = "esmm"\nbackbone_groups = []',
+                    "model.backbone_groups")),
+        st.just(key('kind = "categorical"\ndim', 'kind = "sequence"\nseparator = ""\ndim',
+                    "separator")),
+        st.just(Case(mentions="dwell", replace=(
+            'label = "dwell", type = "regression"',
+            'label = { column = "dwell", equals = [1] }, type = "regression"'))),
+        st.just(key("[fusion]", '[loss.sample_weighting]\nkind = "column"\n'
+                    'column = "item_category"\n\n[fusion]', "item_category")),
     )
 
 
@@ -186,6 +210,13 @@ def data_cases() -> st.SearchStrategy[Case]:
         st.just(Case(mentions="item_price", replace=(
             'name = "item_price"\nkind = "numeric"',
             'name = "item_price"\nkind = "numeric"\ncolumn = "price"'))),
+        # issue #13, second pass
+        rows.map(lambda r: cell(0, "", "request_id")(r)),  # a row without a request id
+        rows.map(lambda r: Case(mentions=f"line {r + 2}: expected 6 fields, found 7",
+                                rows=lambda rs: rs[r].append("9"))),
+        rows.map(lambda r: Case(mentions=f"line {r + 2}: expected 6 fields, found 5",
+                                rows=lambda rs: rs[r].pop())),
+        st.just(Case(mentions="train.csv: the file has no data rows", rows=list.clear)),
     )
 
 

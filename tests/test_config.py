@@ -151,3 +151,14 @@ def test_resolved_config_round_trips() -> None:
     config = load_config(REPO / "engine.toml")
     again = parse_config(config.resolved_dict())
     assert again.resolved_dict() == config.resolved_dict()
+
+
+def test_an_empty_equals_or_backbone_groups_names_the_inner_key() -> None:
+    base = {"data": {"train": "t.csv"}, "features": [{"name": "a", "kind": "numeric"}]}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**base, "tasks": {"click": {"label": {"column": "c", "equals": []}}}})
+    # the str / list members of the label union do not drown the real defect
+    assert str(caught.value).startswith("<config>: [tasks.click.label.equals]: list should have "
+                                        "at least 1 item")
+    with pytest.raises(ConfigError, match=r"\[model\.backbone_groups\]: list should have at least"):
+        parse_config({**base, "model": {"backbone_groups": []}})

@@ -145,3 +145,12 @@ def test_non_binary_label_and_missing_value_are_errors() -> None:
         graph.derive_labels(labels(click=[1, 2], dwell=[0, 0]), "error")
     with pytest.raises(DataError, match="missing at row 0"):
         graph.derive_labels(labels(click=[1, 0], dwell=[float("nan"), 0]), "error")
+
+
+def test_a_regression_task_takes_its_value_column_not_a_value_match() -> None:
+    specs = {"click": TaskSpec(label="click"),
+             "dwell": TaskSpec.model_validate({"label": {"column": "dwell", "equals": [1]},
+                                               "type": "regression", "after": "click"})}
+    with pytest.raises(GraphError, match=r"task 'dwell': a regression task takes exactly one "
+                                         r"label column \(its value\)"):
+        TaskGraph(specs)

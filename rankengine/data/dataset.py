@@ -55,12 +55,22 @@ def raw_label(table: pa.Table, name: str, spec: TaskSpec, where: str) -> np.ndar
     """One node's raw label as float64: 0/1 for binary nodes (OR of columns), values else."""
     if isinstance(spec.label, LabelRule):
         column = table.column(spec.label.column)
+        if pa.types.is_dictionary(column.type):
+            column = pc.cast(column, column.type.value_type)
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             wanted = pa.array([str(v) for v in spec.label.equals])
-        else:
+        elif pa.types.is_null(column.type):  # every value missing: no row matches
+            return np.zeros(len(column), dtype=np.float64)
+        elif (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+              or pa.types.is_boolean(column.type) or pa.types.is_decimal(column.type)):
             wanted = pa.array([v for v in spec.label.equals if not isinstance(v, str)],
                               type=pa.float64())
             column = pc.cast(column, pa.float64())
+        else:
+            raise DataError(
+                f"{where}: label column '{spec.label.column}' of task '{name}' must hold "
+                f"strings or numbers to match equals = {list(spec.label.equals)!r}, found type "
+                f"{column.type}")
         hit = pc.fill_null(pc.is_in(column, value_set=wanted), False)
         return np.asarray(hit.to_numpy(zero_copy_only=False), dtype=np.float64)
     values = [_numeric_label(table, col, name, where) for col in spec.label_columns]
@@ -74,9 +84,14 @@ def raw_label(table: pa.Table, name: str, spec: TaskSpec, where: str) -> np.ndar
 
 def _numeric_label(table: pa.Table, column: str, task: str, where: str) -> np.ndarray:
     data = table.column(column)
+    if pa.types.is_null(data.type) and len(data) == 0:  # a header-only CSV file: no rows
+        return np.zeros(0, dtype=np.float64)
+    if pa.types.is_dictionary(data.type):
+        data = pc.cast(data, data.type.value_type)
     if pa.types.is_boolean(data.type):
         data = pc.cast(data, pa.int8())
-    if not (pa.types.is_integer(data.type) or pa.types.is_floating(data.type)):
+    if not (pa.types.is_integer(data.type) or pa.types.is_floating(data.type)
+            or pa.types.is_null(data.type)):
         sample = data.drop_null()[0].as_py() if len(data.drop_null()) else None
         raise DataError(
             f"{where}: label column '{column}' of task '{task}' must be numeric (0/1 or a "
@@ -94,9 +109,44 @@ def _numeric_label(table: pa.Table, column: str, task: str, where: str) -> np.nd
     return values
 
 
-def group_ids(table: pa.Table, column: str) -> np.ndarray:
-    encoded = pc.dictionary_encode(table.column(column)).combine_chunks()
+def group_ids(table: pa.Table, column: str, where: str = "data") -> np.ndarray:
+    """Dense int64 ids of the ``[data] group`` column's values (first seen, first id).
+
+    A missing value is an error naming the row: it belongs to no request, and null ids
+    would silently become one garbage group.
+    """
+    data = table.column(column)
+    if len(data) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if pa.types.is_dictionary(data.type):
+        data = pc.cast(data, data.type.value_type)
+    if pa.types.is_nested(data.type):
+        raise DataError(f"{where}: group column '{column}' ([data] group) must hold one id per "
+                        f"row (a string or a number), found type {data.type}")
+    missing = data.is_null(nan_is_null=True)
+    if pc.any(missing).as_py():
+        row = int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{where}: group column '{column}' ([data] group) is empty at row "
+                        f"{row}; every row needs a request / user id")
+    encoded = pc.dictionary_encode(data).combine_chunks()
     return np.asarray(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def extra_column(table: pa.Table, name: str, where: str) -> np.ndarray:
+    """A numeric column the configuration reads besides labels and features (oracle
+    probabilities, sample weights) as float64; anything else is an error naming it."""
+    data = table.column(name)
+    if pa.types.is_dictionary(data.type):
+        data = pc.cast(data, data.type.value_type)
+    if pa.types.is_null(data.type):
+        return np.full(len(data), np.nan)
+    if not (pa.types.is_integer(data.type) or pa.types.is_floating(data.type)
+            or pa.types.is_boolean(data.type) or pa.types.is_decimal(data.type)):
+        sample = data.drop_null()[0].as_py() if len(data.drop_null()) else None
+        raise DataError(f"{where}: column '{name}' must be numeric, found type {data.type} "
+                        f"(e.g. {sample!r})")
+    return np.array(pc.cast(data, pa.float64()).to_numpy(zero_copy_only=False),
+                    dtype=np.float64)
 
 
 def encode_table(
@@ -116,12 +166,8 @@ def encode_table(
         table = table.filter(pa.array(keep))
         labels = labels[keep]
     categorical, dense, sequences = pipeline.transform(table, where=where)
-    extra = {
-        name: np.array(pc.cast(table.column(name), pa.float64()).to_numpy(
-            zero_copy_only=False), dtype=np.float64)
-        for name in dict.fromkeys(extras)
-    }
+    extra = {name: extra_column(table, name, where) for name in dict.fromkeys(extras)}
     return EncodedData(
         categorical, dense, sequences, labels,
-        group_ids(table, group) if group else None, extra, report,
+        group_ids(table, group, where) if group else None, extra, report,
     )

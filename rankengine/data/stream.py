@@ -66,7 +66,18 @@ def read_fragments(fragments: Sequence[Fragment], columns: Sequence[str]) -> pa.
                             f"{exc}") from exc
     if not tables:
         raise DataError("no rows to read")
-    return pa.concat_tables(tables, promote_options="permissive")
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        first = tables[0].schema
+        for fragment, table in zip(fragments, tables, strict=True):
+            for field in table.schema:
+                if field.type != first.field(field.name).type:
+                    raise DataError(
+                        f"{fragment.path}: column '{field.name}' is {field.type} here but "
+                        f"{first.field(field.name).type} in {fragments[0].path}; every shard "
+                        f"must give a column the same type") from None
+        raise
 
 
 def sample_fragments(fragments: Sequence[Fragment], rows: int) -> list[Fragment]:

@@ -109,3 +109,14 @@ def test_streaming_needs_a_valid_file_and_parquet(funnel_dir: Path, tmp_path: Pa
     csv.write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match="streaming reads Parquet only"):
         list_fragments(csv)
+
+
+def test_shards_typing_a_column_differently_name_the_shard(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"b": [1.5]}), tmp_path / "a.parquet")
+    pq.write_table(pa.table({"b": ["x"]}), tmp_path / "b.parquet")
+    fragments = list_fragments(tmp_path)
+    with pytest.raises(DataError, match=r"b\.parquet: column 'b' is string here but double in "
+                                        r".*a\.parquet"):
+        read_fragments(fragments, ["b"])
