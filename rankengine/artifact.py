@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -156,12 +157,23 @@ class LoadedModel:
 
 def read_manifest(path: Path) -> dict[str, Any]:
     manifest_path = path / MANIFEST
+    if manifest_path.is_symlink():
+        raise ArtifactError(f"{manifest_path}: is a symbolic link; an artifact holds its files "
+                            f"itself")
     if not manifest_path.is_file():
         raise ArtifactError(f"{path}: not a rankengine artifact (no {MANIFEST})")
     manifest = read_json(manifest_path)
     if not isinstance(manifest.get("files"), dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in manifest["files"].items()):
         raise ArtifactError(f"{manifest_path}: 'files' must map file names to sha256 digests")
+    plugins, distributions = manifest.get("plugins"), manifest.get("plugin_distributions")
+    if not isinstance(plugins, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in plugins.items()):
+        raise ArtifactError(f"{manifest_path}: 'plugins' must map plugin names to versions, "
+                            f"found {one_line(repr(plugins))[:80]}")
+    if distributions is not None and not isinstance(distributions, dict):
+        raise ArtifactError(f"{manifest_path}: 'plugin_distributions' must be an object, found "
+                            f"{type(distributions).__name__}")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{path}: artifact format {manifest.get('format_version')} is not supported by "
@@ -185,12 +197,23 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+#: files every artifact lists in its manifest (so every file loading reads is checked)
+REQUIRED_FILES = (WEIGHTS, "config.json", "tasks.json", "pipeline.json", "metrics.json")
+
+
 def verify_artifact(path: Path, manifest: dict[str, Any]) -> None:
+    unlisted = [name for name in REQUIRED_FILES if name not in manifest["files"]]
+    if unlisted:
+        raise ArtifactError(f"{path / MANIFEST}: 'files' does not list {unlisted[0]}; the "
+                            f"artifact is incomplete")
     for name, expected in manifest["files"].items():
         file = path / name
         if Path(name).name != name or name in (".", ".."):  # names only, never paths
             raise ArtifactError(f"{path / MANIFEST}: file entry {name!r} is not a plain file "
                                 f"name")
+        if file.is_symlink():  # never follow a link out of the artifact (/etc/passwd ...)
+            raise ArtifactError(f"{file}: is a symbolic link; an artifact holds its files "
+                                f"itself")
         if not file.is_file():
             raise ArtifactError(f"{path}: file {name} listed in the manifest is missing")
         actual = sha256_file(file)
@@ -242,6 +265,16 @@ def load_artifact(path: str | Path, *, engine: Engine | None = None) -> LoadedMo
     model = build_model(config, engine, graph, pipeline.layout())
     try:
         state = load_file(str(path / WEIGHTS))
+        expected = model.state_dict()
+        for key, tensor in state.items():
+            # load_state_dict casts silently: int8 or bool weights would load truncated
+            if key in expected and tensor.dtype != expected[key].dtype:
+                raise ArtifactError(f"{path / WEIGHTS}: tensor '{key}' is {tensor.dtype}, the "
+                                    f"model expects {expected[key].dtype}; the artifact is "
+                                    f"corrupted")
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ArtifactError(f"{path / WEIGHTS}: tensor '{key}' holds a value that is "
+                                    f"not a finite number; the artifact is corrupted")
         missing, unexpected = model.load_state_dict(state, strict=False)
     except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
         raise ArtifactError(f"{path / WEIGHTS}: weights do not load ({one_line(str(exc))}); "
