@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,6 +34,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -174,6 +176,22 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
     app = FastAPI(title="rankengine", version=__version__, lifespan=lifespan)
     app.add_middleware(RequestMetrics, metrics=metrics, names=names)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # an unknown path (404) or method (405): the same one-line JSON shape as every error
+        where = f"{request.method} {_shown(request.url.path)}"
+        message = {404: f"no endpoint {where}; see /docs",
+                   405: f"{where}: method not allowed"}.get(exc.status_code, str(exc.detail))
+        return JSONResponse({"error": message}, status_code=exc.status_code,
+                            headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        first: Mapping[str, Any] = next(iter(exc.errors()), {})
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid request')}"[:300]},
+                            status_code=400)
+
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception) -> Response:
         # Starlette logs the traceback; the client gets the same JSON shape as other errors.
@@ -182,14 +200,15 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
 
     def served(name: str, version: str | None = None) -> Served:
         if name != holder.name:
-            raise HTTPError(404, f"unknown model '{name}'; this server serves '{holder.name}'")
+            raise HTTPError(404, f"unknown model {_shown(name)}; this server serves "
+                                 f"'{holder.name}'")
         current = holder.current
         if current is None:
             detail = f": {holder.last_error}" if holder.last_error else ""
             raise HTTPError(503, f"model '{name}' is not loaded yet{detail}")
         if version is not None and version != str(current.version):
-            raise HTTPError(404, f"version {version} of '{name}' is not loaded; serving "
-                                 f"version {current.version}")
+            raise HTTPError(404, f"version {_shown(version)} of '{name}' is not loaded; "
+                                 f"serving version {current.version}")
         return current
 
     async def raw_body(request: Request) -> bytes:
@@ -332,7 +351,8 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
     async def load(name: str, request: Request) -> Any:
         authorize(request)
         if name != holder.name:
-            raise HTTPError(404, f"unknown model '{name}'; this server serves '{holder.name}'")
+            raise HTTPError(404, f"unknown model {_shown(name)}; this server serves "
+                                 f"'{holder.name}'")
         try:
             current = await anyio.to_thread.run_sync(holder.load)
         except Exception as exc:
@@ -344,6 +364,9 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
     async def _infer(model: Served, payload: Any, blob: bytes) -> Any:
         if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
             raise BadRequestError("expected a JSON object with an 'inputs' list")
+        if payload.get("parameters") is not None and not isinstance(payload["parameters"],
+                                                                     dict):
+            raise BadRequestError("'parameters' must be an object")
         columns: dict[str, pa.Array] = {}
         n = None
         offset = 0  # into the binary tensor data
@@ -353,6 +376,8 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
             tname, shape = tensor.get("name"), tensor.get("shape")
             if not isinstance(tname, str) or not isinstance(shape, list):
                 raise BadRequestError(f"inputs[{i}]: needs 'name', 'shape', 'datatype' and 'data'")
+            if tname in columns:
+                raise BadRequestError(f"inputs[{i}]: input {_shown(tname)} is given twice")
             datatype = tensor.get("datatype")
             if datatype is not None and not isinstance(datatype, str):
                 raise BadRequestError(f"input '{tname}': 'datatype' must be a string such as "
@@ -398,9 +423,12 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
             if not isinstance(requested, list) or not all(
                     isinstance(o, dict) and isinstance(o.get("name"), str) for o in requested):
                 raise BadRequestError("'outputs' must be a list of objects with a 'name'")
+            for j, o in enumerate(requested):
+                if o.get("parameters") is not None and not isinstance(o["parameters"], dict):
+                    raise BadRequestError(f"outputs[{j}].parameters must be an object")
             unknown = [o["name"] for o in requested if o["name"] not in out]
             if unknown:
-                raise BadRequestError(f"unknown output '{unknown[0]}'; outputs: "
+                raise BadRequestError(f"unknown output {_shown(unknown[0])}; outputs: "
                                       f"{', '.join(out)}")
             selected = [(o["name"], o) for o in requested]
         outputs, chunks = [], []
@@ -437,6 +465,13 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
         if not isinstance(context, dict):
             raise BadRequestError("'context' must be an object of feature values")
         sides = {f.source: f.side for f in model.loaded.config.features}
+        for key, value in context.items():
+            if key not in sides:
+                raise BadRequestError(f"context.{_field(key)}: unknown feature; the model "
+                                      f"takes: {', '.join(sorted(sides))}")
+            if value is None:
+                raise BadRequestError(f"context.{_field(key)}: expected a value, found null "
+                                      f"(leave a feature out rather than send null)")
         item_cols, ids = _candidate_columns(candidates, sides)
         n = len(ids)
         _check_size(n)
@@ -556,17 +591,20 @@ def _candidate_columns(candidates: Any, sides: Mapping[str, str]
         if all(isinstance(c, dict) and c.keys() == keys for c in candidates):
             columns = {k: [c[k] for c in candidates] for k in keys}
         else:
-            _explain_ragged(candidates, keys)  # raises unless only some ids are absent
+            _explain_ragged(candidates, keys, sides)  # raises unless only some ids are absent
             columns = {k: [c.get(k) for c in candidates] for k in {*keys, "id"}}
         ids = columns.pop("id", None) or [None] * len(candidates)
     else:
         raise BadRequestError("'candidates' must be a non-empty list of objects (or an object "
                               "of equally long columns)")
-    nested = next((i for i, x in enumerate(ids) if isinstance(x, dict | list)), None)
+    nested = next((i for i, x in enumerate(ids) if isinstance(x, dict | list | bool)), None)
     if nested is not None:
         raise BadRequestError(f"candidates[{nested}].id: expected a string or a number, found "
                               f"{type(ids[nested]).__name__}")
     for key, values in columns.items():
+        if key not in sides:
+            raise BadRequestError(f"candidates.{_field(key)}: unknown feature; the model takes: "
+                                  f"{', '.join(sorted(sides))}")
         if sides.get(key) == "context":
             raise BadRequestError(f"candidates.{key}: '{key}' is a context feature; send it "
                                   f"once in 'context'")
@@ -575,16 +613,32 @@ def _candidate_columns(candidates: Any, sides: Mapping[str, str]
     return columns, ids
 
 
-def _explain_ragged(candidates: list[Any], keys: Any) -> None:
-    """Name the first candidate that is not an object or lacks a feature another one has."""
-    features = set(keys) | {k for c in candidates if isinstance(c, dict) for k in c}
-    features.discard("id")
+def _explain_ragged(candidates: list[Any], keys: Any, sides: Mapping[str, str]) -> None:
+    """Name the first candidate that is not an object, has a feature the model does not take
+    or lacks a feature another one has."""
     for i, cand in enumerate(candidates):
         if not isinstance(cand, dict):
             raise BadRequestError(f"candidates[{i}]: expected an object")
+        unknown = next((k for k in cand if k != "id" and k not in sides), None)
+        if unknown is not None:
+            raise BadRequestError(f"candidates[{i}].{_field(unknown)}: unknown feature; the "
+                                  f"model takes: {', '.join(sorted(sides))}")
+    features = set(keys) | {k for c in candidates for k in c}
+    features.discard("id")
+    for i, cand in enumerate(candidates):
         absent = sorted(features - set(cand))
         if absent:
             raise BadRequestError(f"candidates[{i}]: missing feature '{absent[0]}'")
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """A client's string quoted for an error message, cut to ``limit`` characters."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} chars)"
+
+
+def _field(key: str, limit: int = 80) -> str:
+    """A client's key in a field path of an error message, cut to ``limit`` characters."""
+    return key if len(key) <= limit else f"{key[:limit]}... ({len(key):,} chars)"
 
 
 def _metadata(model: Served) -> dict[str, Any]:

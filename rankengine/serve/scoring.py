@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from rankengine.errors import DataError
 from rankengine.serve.holder import Served
 
 
@@ -55,18 +56,49 @@ DATATYPES = {
 }
 
 
+INTEGERS = {name: np.iinfo(name.lower()) for name in
+            ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")}
+FLOATS: dict[str, float] = {"FP16": float(np.finfo(np.float16).max),
+                           "FP32": float(np.finfo(np.float32).max)}
+
+
 def column(name: str, values: Sequence[Any], datatype: str | None = None) -> pa.Array:
     """A request column as pyarrow, checked column-wise (no per-value Python on the happy path):
-    nested values, mixed types, NaN and infinity are refused."""
+    nested values, mixed types, NaN and infinity are refused, and so are values the declared
+    ``datatype`` cannot hold (300 as INT8, 1.5 as INT64, -1 as UINT64, 1e10 as FP16)."""
     if datatype is not None and datatype not in DATATYPES:
         raise BadRequestError(f"{name}: unknown datatype '{datatype}'; expected one of "
                               f"{', '.join(DATATYPES)}")
     try:
-        array = pa.array(values, type=DATATYPES[datatype] if datatype else None)
+        # integers are inferred first: pyarrow would truncate 16.5 to 16 if asked for int64
+        array = pa.array(values, type=DATATYPES[datatype] if datatype and datatype not in
+                         INTEGERS else None)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
         expected = datatype or "one type for every value"
-        raise BadRequestError(f"{name}: values do not match {expected}: {exc}") from None
+        if datatype in INTEGERS:
+            row = next((i for i, v in enumerate(values)
+                        if isinstance(v, int) and not -2**63 <= v < 2**63), None)
+            if row is not None:
+                raise BadRequestError(f"{name}[{row}]: {values[row]} does not fit in "
+                                      f"{datatype} (feature columns are int64)") from None
+        raise BadRequestError(f"{name}: values do not match {expected}: {exc}"[:300]) from None
     kind = array.type
+    if (pa.types.is_floating(kind) or pa.types.is_integer(kind)) and len(array) and \
+            any(type(v) is bool for v in values):
+        row = next(i for i, v in enumerate(values) if type(v) is bool)
+        raise BadRequestError(f"{name}[{row}]: expected a number, found "
+                              f"{str(values[row]).lower()}")
+    if datatype in INTEGERS:
+        array = _integers(name, values, array, datatype)
+        kind = array.type
+    elif datatype in FLOATS and pa.types.is_floating(kind):
+        limit = FLOATS[datatype]
+        numbers = array.to_numpy(zero_copy_only=False)
+        with np.errstate(invalid="ignore"):
+            bad = np.flatnonzero(np.isfinite(numbers) & (np.abs(numbers) > limit))
+        if len(bad):
+            raise BadRequestError(f"{name}[{bad[0]}]: {values[bad[0]]} does not fit in "
+                                  f"{datatype} (largest finite value {limit:g})")
     if pa.types.is_nested(kind) or pa.types.is_struct(kind):
         row = next(i for i, v in enumerate(values) if isinstance(v, dict | list))
         raise BadRequestError(f"{name}[{row}]: expected a scalar, found "
@@ -77,6 +109,63 @@ def column(name: str, values: Sequence[Any], datatype: str | None = None) -> pa.
         if len(bad):
             raise BadRequestError(f"{name}[{bad[0]}]: {values[bad[0]]} is not a finite number")
     return array
+
+
+def _integers(name: str, values: Sequence[Any], array: pa.Array, datatype: str) -> pa.Array:
+    """``array`` (inferred from ``values``) as int64, refusing what ``datatype`` cannot hold."""
+    kind = array.type
+    if pa.types.is_null(kind):
+        return array.cast(pa.int64())
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        row = next((i for i, v in enumerate(values)
+                    if v is not None and not isinstance(v, int | float)), 0)
+        raise BadRequestError(f"{name}[{row}]: {values[row]!r}"[:200] +
+                              f" is not an integer (datatype {datatype})")
+    numbers = array.to_numpy(zero_copy_only=False)
+    info = INTEGERS[datatype]
+    valid = ~np.asarray(array.is_null().to_numpy(zero_copy_only=False))
+    if pa.types.is_floating(kind):
+        with np.errstate(invalid="ignore"):
+            valid_numbers = np.where(valid, numbers, 0)
+            bad = np.flatnonzero(valid & ((valid_numbers != np.floor(valid_numbers)) |
+                                          ~np.isfinite(valid_numbers)))
+        if len(bad):
+            raise BadRequestError(f"{name}[{bad[0]}]: {values[bad[0]]} is not a whole number; "
+                                  f"datatype {datatype} holds integers")
+    lo, hi = int(info.min), min(int(info.max), 2**63 - 1)  # feature columns are int64
+    if numbers.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            out = (numbers < lo) | (numbers >= 2.0**63) | (numbers > hi)
+    else:
+        own = np.iinfo(numbers.dtype)
+        out = np.zeros(len(numbers), dtype=bool)
+        if lo > own.min:
+            out |= numbers < lo
+        if hi < own.max:
+            out |= numbers > hi
+    bad = np.flatnonzero(valid & out)
+    if len(bad):
+        raise BadRequestError(f"{name}[{bad[0]}]: {values[bad[0]]} does not fit in {datatype} "
+                              f"({lo}..{hi})")
+    try:
+        return array.cast(pa.int64())
+    except (pa.ArrowInvalid, OverflowError) as exc:
+        raise BadRequestError(f"{name}: values do not fit in int64: {exc}"[:300]) from None
+
+
+NUMERIC_KINDS = ("numeric", "bucketize")
+
+
+def _name_failure(pipeline: Any, table: pa.Table, names: Sequence[str], where: str,
+                  exc: Exception) -> str:
+    """The message of an encoder failure that does not say which feature failed: each feature
+    is encoded alone (this runs on the error path only) until one fails."""
+    for feature in names:
+        try:
+            pipeline.encode(table, [feature], where=where)
+        except Exception as own:
+            return f"{where}: feature '{feature}' cannot be encoded: {own}"[:500]
+    return f"{where}: the features cannot be encoded: {exc}"[:500]
 
 
 def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, pa.Array],
@@ -103,20 +192,26 @@ def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, p
     missing = sorted(expected - given - optional)
     if missing:
         raise BadRequestError(f"missing required feature '{missing[0]}'")
+    for where, columns in (("context", context), ("candidates", items)):
+        for f in features:
+            if f.kind in NUMERIC_KINDS and f.source in columns and \
+                    pa.types.is_boolean(columns[f.source].type):
+                raise BadRequestError(f"{where}.{f.source}: expected numbers for {f.kind} "
+                                      f"feature '{f.name}', found booleans")
     pipeline = loaded.pipeline
-    try:
-        encoded = {f.name: pipeline.placeholder(f.name) for f in features
-                   if f.name in bias_only and f.source not in given}
-        if context:
-            encoded.update(pipeline.encode(pa.table(dict(context)),
-                                           [f.name for f in features if f.source in context],
-                                           where="context"))
-        if items:
-            encoded.update(pipeline.encode(pa.table(dict(items)),
-                                           [f.name for f in features if f.source in items],
-                                           where="candidates"))
-    except Exception as exc:  # encoders raise DataError naming the feature
-        raise BadRequestError(str(exc)) from None
+    encoded = {f.name: pipeline.placeholder(f.name) for f in features
+               if f.name in bias_only and f.source not in given}
+    for where, columns in (("context", context), ("candidates", items)):
+        if not columns:
+            continue
+        names = [f.name for f in features if f.source in columns]
+        table = pa.table(dict(columns))
+        try:
+            encoded.update(pipeline.encode(table, names, where=where))
+        except DataError as exc:  # names the feature
+            raise BadRequestError(str(exc)) from None
+        except Exception as exc:  # an encoder's own failure: find the feature it concerns
+            raise BadRequestError(_name_failure(pipeline, table, names, where, exc)) from None
     categorical, dense, sequences = pipeline.assemble(encoded, n)
     encoded_at = time.perf_counter()
     entire, conditional = served.predict(categorical, dense, sequences)

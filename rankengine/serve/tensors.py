@@ -30,10 +30,8 @@ def split_body(raw: bytes, header: str | None) -> tuple[bytes, bytes]:
     """(JSON part, binary part) of a request body."""
     if header is None:
         return raw, b""
-    try:
-        size = int(header)
-    except ValueError:
-        size = -1
+    digits = header.strip()  # int() would also take '1_0', '+5' and non-ASCII digits
+    size = int(digits) if digits.isascii() and digits.isdigit() and len(digits) < 20 else -1
     if not 0 <= size <= len(raw):
         raise BadRequestError(f"Inference-Header-Content-Length is {header!r}; expected a "
                               f"byte count between 0 and the body's {len(raw)} bytes")

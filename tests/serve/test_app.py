@@ -96,7 +96,8 @@ def test_rank_orders_by_fused_score_and_broadcasts_the_context(served: tuple) ->
     (lambda p: "{not json", 400, "malformed JSON"),
     (lambda p: p | {"candidates": []}, 400, "non-empty list"),
     (lambda p: p | {"candidates": p["candidates"] * 6}, 400, "the limit is 50"),
-    (lambda p: p | {"context": p["context"] | {"colour": "red"}}, 400, "unknown feature 'colour'"),
+    (lambda p: p | {"context": p["context"] | {"colour": "red"}}, 400,
+     "context.colour: unknown feature"),
     (lambda p: p | {"context": {k: v for k, v in p["context"].items() if k != "device"}}, 400,
      "missing required feature 'device'"),
     (lambda p: p | {"candidates": [c | {"user_id": 1} for c in p["candidates"]]}, 400,
@@ -113,7 +114,7 @@ def test_rank_orders_by_fused_score_and_broadcasts_the_context(served: tuple) ->
      "candidates[2]: missing feature 'item_price'"),
     (lambda p: p | {"candidates": [*p["candidates"][:1],
                                    p["candidates"][1] | {"item_colour": "red"}]}, 400,
-     "candidates[0]: missing feature 'item_colour'"),
+     "candidates[1].item_colour: unknown feature"),  # not 'candidates[0]: missing'
     (lambda p: p | {"candidates": [*p["candidates"][:3], 7]}, 400,
      "candidates[3]: expected an object"),
     (lambda p: p | {"candidates": [c | {"item_price": None} for c in p["candidates"]]}, 400,

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from rankengine.predict import score_table
 from rankengine.registry.artifacts import load_version
 from rankengine.serve import ModelHolder, ServeSettings, create_app
 from rankengine.serve.app import REFUSED_BODY_GRACE
+from rankengine.serve.http import NoDelayH11Protocol
 
 from .conftest import FEATURES, Server, rank_payload, rows, wait_process_ready, wait_ready
 
@@ -454,3 +456,168 @@ def test_serving_on_all_interfaces_needs_the_token_and_warns(registry: tuple) ->
     assert "from-the-env" not in output
     warning = [line for line in output.splitlines() if "unauthenticated" in line]
     assert len(warning) == 1 and "0.0.0.0" in warning[0], output
+
+
+# -- wrong JSON types and values the declared datatype cannot hold: 400 naming the field -------
+
+def _rank_mutation(name: str, payload: dict) -> dict:
+    if name == "a boolean price":
+        payload["candidates"][1]["item_price"] = True
+    elif name == "booleans for a numeric feature":
+        for c in payload["candidates"]:
+            c["item_price"] = False
+    elif name == "a null context feature":
+        payload["context"]["device"] = None
+    elif name == "one candidate with an unknown feature":
+        payload["candidates"][2]["zzz"] = 1
+    elif name == "an unknown context feature":
+        payload["context"]["zzz"] = 1
+    elif name == "a boolean id":
+        payload["candidates"][0]["id"] = True
+    return payload
+
+
+@pytest.mark.parametrize(("mutation", "expected"), [
+    ("a boolean price", "candidates.item_price[1]: expected a number, found true"),
+    ("booleans for a numeric feature", "candidates.item_price: expected numbers"),
+    ("a null context feature", "context.device: expected a value, found null"),
+    ("one candidate with an unknown feature", "candidates[2].zzz: unknown feature"),
+    ("an unknown context feature", "context.zzz: unknown feature"),
+    ("a boolean id", "candidates[0].id: expected a string or a number, found bool"),
+])
+def test_rank_refuses_wrong_types_naming_the_field(served: tuple, mutation: str,
+                                                    expected: str) -> None:
+    client, _, funnel = served
+    response = client.post("/v1/rank", json=_rank_mutation(mutation, rank_payload(funnel, 4)))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(expected), response.text
+
+
+@pytest.mark.parametrize(("index", "datatype", "data", "expected"), [
+    (3, "INT8", [300] * 4, "item_id[0]: 300 does not fit in INT8 (-128..127)"),
+    (3, "UINT64", [-1] * 4, "item_id[0]: -1 does not fit in UINT64"),
+    (3, "UINT64", [2**64 - 1] * 4, "item_id[0]: 18446744073709551615 does not fit in UINT64"),
+    (5, "INT32", [16.5] * 4, "item_price[0]: 16.5 is not a whole number"),
+    (5, "FP16", [1e10] * 4, "item_price[0]: 10000000000.0 does not fit in FP16"),
+    (5, "FP32", [1e300] * 4, "item_price[0]: 1e+300 does not fit in FP32"),
+    (5, "FP64", [1.5, True, 2.5, 3.5], "item_price[1]: expected a number, found true"),
+])
+def test_infer_refuses_values_the_datatype_cannot_hold(served: tuple, index: int, datatype: str,
+                                                       data: list, expected: str) -> None:
+    """pyarrow used to truncate 16.5 to 16 for an integer datatype and wrap nothing else: the
+    request scored other numbers than it sent."""
+    client, _, funnel = served
+    inputs = infer_inputs(funnel)
+    inputs[index].update(datatype=datatype, data=data)
+    response = client.post("/v2/models/demo/infer", json={"inputs": inputs})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith(expected), response.text
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"inputs": "twice"}, "inputs[7]: input 'user_id' is given twice"),
+    ({"parameters": [1]}, "'parameters' must be an object"),
+    ({"outputs": [{"name": "score", "parameters": [1]}]},
+     "outputs[0].parameters must be an object"),
+])
+def test_infer_refuses_malformed_envelopes(served: tuple, change: dict, expected: str) -> None:
+    client, _, funnel = served
+    inputs = infer_inputs(funnel)
+    payload: dict[str, Any] = {"inputs": [*inputs, dict(inputs[0])]
+                               if change.get("inputs") == "twice" else inputs}
+    payload.update({k: v for k, v in change.items() if k != "inputs"})
+    response = client.post("/v2/models/demo/infer", json=payload)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == expected
+
+
+def test_binary_booleans_for_a_numeric_feature_are_refused(served: tuple) -> None:
+    client, _, funnel = served
+    inputs = infer_inputs(funnel)
+    flags = np.array([True, False, True, True]).tobytes()
+    inputs[5] = {"name": "item_price", "shape": [4], "datatype": "BOOL",
+                 "parameters": {"binary_data_size": len(flags)}}
+    header = orjson.dumps({"inputs": inputs})
+    response = client.post("/v2/models/demo/infer", content=header + flags,
+                           headers={"Inference-Header-Content-Length": str(len(header))})
+    assert response.status_code == 400, response.text
+    assert "item_price: expected numbers" in response.json()["error"]
+
+
+@pytest.mark.parametrize("value", ["1_0", "+10", "1 0", "²"])
+def test_the_inference_header_length_is_ascii_digits_only(served: tuple, value: str) -> None:
+    """int() took '1_0' as 10: a lying header was read as a different split of the body."""
+    client = served[0]
+    response = client.post("/v2/models/demo/infer", content=b'{"inputs": []}',
+                           headers={"Inference-Header-Content-Length": value.encode("latin-1")})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("Inference-Header-Content-Length is")
+
+
+def test_unknown_paths_and_methods_get_the_json_error_shape(served: tuple) -> None:
+    client = served[0]
+    response = client.get("/v2/models/../nowhere")
+    assert response.status_code == 404
+    assert response.json() == {"error": "no endpoint GET '/v2/nowhere'; see /docs"}
+    response = client.get("/v1/rank")
+    assert response.status_code == 405
+    assert response.json() == {"error": "GET '/v1/rank': method not allowed"}
+    long_name = "x" * 10_000
+    response = client.post(f"/v2/repository/models/{long_name}/load")
+    assert response.status_code == 404
+    assert len(response.json()["error"]) < 200  # a client's string is not echoed in full
+
+
+# -- slow clients: headers and bodies have deadlines (rankengine serve's HTTP protocol) --------
+
+class QuickDeadlines(NoDelayH11Protocol):
+    header_timeout = 0.5
+    body_timeout = 0.5
+
+
+def _exchange(port: int, parts: list[bytes], pause: float = 0.0) -> tuple[bytes, float]:
+    """Send ``parts`` with ``pause`` between them; everything the server answers until it
+    closes, and how long that took."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for part in parts:
+            try:
+                sock.sendall(part)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(pause)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer, time.monotonic() - started
+
+
+def test_slow_or_silent_clients_are_answered_408_and_closed(registry: tuple) -> None:
+    """uvicorn waited forever for a request's headers: a client that connected and sent
+    nothing, or a byte a second (slowloris), held its connection until it left."""
+    store = registry[0]
+    store.set_alias("demo", "champion", 1)
+    app = create_app(ModelHolder(store, "demo@champion"))
+    with Server(app, http=QuickDeadlines) as client:
+        wait_ready(client)
+        port = int(str(client.base_url).rsplit(":", 1)[1])
+        silent, took = _exchange(port, [])
+        assert silent.startswith(b"HTTP/1.1 408"), silent
+        assert b'{"error":"request headers not complete within 0.5 s' in silent
+        assert took < 5
+        trickled, _ = _exchange(port, [bytes([b]) for b in b"GET /v2 HTTP/1.1\r\nHost: x\r\n"],
+                                pause=0.1)
+        assert trickled.startswith(b"HTTP/1.1 408"), trickled
+        stalled, _ = _exchange(port, [b"POST /v1/rank HTTP/1.1\r\nHost: x\r\n"
+                                      b"Content-Length: 100\r\n\r\n{\"context\""])
+        assert stalled.startswith(b"HTTP/1.1 408"), stalled
+        assert b"request body stalled for 0.5 s" in stalled
+        garbage, _ = _exchange(port, [b"POST /v1/rank HTTP/1.1\r\nHost: x\r\n"
+                                      b"Content-Length: -1\r\n\r\n"])
+        assert garbage.startswith(b"HTTP/1.1 400"), garbage
+        assert b'{"error":"invalid HTTP request' in garbage
+        # a request that keeps its connection alive is not cut by the header deadline
+        with httpx.Client(base_url=str(client.base_url)) as kept:
+            for _ in range(3):
+                assert kept.get("/v2/health/live").status_code == 200
+                time.sleep(0.3)
