@@ -141,7 +141,8 @@ GATE = re.compile(r"^\s*(\w+)\.(\w+)\s*(>=|<=|==|>|<)\s*([\w.+-]+)\s*$")
 @click.option("--if", "gate", default=None,
               help='promotion gate: "TASK.METRIC OP ALIAS|NUMBER", e.g. "order.auc >= champion"')
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE tag on the version (repeatable)")
-@click.option("--parent", type=int, default=None, help="version this one was fine-tuned from")
+@click.option("--parent", type=click.IntRange(min=1), default=None,
+              help="version this one was fine-tuned from")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
               help="override [train] epochs")
 @click.option("--resume", is_flag=True,
@@ -172,9 +173,20 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
     if gate and not GATE.match(gate):
         raise click.UsageError(f"--if {gate!r}: expected TASK.METRIC OP ALIAS|NUMBER, e.g. "
                                f"\"order.auc >= champion\"")
-    tag_map = dict(t.split("=", 1) for t in tags if "=" in t)
-    if len(tag_map) != len(tags):
-        raise click.UsageError("--tag takes KEY=VALUE")
+    tag_map: dict[str, str] = {}
+    for t in tags:
+        key, sep, value = t.partition("=")
+        if not sep or not key.strip():
+            raise click.UsageError(f"--tag {t!r}: expected KEY=VALUE with a non-empty KEY")
+        if key in tag_map:  # the first value would be dropped silently
+            raise click.UsageError(f"--tag {t!r}: KEY '{key}' is given twice")
+        tag_map[key] = value
+    # An empty value would silently fall back to the config's model, alias or registry.
+    for option, given in (("--model", model_name), ("--promote", promote),
+                          ("--registry", registry)):
+        if given is not None and not given.strip():
+            raise click.BadParameter("empty; give a value or leave the option out",
+                                     param_hint=option)
     engine = None
     if "fusion_weights" in tag_map:  # replaces the fusion's weights at every load: check now
         from rankengine.train import build_graph, engine_for
@@ -201,6 +213,11 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
             except RegistryError as exc:
                 raise click.BadParameter(str(exc), param_hint="--promote") from None
         store = open_store(config.registry_url(registry))  # refuses an outdated schema now
+        if parent is not None:  # an unknown parent fails before training, not after
+            try:
+                store.get_version(model_name or config.registry.model, parent)
+            except RegistryError as exc:
+                raise click.BadParameter(str(exc), param_hint="--parent") from None
     elif output is not None and output.exists() and not overwrite:
         raise click.ClickException(f"{output} already exists; pass --overwrite to replace it")
     try:
@@ -318,6 +335,7 @@ def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -
     from rankengine.data.batching import TensorData
     from rankengine.data.dataset import encode_table, label_columns, oracle_columns
     from rankengine.data.io import read_table
+    from rankengine.errors import DataError
     from rankengine.evaluate import node_metrics, predict_arrays, require_finite, select_metrics
 
     loaded = load_model(model, registry)
@@ -328,6 +346,8 @@ def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -
         columns.append(cfg.data.group)
     table = read_table(data_path, list(dict.fromkeys(columns)), format=cfg.data.format,
                        csv=cfg.data.csv)
+    if table.num_rows == 0:  # every metric would be undefined: say so once
+        raise DataError(f"{data_path}: no rows to evaluate")
     data = encode_table(table, loaded.pipeline, graph, policy=cfg.data.inconsistent,
                         group=cfg.data.group, extras=extras, where=str(data_path))
     entire, conditional = predict_arrays(loaded.model, TensorData(data), cfg.train.eval_batch_size)
@@ -353,7 +373,12 @@ def predict(model: str, registry: str | None, data_path: Path, output: Path, kee
     from rankengine.predict import score_table, write_table
 
     loaded = load_model(model, registry)
-    kept = [c.strip() for c in keep.split(",") if c.strip()]
+    kept = list(dict.fromkeys(c.strip() for c in keep.split(",") if c.strip()))
+    outputs = {"score", *(f"{p}_{n}" for n in loaded.graph.names for p in ("p", "pc"))}
+    clash = [c for c in kept if c in outputs]
+    if clash:  # the score would silently replace the copied column
+        raise click.BadParameter(f"'{clash[0]}' is also an output column; rename it in the "
+                                 f"data or drop it from --keep", param_hint="--keep")
     table = read_table(data_path, [*loaded.pipeline.source_columns, *kept],
                        format=loaded.config.data.format, csv=loaded.config.data.csv)
     scores = score_table(loaded, table, where=str(data_path))
@@ -399,9 +424,12 @@ def rank(model: str, registry: str | None, data_path: Path, request_id: str | No
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise click.BadParameter(f"{request_id!r} is not a value of {data_path} column "
                                      f"'{group}' ({ids.type})", param_hint="--request") from None
+    if not wanted.is_valid:  # a null id matches no row, not even itself
+        raise DataError(f"{data_path}: the {group} picked to rank is empty (null); pass "
+                        f"--request ID")
     request = table.filter(pc.equal(ids, wanted))
     if request.num_rows == 0:
-        raise click.ClickException(f"no rows with {group} = {request_id}")
+        raise DataError(f"{data_path}: no rows with {group} = {wanted.as_py()}")
     scores = score_table(loaded, request, where=str(data_path))
     order = (-scores["score"]).argsort()[:top_k]
     labels = [n.spec.label_columns[0] for n in loaded.graph.nodes]
@@ -537,14 +565,42 @@ def serve(ref: str, registry: str | None, host: str, port: int, workers: int, th
 @click.option("--registry", default=None, help="registry URL for NAME@ALIAS references")
 def export(model: str, fmt: str, output: Path, registry: str | None) -> None:
     """Export MODEL to ONNX or TorchScript (encoded inputs in, predictions + score out)."""
+    from rankengine.export import export as run_export
+    from rankengine.export import external_data, input_names
+
+    suffixes = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts", ".torchscript")}
+    other = next(f for f in suffixes if f != fmt)
+    if output.suffix.lower() in suffixes[other]:  # a runtime would try to load the wrong kind
+        raise click.BadParameter(f"{output} names a {other} file but --format is {fmt}",
+                                 param_hint="-o")
+    if fmt == "onnx":  # needed to check the file: fail before writing it
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise RankEngineError("--format onnx needs onnx and onnxruntime: pip install "
+                                  "'rankengine[export]'") from None
+    loaded = load_model(model, registry)
+    path = run_export(loaded, output, fmt)
+    try:
+        diff = _check_export(loaded, path, fmt)
+    except BaseException:  # an unchecked file is not left behind as if it were good
+        path.unlink(missing_ok=True)
+        external_data(path).unlink(missing_ok=True)
+        raise
+    weights = external_data(path)
+    beside = f"; keep {weights.name} beside it: the weights" if weights.exists() else ""
+    click.echo(f"wrote {path} (inputs: {', '.join(input_names(loaded))}; outputs: "
+               f"{', '.join(loaded.graph.names)}, score; max |diff| {diff:.1e}{beside})")
+
+
+def _check_export(loaded: Any, path: Path, fmt: str) -> float:
+    """The largest difference between the exported model's outputs and rankengine's."""
     import numpy as np
     import torch
 
     from rankengine.export import example_inputs, input_names, reference_outputs
-    from rankengine.export import export as run_export
 
-    loaded = load_model(model, registry)
-    path = run_export(loaded, output, fmt)
     inputs = example_inputs(loaded, 16)
     generator = torch.Generator().manual_seed(0)
     inputs = tuple(torch.randint(0, 2, t.shape, generator=generator) if t.dtype == torch.long
@@ -563,11 +619,9 @@ def export(model: str, fmt: str, output: Path, registry: str | None) -> None:
         got = session.run(None, {n: t.numpy() for n, t in zip(input_names(loaded), inputs,
                                                                strict=True)})[0]
     diff = float(np.abs(got - want).max())
-    if diff > 1e-5:
-        path.unlink()
+    if not diff <= 1e-5:  # NaN fails too
         raise click.ClickException(f"exported {fmt} differs from rankengine by {diff:.2e}")
-    click.echo(f"wrote {path} (inputs: {', '.join(input_names(loaded))}; outputs: "
-               f"{', '.join(loaded.graph.names)}, score; max |diff| {diff:.1e})")
+    return diff
 
 
 @cli.command()
@@ -583,7 +637,8 @@ def export(model: str, fmt: str, output: Path, registry: str | None) -> None:
               help="click logit -= position_bias * log(position)")
 @click.option("--logger-bias", type=float, default=0.0, show_default=True,
               help="> 0: a logging ranker shows promoted brands first (confounds position)")
-@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--shards", type=click.IntRange(1, 100_000), default=1, show_default=True,
+              help="files per split (a directory of part-NNNNN.parquet when > 1)")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=7, show_default=True)
 def simulate(output: Path, requests: int, slate_size: int, correlation: float,
              inconsistent_rate: float, position_bias: float, logger_bias: float, shards: int,
@@ -600,6 +655,9 @@ def simulate(output: Path, requests: int, slate_size: int, correlation: float,
         paths = write_funnel(output, config, shards=shards)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # a full disk or a file that cannot be replaced, mid-way
+        raise click.ClickException(f"{exc.filename or output}: cannot write the funnel: "
+                                   f"{exc.strerror or exc}") from exc
     for split, path in paths.items():
         click.echo(f"{split}: {path}")
 
@@ -613,6 +671,13 @@ def plugins(config_path: Path, show_all: bool) -> None:
     from rankengine.config import load_config
     from rankengine.pluginmanager import discover_plugins, load_engine
 
+    explicit = click.get_current_context().get_parameter_source("config_path") \
+        is not click.core.ParameterSource.DEFAULT
+    if explicit and not config_path.exists():  # else another config's plugins are listed
+        from rankengine.errors import ConfigError
+
+        raise ConfigError(f"configuration file not found: {config_path}",
+                          source=str(config_path))
     if show_all or not config_path.exists():
         enabled, disabled = list(discover_plugins()), []
     else:

@@ -7,6 +7,8 @@ task in graph order, then the fused score. Outputs match rankengine's own within
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,8 @@ from torch import nn
 
 from rankengine.artifact import LoadedModel
 from rankengine.data.batching import Batch
-from rankengine.errors import RankEngineError
+from rankengine.errors import ArtifactError, RankEngineError
+from rankengine.predict import os_reason
 
 
 class ScoringModule(nn.Module):
@@ -81,8 +84,40 @@ def export(loaded: LoadedModel, output: Path, fmt: str, *,
     """Write ``module`` (default: :class:`ScoringModule`) to ``output``, atomically."""
     module = (module or ScoringModule(loaded)).eval()
     inputs = example_inputs(loaded)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp")
+    if not output.name or output.name in (".", ".."):
+        raise ArtifactError(f"{str(output) or repr('')}: expected a file name to export to")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, no permission
+        raise ArtifactError(f"{output}: cannot create its folder: "
+                            f"{os_reason(exc)}") from None
+    # Written under the final name in a private folder beside it: ONNX keeps large weights in
+    # a NAME.data file it references by name, so that name must be the final one too.
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    except OSError as exc:
+        raise ArtifactError(f"{output}: cannot write the export: {os_reason(exc)}") from None
+    try:
+        _write(module, inputs, loaded, staging / output.name, fmt, output_names)
+        sidecar = staging / external_data(output).name
+        if sidecar.exists():
+            sidecar.replace(external_data(output))
+        (staging / output.name).replace(output)
+    except OSError as exc:
+        raise ArtifactError(f"{output}: cannot write the export: {os_reason(exc)}") \
+            from None
+    finally:  # no temporary file left beside the output
+        shutil.rmtree(staging, ignore_errors=True)
+    return output
+
+
+def external_data(output: Path) -> Path:
+    """Where an ONNX export keeps the weights it does not embed."""
+    return output.with_name(f"{output.name}.data")
+
+
+def _write(module: nn.Module, inputs: tuple[torch.Tensor, ...], loaded: LoadedModel, tmp: Path,
+           fmt: str, output_names: tuple[str, ...]) -> None:
     # torch warns that jit.trace is deprecated and that the fusion weights become constants;
     # both are expected here, and callers running with -W error must not fail on them.
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
@@ -100,8 +135,6 @@ def export(loaded: LoadedModel, output: Path, fmt: str, *,
                               verbose=False)
         else:
             raise RankEngineError(f"unknown export format '{fmt}'; expected onnx or torchscript")
-    tmp.replace(output)
-    return output
 
 
 def reference_outputs(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:

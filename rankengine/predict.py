@@ -60,16 +60,48 @@ def write_table(table: pa.Table, path: str | Path) -> Path:
     name = path.name.lower()
     if not name.endswith((".csv", ".parquet", ".pq")):
         raise DataError(f"{path}: output must end in .csv or .parquet")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if name.endswith(".csv"):
+        nested = [f for f in table.schema if pa.types.is_nested(f.type)]
+        if nested:  # pyarrow's CSV writer refuses them only once the file is open
+            raise DataError(f"{path}: CSV cannot hold column '{nested[0].name}' "
+                            f"({nested[0].type}); write .parquet or leave it out")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:  # a parent that is a file, no permission
+        raise DataError(f"{path}: cannot write here: {os_reason(exc)}") from None
     os.close(fd)
     try:
         if name.endswith(".csv"):
             pa_csv.write_csv(table, tmp)
         else:
             pq.write_table(table, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the scores from others
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise DataError(f"{path}: cannot write: {os_reason(exc)}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def os_reason(exc: OSError) -> str:
+    """Why a path could not be written, in words; mkdir says 'File exists' when a part of the
+    path is a file."""
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        return "a part of the path is a file, not a folder"
+    return exc.strerror or str(exc)
+
+
+def _umask() -> int:
+    """The process umask, read from /proc (no os.umask round trip: it is process-wide state
+    another thread could create a file under); 0o022 where it cannot be read."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022

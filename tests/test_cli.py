@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -188,3 +189,127 @@ def test_gate_fails_in_one_line_when_a_metric_is_undefined() -> None:
     assert not passed and "m/2 order.auc is undefined on the test split (not a number)" in why
     champion = version("m/1", 0.6)
     assert _gate(store, version("m/2", 0.7), "champion", "order.auc >= champion", "test")[0]
+
+
+def one_error(result: Any) -> str:
+    """The failure is one line on stderr, ``Error: ...``, and no bug report."""
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1, result.output
+    assert lines[0].startswith("Error: ") and "internal error" not in lines[0], lines
+    return lines[0]
+
+
+def test_train_options_are_checked_before_training(tmp_path: Path, funnel_dir: Path) -> None:
+    cfg = tmp_path / "engine.toml"
+    cfg.write_text(tiny_config_text(funnel_dir))
+    url = f"sqlite:///{tmp_path / 'reg.db'}"
+    base = ["train", "-c", str(cfg), "--registry", url, "--quiet", "--epochs", "1"]
+    for args, message in (
+        (["--tag", "=x"], "--tag '=x': expected KEY=VALUE with a non-empty KEY"),
+        (["--tag", "a=1", "--tag", "a=2"], "KEY 'a' is given twice"),
+        (["--model", ""], "--model: empty"),  # not the config's model, silently
+        (["--promote", ""], "--promote: empty"),  # not "no promotion", silently
+        (["--parent", "0"], "0 is not in the range x>=1"),
+        (["--parent", "7"], "--parent: no model named"),  # not after training
+    ):
+        line = one_error(CliRunner().invoke(cli, [*base, *args]))
+        assert message in line, line
+    result = CliRunner().invoke(cli, [*base[:3], "--registry", "", "--quiet"])
+    assert "--registry: empty" in one_error(result)
+    assert not (tmp_path / "artifacts").exists()  # nothing trained or registered
+
+
+def test_evaluate_refuses_data_without_rows(artifact: Path, funnel_dir: Path,
+                                            tmp_path: Path) -> None:
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pq.read_table(funnel_dir / "test.parquet").slice(0, 0), empty)
+    result = CliRunner().invoke(cli, ["evaluate", str(artifact), "--data", str(empty)])
+    assert one_error(result) == f"Error: {empty}: no rows to evaluate"
+
+
+def test_predict_output_problems_are_one_line_and_leave_nothing(
+        artifact: Path, funnel_dir: Path, tmp_path: Path) -> None:
+    data = str(funnel_dir / "test.parquet")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for out, keep, message in (
+        (blocker / "scores.csv", "", "a part of the path is a file, not a folder"),
+        (tmp_path / "s.csv", "user_hist_categories", "CSV cannot hold column "
+                                                     "'user_hist_categories' (list<"),
+        (tmp_path / "s.parquet", "item_id,score", "--keep: 'score' is also an output column"),
+    ):
+        result = CliRunner().invoke(cli, ["predict", str(artifact), "--data", data, "-o",
+                                          str(out), "--keep", keep])
+        assert message in one_error(result)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]  # no partial or temporary file
+
+
+def test_predict_output_is_readable_like_any_new_file(artifact: Path, funnel_dir: Path,
+                                                      tmp_path: Path) -> None:
+    import os
+    import stat
+
+    out = tmp_path / "scores.csv"
+    old = os.umask(0o022)
+    try:
+        result = CliRunner().invoke(cli, ["predict", str(artifact), "--data",
+                                          str(funnel_dir / "test.parquet"), "-o", str(out)])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
+def test_rank_names_the_file_when_no_row_matches(artifact: Path, funnel_dir: Path,
+                                                 tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    data = funnel_dir / "test.parquet"
+    result = CliRunner().invoke(cli, ["rank", str(artifact), "--data", str(data),
+                                      "--request", "987654"])
+    assert one_error(result) == f"Error: {data}: no rows with request_id = 987654"
+    table = pq.read_table(data)
+    nulls = tmp_path / "nulls.parquet"
+    pq.write_table(table.set_column(0, "request_id", pa.nulls(table.num_rows, pa.int64())),
+                   nulls)
+    result = CliRunner().invoke(cli, ["rank", str(artifact), "--data", str(nulls)])
+    assert "the request_id picked to rank is empty (null); pass --request ID" in \
+        one_error(result)
+
+
+def test_export_output_problems_are_one_line(artifact: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for fmt, out, message in (
+        ("torchscript", str(tmp_path / "m.onnx"), "m.onnx names a onnx file but --format is "
+                                                  "torchscript"),
+        ("onnx", str(tmp_path / "m.pt"), "names a torchscript file but --format is onnx"),
+        ("torchscript", str(blocker / "m.pt"), "a part of the path is a file, not a folder"),
+        ("torchscript", "", "expected a file name to export to"),
+    ):
+        result = CliRunner().invoke(cli, ["export", str(artifact), "--format", fmt, "-o", out])
+        assert message in one_error(result)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_onnx_weights_are_kept_under_the_exported_name(artifact: Path, tmp_path: Path) -> None:
+    import onnx
+
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(cli, ["export", str(artifact), "--format", "onnx", "-o",
+                                      str(out)])
+    assert result.exit_code == 0, result.output
+    # before: the weights sat in a hidden '.m.onnx.tmp.data' the model pointed at
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["m.onnx"], ["m.onnx", "m.onnx.data"])
+    model = onnx.load(str(out), load_external_data=False)
+    places = {e.value for t in model.graph.initializer for e in t.external_data
+              if e.key == "location"}
+    assert places <= {"m.onnx.data"}
+    if places:
+        assert "keep m.onnx.data beside it" in result.output
+
+
+def test_plugins_with_a_missing_config_named_on_purpose(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    result = CliRunner().invoke(cli, ["plugins", "-c", str(missing)])
+    assert "configuration file not found" in one_error(result)  # not every installed plugin
