@@ -60,11 +60,21 @@ FUNNEL_SCHEMA = pa.schema(
 )
 
 
+MAX_SIZE = 2**31 - 1
+MAX_LOGIT_SCALE = 1e6
+
+
 def _check(name: str, value: object, lo: float | None, hi: float | None,
-           integer: bool = False) -> None:
+           integer: bool = False, most: float | None = None) -> None:
+    """``value`` in [lo, hi]; ``most``: a practical upper bound on an open range."""
     v = math.nan
     if isinstance(value, (int, float, np.integer)) and not isinstance(value, bool):
-        v = math.nan if integer and isinstance(value, float) else float(value)
+        try:
+            v = math.nan if integer and isinstance(value, float) else float(value)
+        except OverflowError:  # an int past any float
+            v = math.inf
+    if math.isinf(v) and integer and most is not None:
+        v = most + 1  # an integer is finite: too large, not "not finite"
     if not math.isfinite(v):
         raise ValueError(f"{name} must be a finite {'integer' if integer else 'number'}, "
                          f"got {value!r}")
@@ -72,6 +82,9 @@ def _check(name: str, value: object, lo: float | None, hi: float | None,
         raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {value!r}")
     if lo is not None and hi is None and v < lo:
         raise ValueError(f"{name} must be >= {lo:g}, got {value!r}")
+    if most is not None and abs(v) > most:
+        raise ValueError(f"{name} must be at most {most:g}{' in size' if lo is None else ''}, "
+                         f"got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -98,15 +111,18 @@ class SimulationConfig:
     seed: int = 7
 
     def __post_init__(self) -> None:
+        # Sizes past int32 overflow numpy's index arithmetic (an opaque error) long before
+        # they could fit in memory; logit knobs past 1e6 overflow to inf in the logits.
         for name in ("requests", "slate_size", "users", "items", "segments", "categories",
                      "brands", "factor_dim"):
-            _check(name, getattr(self, name), 1, None, integer=True)
+            _check(name, getattr(self, name), 1, None, integer=True, most=MAX_SIZE)
         _check("seed", self.seed, 0, None, integer=True)
-        _check("id_noise", self.id_noise, 0, None)
+        _check("id_noise", self.id_noise, 0, None, most=MAX_LOGIT_SCALE)
         _check("conversion_correlation", self.conversion_correlation, -1, 1)
-        _check("favorite_order_boost", self.favorite_order_boost, None, None)
-        _check("position_bias", self.position_bias, 0, None)
-        _check("logger_bias", self.logger_bias, 0, None)
+        _check("favorite_order_boost", self.favorite_order_boost, None, None,
+               most=MAX_LOGIT_SCALE)
+        _check("position_bias", self.position_bias, 0, None, most=MAX_LOGIT_SCALE)
+        _check("logger_bias", self.logger_bias, 0, None, most=MAX_LOGIT_SCALE)
         _check("inconsistent_rate", self.inconsistent_rate, 0, 1)
 
 
@@ -365,10 +381,15 @@ def write_funnel(out_dir: str | Path, config: SimulationConfig, *,
         np.asarray(table.column("request_id"))]
     entries = {name: f"{name}.parquet" if shards == 1 else name for name in SPLITS}
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # Staging dir inside out_dir: same filesystem so renames are atomic, and the dot prefix
-    # hides it from pyarrow.dataset if a crash leaves it behind.
-    tmp = Path(tempfile.mkdtemp(prefix=".simulate-", dir=out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # Staging dir inside out_dir: same filesystem so renames are atomic, and the dot
+        # prefix hides it from pyarrow.dataset if a crash leaves it behind.
+        tmp = Path(tempfile.mkdtemp(prefix=".simulate-", dir=out))
+    except OSError as exc:  # a parent that is a file, no permission
+        why = "a part of the path is a file, not a folder" if isinstance(
+            exc, FileExistsError | NotADirectoryError) else exc.strerror or exc
+        raise ValueError(f"{out}: cannot create the output directory: {why}") from None
     try:
         summaries: dict[str, object] = {}
         for k, name in enumerate(SPLITS):

@@ -334,3 +334,44 @@ def test_invalid_write_arguments(tmp_path: Path, kwargs: dict[str, object], mess
     with pytest.raises(ValueError, match=message.replace("[", r"\[")):
         write_funnel(tmp_path / "out", SMALL, **kwargs)  # type: ignore[arg-type]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        # past these, numpy's index arithmetic or the logits overflow (opaque error or inf)
+        ("requests", 10**20, "requests must be at most 2.14748e+09, got 100000000000000000000"),
+        ("slate_size", 2**63, "slate_size must be at most 2.14748e+09"),
+        pytest.param("items", 10**400, "items must be at most 2.14748e+09",
+                     id="items-past-any-float"),
+        ("position_bias", 1e308, "position_bias must be at most 1e+06, got 1e+308"),
+        ("logger_bias", 1e300, "logger_bias must be at most 1e+06"),
+        ("favorite_order_boost", -1e300, "favorite_order_boost must be at most 1e+06 in size"),
+    ],
+)
+def test_extreme_config_values_are_refused(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError) as err:
+        SimulationConfig(**{field: value})  # type: ignore[arg-type]
+    assert message in str(err.value)
+
+
+def test_cli_extremes_and_an_output_under_a_file_are_one_line(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from rankengine.cli import cli
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for args, message in (
+        (["-o", str(blocker / "f")], f"{blocker / 'f'}: cannot create the output directory: a "
+                                     f"part of the path is a file, not a folder"),
+        (["-o", str(tmp_path / "f"), "--position-bias", "1e308"], "position_bias must be at "
+                                                                  "most 1e+06"),
+        (["-o", str(tmp_path / "f"), "--requests", str(10**20)], "requests must be at most"),
+        (["-o", str(tmp_path / "f"), "--shards", "1000000"], "1<=x<=100000"),
+    ):
+        result = CliRunner().invoke(cli, ["simulate", "--requests", "20", *args])
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code != 0 and len(lines) == 1 and message in lines[0], result.output
+        assert "internal error" not in lines[0] and "Warning" not in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
