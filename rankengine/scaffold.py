@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import keyword
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import click
@@ -209,11 +211,43 @@ def write_plugin(name: str, directory: str | Path = ".") -> Path:
     root = Path(directory) / f"rankengine-{name.replace('_', '-')}"
     if root.exists():
         raise ScaffoldError(f"{root} already exists; choose another --dir or remove it")
-    for relative, text in files.items():
-        path = root / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside the target and renamed in one step: never a half-written package.
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    except OSError as exc:  # --dir under a file, no permission
+        from rankengine.predict import os_reason
+
+        raise ScaffoldError(f"{root.parent}: cannot create the package here: "
+                            f"{os_reason(exc)}") from None
+    try:
+        staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 is not what a new folder gets
+        for relative, text in files.items():
+            path = staging / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        staging.rename(root)
+    except OSError as exc:
+        from rankengine.predict import os_reason
+
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ScaffoldError(f"{root}: cannot write the package: {os_reason(exc)}") \
+            from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return root
+
+
+def _umask() -> int:
+    """The process umask, read from /proc (os.umask would change it for a moment)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 @click.group("plugin")

@@ -96,3 +96,40 @@ def test_generated_code_passes_ruff(tmp_path: Path) -> None:
                              "E,F,W,I,B,UP,RUF,SIM,N", "."],
                             cwd=root, capture_output=True, text=True)  # as in its own repo
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_dir_under_a_file_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = CliRunner().invoke(cli, ["plugin", "new", "rank_blend", "--dir",
+                                      str(blocker / "x")])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0] == (f"Error: {blocker / 'x'}: cannot create the package here: a part of the "
+                        f"path is a file, not a folder")
+
+
+def test_a_failed_write_leaves_no_half_package(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    real = Path.write_text
+    written: list[Path] = []
+
+    def full_disk(self: Path, *args: object, **kwargs: object) -> int:
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(self)
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(ScaffoldError, match="cannot write the package: No space left on device"):
+        write_plugin("rank_blend", tmp_path)
+    assert written and list(tmp_path.iterdir()) == []  # no rankengine-rank-blend, no staging
+    monkeypatch.undo()
+    root = write_plugin("rank_blend", tmp_path)
+    assert oct(root.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
