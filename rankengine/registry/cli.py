@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from rankengine.registry import migrations
-from rankengine.registry.store import AliasMove, ModelVersion, RegistryStore
+from rankengine.registry.store import AliasMove, ModelVersion, RegistryError, RegistryStore
 
 url_option = click.option(
     "--url", "--registry", "url", default=None,
@@ -20,6 +20,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="machine-read
 
 def open_store(url: str | None, **options: Any) -> RegistryStore:
     """A store closed when the command finishes (no pooled connection outlives it)."""
+    if url is not None and not url.strip():  # else the default registry would be used unasked
+        raise RegistryError("empty registry URL (--registry / --url); give a URL or leave the "
+                            "option out for the default")
     store = RegistryStore(url, **options)
     click.get_current_context().call_on_close(store.close)
     return store
@@ -40,9 +43,16 @@ def db() -> None:
     """Registry schema migrations (Alembic)."""
 
 
+def _revision(_: click.Context, param: click.Parameter, value: str) -> str:
+    """Alembic asserts on an empty revision instead of naming it."""
+    if not value.strip():
+        raise click.BadParameter("empty; give a revision id, 'head' or 'base'", param=param)
+    return value
+
+
 @db.command("upgrade")
 @url_option
-@click.argument("revision", default="head")
+@click.argument("revision", default="head", callback=_revision)
 def db_upgrade(url: str | None, revision: str) -> None:
     """Upgrade the schema to REVISION (default: the newest)."""
     store = open_store(url, check_schema=False)
@@ -53,7 +63,7 @@ def db_upgrade(url: str | None, revision: str) -> None:
 
 @db.command("downgrade")
 @url_option
-@click.argument("revision")
+@click.argument("revision", callback=_revision)
 def db_downgrade(url: str | None, revision: str) -> None:
     """Downgrade the schema to REVISION ('base' removes every table)."""
     store = open_store(url, check_schema=False)
@@ -103,7 +113,7 @@ def headline(v: ModelVersion) -> dict[str, float]:
 @json_option
 def models_list(url: str | None, as_json: bool) -> None:
     """Every registered model with its latest version and aliases."""
-    store = open_store(url)
+    store = open_store(url, create_if_empty=False)
     found = store.list_models()
     if as_json:
         _print([{"name": m.name, "last_version": m.last_version, "aliases": m.aliases,
@@ -125,7 +135,7 @@ def models_list(url: str | None, as_json: bool) -> None:
 @json_option
 def models_versions(name: str, url: str | None, as_json: bool) -> None:
     """The versions of a model: status, aliases and headline metrics."""
-    versions = open_store(url).list_versions(name)
+    versions = open_store(url, create_if_empty=False).list_versions(name)
     if as_json:
         _print([_version_dict(v) | {"headline": headline(v)} for v in versions])
         return
@@ -147,7 +157,7 @@ def models_versions(name: str, url: str | None, as_json: bool) -> None:
               help="also write the version's HTML report to a temporary file and open it")
 def models_show(ref: str, url: str | None, as_json: bool, open_report: bool) -> None:
     """One version (NAME@ALIAS, NAME/VERSION or NAME for the latest ready one)."""
-    store = open_store(url)
+    store = open_store(url, create_if_empty=False)
     v = store.resolve(ref)
     if open_report:
         from rankengine.report.cli import open_report as write_and_open
@@ -180,7 +190,7 @@ def models_show(ref: str, url: str | None, as_json: bool, open_report: bool) -> 
 @json_option
 def models_promote(ref: str, alias: str, reason: str, url: str | None, as_json: bool) -> None:
     """Point ALIAS at the version REF names."""
-    store = open_store(url)
+    store = open_store(url, create_if_empty=False)
     v = store.resolve(ref)
     _report_move(store.set_alias(v.model, alias, v.version, reason=reason), as_json)
 
@@ -201,7 +211,7 @@ def _report_move(move: AliasMove, as_json: bool) -> None:
 @json_option
 def models_rollback(name: str, alias: str, url: str | None, as_json: bool) -> None:
     """Move ALIAS back to the version it pointed at before its latest move."""
-    _report_move(open_store(url).rollback(name, alias), as_json)
+    _report_move(open_store(url, create_if_empty=False).rollback(name, alias), as_json)
 
 
 @models.command("delete")
@@ -213,7 +223,10 @@ def models_delete(ref: str, yes: bool, url: str | None, as_json: bool) -> None:
     """Delete a version (NAME/VERSION) and its artifact; aliased versions are refused."""
     from rankengine.registry.artifacts import remove_tree, stored_artifact
 
-    store = open_store(url)
+    if "/" not in ref and "@" not in ref:  # NAME alone would delete its latest version
+        raise click.BadParameter(f"'{ref}' names a model, not a version; give NAME/VERSION "
+                                 f"or NAME@ALIAS", param_hint="REF")
+    store = open_store(url, create_if_empty=False)
     v = store.resolve(ref)
     artifact = stored_artifact(v)  # refused before anything is deleted if it looks wrong
     if not yes:
@@ -227,8 +240,16 @@ def models_delete(ref: str, yes: bool, url: str | None, as_json: bool) -> None:
         click.echo(f"deleted {v.ref} (version numbers are never reused)")
 
 
+def _finite(_: click.Context, param: click.Parameter, value: float) -> float:
+    """click.FloatRange lets NaN through (every comparison with it is false)."""
+    if value != value:
+        raise click.BadParameter(f"{value} is not a number", param=param)
+    return value
+
+
 @models.command("gc")
-@click.option("--older-than", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+@click.option("--older-than", type=click.FloatRange(0, 10 * 365 * 86400.0), default=3600.0,
+              show_default=True, callback=_finite,
               help="seconds a version must have been pending to count as abandoned")
 @click.option("--artifacts", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="artifact root (default: [registry] artifacts of -c, else ./artifacts)")
@@ -254,7 +275,8 @@ def models_gc(older_than: float, artifacts: Path | None, config_path: Path | Non
         config = load_config(config_path)
         url = config.registry_url(url)
         root = root or config.resolve_path(config.registry.artifacts)
-    done = collect_garbage(open_store(url), root or Path("artifacts"), older_than=older_than)
+    done = collect_garbage(open_store(url, create_if_empty=False), root or Path("artifacts"),
+                           older_than=older_than)
     if as_json:
         _print({"failed": done.failed, "removed": [str(p) for p in done.removed]})
         return
@@ -273,7 +295,7 @@ def models_gc(older_than: float, artifacts: Path | None, config_path: Path | Non
 @json_option
 def models_diff(a: str, b: str, url: str | None, as_json: bool) -> None:
     """Config, plugin and metric differences between two versions."""
-    store = open_store(url)
+    store = open_store(url, create_if_empty=False)
     va, vb = store.resolve(a), store.resolve(b)
     config = _dict_diff(_flatten(va.config), _flatten(vb.config))
     plugins = _dict_diff(va.plugins, vb.plugins)

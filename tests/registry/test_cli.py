@@ -149,3 +149,41 @@ def test_gc_fails_stale_pending_versions_and_removes_their_leftovers(
     code, out = invoke(*args[:-1])
     assert code == 0 and "nothing to clean up" in out
     store.close()
+
+
+def one_error(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args))
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code != 0 and len(lines) == 1, (args, result.output)
+    assert lines[0].startswith("Error: ") and "internal error" not in lines[0], lines
+    return lines[0]
+
+
+def test_hostile_options_are_one_line(registry_url: str, tmp_path: Path) -> None:
+    seed(registry_url)
+    # Alembic asserted on an empty revision; gc turned nan / inf into an int
+    assert "REVISION': empty" in one_error("db", "downgrade", "", "--url", registry_url)
+    assert "empty; give a revision" in one_error("db", "upgrade", "", "--url", registry_url)
+    assert "nan is not a number" in one_error("models", "gc", "--older-than", "nan",
+                                              "--url", registry_url)
+    assert "inf is not in the range" in one_error("models", "gc", "--older-than", "inf",
+                                                  "--url", registry_url)
+    # an empty URL used the default registry, unasked
+    assert "empty registry URL" in one_error("models", "list", "--url", "")
+    # NAME alone deleted the latest version of m
+    assert "'m' names a model, not a version" in one_error("models", "delete", "m", "--yes",
+                                                           "--url", registry_url)
+    store = RegistryStore(registry_url)
+    assert [v.version for v in store.list_versions("m")] == [1, 2]
+    store.close()
+
+
+def test_models_commands_never_create_a_registry(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    for args in (["list"], ["versions", "m"], ["show", "m"], ["diff", "m/1", "m/2"],
+                 ["promote", "m/1", "x"], ["rollback", "m", "x"], ["delete", "m/1", "--yes"],
+                 ["gc", "--artifacts", str(tmp_path)]):
+        assert "holds no registry yet" in one_error("models", *args, "--url", url)
+    store = RegistryStore(url, check_schema=False)
+    assert migrations.current(store) is None and store.table_names() == []
+    store.close()
