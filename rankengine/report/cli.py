@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from rankengine.errors import RankEngineError
 from rankengine.registry.store import RegistryStore
 from rankengine.report import MAX_ROWS
 
@@ -37,6 +38,8 @@ def report(ref: str | None, compare: tuple[str, str] | None, output: Path | None
 
     if (ref is None) == (compare is None):
         raise click.UsageError("give either REF or --compare A B")
+    if output is not None and output.name in ("", ".", ".."):  # click turns '' into '.'
+        raise click.BadParameter("expected an HTML file name", param_hint="-o")
     store = open_store(url, create_if_empty=False)
     if compare is not None:
         a, b = (store.resolve(r) for r in compare)  # fail fast on an unknown reference
@@ -47,7 +50,14 @@ def report(ref: str | None, compare: tuple[str, str] | None, output: Path | None
         version = store.resolve(ref)
         text = build_report(store, ref, max_rows=max_rows)
         path = output or Path(f"report-{version.model}-{version.version}.html")
-    click.echo(f"wrote {write_html(text, path)}")
+    try:
+        written = write_html(text, path)
+    except OSError as exc:  # a parent that is a file, no permission, a full disk
+        from rankengine.predict import os_reason
+
+        raise RankEngineError(f"{path}: cannot write the report: {os_reason(exc)}") \
+            from None
+    click.echo(f"wrote {written}")
 
 
 def open_report(store: RegistryStore, ref: str) -> Path:

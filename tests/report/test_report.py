@@ -437,3 +437,22 @@ def test_undefined_metrics_show_as_dashes_with_their_reason() -> None:
     side = SimpleNamespace(metrics=metrics)
     rows = _compare_rows(SimpleNamespace(a=side, b=side, directions={}))  # type: ignore[arg-type]
     assert {r["metric"] for r in rows} == {"logloss"}
+
+
+def test_output_paths_that_cannot_be_written_are_one_line(registry: Registry,
+                                                          tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from rankengine.cli import cli
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for out, message in ((str(blocker / "r.html"), "cannot write the report: a part of the "
+                                                   "path is a file, not a folder"),
+                         ("", "-o: expected an HTML file name")):
+        result = CliRunner().invoke(cli, ["report", "m/1", "--registry", registry.url,
+                                          "-o", out])
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code != 0 and len(lines) == 1 and message in lines[0], result.output
+        assert "internal error" not in lines[0]
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
