@@ -175,7 +175,8 @@ class GroupedNDCG:
         self.groups_total = 0
         self.groups_positive = np.zeros(tasks, dtype=np.int64)
         padded = np.vstack([gains, np.zeros((1, tasks))])  # row n: the padding sentinel
-        discount = 1.0 / np.log2(np.arange(k) + 2.0)
+        span = min(k, max(n, 1))  # ranks past the largest group never count: k=10**20 works
+        discount = 1.0 / np.log2(np.arange(span) + 2.0)
         widest = 1
         if n:
             order = np.argsort(groups, kind="stable")
@@ -210,8 +211,8 @@ class GroupedNDCG:
                     pos_peers=np.ascontiguousarray(rows[pg].T) if small else none,
                     pos_earlier=(offsets[:, None] < pc[None, :]) if small
                     else none.astype(bool)))
-        self.discount = np.zeros(max(widest, k))
-        self.discount[:k] = discount
+        self.discount = np.zeros(max(widest, span))
+        self.discount[:span] = discount
 
     def __call__(self, scores: Floats) -> Floats:
         """Mean NDCG@k per gain column over the groups with a positive (NaN where none has)."""
@@ -278,6 +279,7 @@ def recommend(values: Floats, front: Sequence[int], priority: Floats) -> tuple[i
     """(index of the recommended front point, the rule's value for every point)."""
     best = values[list(front)].max(axis=0)
     scale = np.where(best > 0, best, 1.0)
+    priority = priority / priority.max()  # 1e308 priorities would overflow the sum to inf
     score = (values / scale) @ priority / priority.sum()
     chosen = max(front, key=lambda i: (score[i], -i))
     return int(chosen), score
@@ -530,6 +532,9 @@ def _read(loaded: LoadedModel, data: Path, group: str,
     if keep is not None:
         table = table.filter(pa.array(keep))
         labels = labels[keep]
+    if table.num_rows == 0:
+        why = " left after the label policy" if rows_read else ""
+        raise DataError(f"{data}: no rows{why} to search the fusion weights on")
     nulls = table.column(group).null_count
     if nulls:
         first = int(pc.index(pc.is_null(table.column(group)), True).as_py())
@@ -634,6 +639,7 @@ def _print(result: TuneResult, *, metric: str, title: str, priority: dict[str, f
                      f"{result.rule[i]:.4f}", ", ".join(marks), style=style)
     scale = np.where(best > 0, best, 1.0)
     weights = np.array([priority[t] for t in result.tasks])
+    weights = weights / weights.max()  # as recommend(): no overflow on huge priorities
     current_rule = float((result.current_values / scale) @ weights / weights.sum())
     view.add_section()
     view.add_row("current", *cells(result.current, result.current_values),
@@ -677,7 +683,8 @@ def _standing(result: TuneResult) -> str:
                    "the Pareto front)")
 @click.option("--trials", type=click.IntRange(min=1, max=MAX_TRIALS), default=200,
               show_default=True, help="weight vectors to evaluate, anchors included")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="random and bayes: the search's random seed")
 @click.option("--tasks", "tasks_option", default=None,
               help="comma-separated tasks whose weights are searched and whose NDCG is "
                    "measured (default: the tasks [fusion] weights names, else every task)")

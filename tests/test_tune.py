@@ -414,3 +414,40 @@ def test_train_refuses_an_unusable_fusion_weights_tag_before_training(tmp_path: 
     assert output.strip() == (
         "Error: --tag fusion_weights: [fusion]: weights: unknown task 'clik'; tasks: click, "
         "favorite, order, pay, dwell; did you mean 'click'?")
+
+
+def test_cli_extremes_are_one_line_or_work(reg: Setup, tmp_path: Path) -> None:
+    import warnings
+
+    valid = reg.funnel / "valid.parquet"
+    base = ["tune-fusion", "demo/1", "--registry", reg.url, "--trials", "5", "--json"]
+
+    def error(*args: str) -> str:
+        result = CliRunner().invoke(cli, [*base, *args])
+        lines = [ln for ln in result.stderr.splitlines() if ln.startswith("Error")]
+        assert result.exit_code != 0 and len(lines) == 1, result.output
+        assert "internal error" not in lines[0], lines
+        return lines[0]
+
+    assert "'--seed': -1 is not in the range x>=0" in error("--data", str(valid), "--seed", "-1")
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pq.read_table(valid).slice(0, 0), empty)
+    assert f"{empty}: no rows to search the fusion weights on" in error("--data", str(empty))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on the way
+        huge_k = CliRunner().invoke(cli, [*base, "--data", str(valid), "--k", str(10**21)])
+        assert huge_k.exit_code == 0, huge_k.output  # NDCG@k past every request: all ranks
+        front = json.loads(huge_k.stdout)
+        assert front["metric"] == f"ndcg@{10**21}"
+        big = CliRunner().invoke(cli, [*base, "--data", str(valid), "--priority", "click=1e308",
+                                       "--priority", "order=1e308"])
+        assert big.exit_code == 0, big.output
+        assert json.loads(big.stdout)["recommended"] >= 0
+
+
+def test_ndcg_with_a_cut_off_past_every_group_is_the_full_ndcg() -> None:
+    groups = np.array([0, 0, 0, 1, 1])
+    gains = np.array([1.0, 0.0, 2.0, 0.0, 1.0])
+    scores = np.array([0.3, 0.2, 0.1, 0.9, 0.1])
+    huge = GroupedNDCG(groups, gains, 10**18)(scores)  # allocated k entries before
+    assert huge == pytest.approx(GroupedNDCG(groups, gains, 3)(scores))
