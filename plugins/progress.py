@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from rankengine import hookimpl
@@ -15,9 +14,9 @@ def rankengine_before_train(context: Any) -> None:
     rows = ", ".join(f"{k} {v:,}" for k, v in context.rows.items())
     heads = len(context.model.cascade.heads())
     params = sum(p.numel() for p in context.model.parameters())
-    print(f"model: {context.config.model.backbone.kind} + {context.config.model.cascade.kind}, "
-          f"{len(context.graph)} tasks, {heads} heads, {params:,} parameters; rows: {rows}",
-          file=sys.stderr)
+    context.log(f"model: {context.config.model.backbone.kind} + "
+                f"{context.config.model.cascade.kind}, {len(context.graph)} tasks, {heads} heads, "
+                f"{params:,} parameters; rows: {rows}")
 
 
 @hookimpl
@@ -29,8 +28,8 @@ def rankengine_after_epoch(context: Any, epoch: int, metrics: dict[str, Any]) ->
     aucs = " ".join(
         f"{task}={_number(m['auc'])}" for task, m in metrics["valid"].items() if "auc" in m
     )
-    print(f"epoch {epoch}: train loss {_number(train)}, valid loss {_number(valid)}, "
-          f"valid auc {aucs}", file=sys.stderr)
+    context.log(f"epoch {epoch}: train loss {_number(train)}, valid loss {_number(valid)}, "
+                f"valid auc {aucs}")
 
 
 def _number(value: float | None) -> str:

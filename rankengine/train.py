@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -240,6 +241,8 @@ class TrainContext:
     #: write usually do so on rank 0 only)
     rank: int = 0
     world_size: int = 1
+    #: where observers write progress lines: stderr, or nowhere under ``train --quiet``
+    log: Callable[[str], None] = field(default=lambda message: print(message, file=sys.stderr))
 
 
 @dataclass
@@ -408,6 +411,8 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
                            {"train": len(splits.train), **{k: len(v) for k, v in encoded.items()
                                                           if k != "train"}},
                            rank=dist.rank, world_size=dist.world_size)
+    if log is not None:
+        context.log = log
     engine.call("rankengine_before_train", context=context)
 
     show = (config.train.progress if progress is None else progress) and dist.is_main

@@ -313,3 +313,12 @@ def test_plugins_with_a_missing_config_named_on_purpose(tmp_path: Path) -> None:
     missing = tmp_path / "nope.toml"
     result = CliRunner().invoke(cli, ["plugins", "-c", str(missing)])
     assert "configuration file not found" in one_error(result)  # not every installed plugin
+
+
+def test_quiet_training_writes_nothing_to_stderr(tmp_path: Path, funnel_dir: Path) -> None:
+    (tmp_path / "engine.toml").write_text(tiny_config_text(funnel_dir))
+    args = ["train", "-c", str(tmp_path / "engine.toml"), "--epochs", "1"]
+    quiet = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "q"), "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+    loud = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "l")])
+    assert "model: mmoe + esm2" in loud.stderr and "epoch 1:" in loud.stderr

@@ -194,6 +194,12 @@ class RegistryStore:
     def __init__(self, url: str | None = None, *, check_schema: bool = True,
                  create_if_empty: bool = True) -> None:
         self.url = resolve_url(url)
+        missing = _missing_sqlite_file(self.url)
+        if missing is not None and not create_if_empty:
+            # SQLite would create the file on connect: a typo'd URL must not leave one behind.
+            raise NotFoundError(f"{self.url} holds no registry yet ({missing} does not exist); "
+                                f"train a model first, pass --registry URL, or create it with: "
+                                f"rankengine db upgrade --url '{self.url}'")
         try:
             self.engine = make_engine(self.url)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
@@ -560,6 +566,22 @@ def _patched(current: dict[str, Any] | None, patch: dict[str, Any]) -> dict[str,
         else:
             out[key] = value
     return out
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    """The database file a ``sqlite:///`` URL names, when it does not exist yet."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # make_engine reports the malformed URL
+    database = parsed.database
+    if not parsed.drivername.startswith("sqlite") or not database or database == ":memory:" \
+            or database.startswith("file:"):
+        return None
+    return None if os.path.exists(database) else database
 
 
 def _retryable(exc: OperationalError) -> bool:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rankengine.registry import NotFoundError, RegistryError, RegistryStore
@@ -91,3 +93,11 @@ def test_invalid_names_and_parent(store: RegistryStore) -> None:
     child = version(store, parent_version=parent.version, tags={"team": "feed"})
     assert store.get_version("demo", child.version).parent_version == parent.version
     assert store.get_version("demo", child.version).tags == {"team": "feed"}
+
+
+def test_opening_a_missing_sqlite_registry_without_creating_leaves_no_file(
+        tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'typo.db'}"
+    with pytest.raises(NotFoundError, match=r"holds no registry yet \(.*typo\.db does not exist"):
+        RegistryStore(url, create_if_empty=False)
+    assert list(tmp_path.iterdir()) == []  # SQLite would have created the file on connect
