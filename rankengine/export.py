@@ -20,7 +20,7 @@ from torch import nn
 from rankengine.artifact import LoadedModel
 from rankengine.data.batching import Batch
 from rankengine.errors import ArtifactError, RankEngineError
-from rankengine.predict import os_reason
+from rankengine.files import os_reason
 
 
 class ScoringModule(nn.Module):

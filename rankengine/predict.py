@@ -17,6 +17,7 @@ from rankengine.data.batching import TensorData
 from rankengine.data.dataset import EncodedData
 from rankengine.errors import DataError
 from rankengine.evaluate import predict_arrays
+from rankengine.files import os_reason, umask
 
 
 def score_table(loaded: LoadedModel, table: pa.Table, *, where: str = "data",
@@ -76,7 +77,7 @@ def write_table(table: pa.Table, path: str | Path) -> Path:
             pa_csv.write_csv(table, tmp)
         else:
             pq.write_table(table, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the scores from others
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp's 0600 would hide the scores from others
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -85,23 +86,3 @@ def write_table(table: pa.Table, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def os_reason(exc: OSError) -> str:
-    """Why a path could not be written, in words; mkdir says 'File exists' when a part of the
-    path is a file."""
-    if isinstance(exc, FileExistsError | NotADirectoryError):
-        return "a part of the path is a file, not a folder"
-    return exc.strerror or str(exc)
-
-
-def _umask() -> int:
-    """The process umask, read from /proc (no os.umask round trip: it is process-wide state
-    another thread could create a file under); 0o022 where it cannot be read."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022

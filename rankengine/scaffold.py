@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from rankengine.errors import RankEngineError
+from rankengine.files import os_reason, umask
 from rankengine.hookspecs import HOOK_API_VERSION
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
@@ -216,20 +217,16 @@ def write_plugin(name: str, directory: str | Path = ".") -> Path:
         # Written beside the target and renamed in one step: never a half-written package.
         staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     except OSError as exc:  # --dir under a file, no permission
-        from rankengine.predict import os_reason
-
         raise ScaffoldError(f"{root.parent}: cannot create the package here: "
                             f"{os_reason(exc)}") from None
     try:
-        staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 is not what a new folder gets
+        staging.chmod(0o777 & ~umask())  # mkdtemp's 0700 is not what a new folder gets
         for relative, text in files.items():
             path = staging / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
         staging.rename(root)
     except OSError as exc:
-        from rankengine.predict import os_reason
-
         shutil.rmtree(staging, ignore_errors=True)
         raise ScaffoldError(f"{root}: cannot write the package: {os_reason(exc)}") \
             from None
@@ -237,17 +234,6 @@ def write_plugin(name: str, directory: str | Path = ".") -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return root
-
-
-def _umask() -> int:
-    """The process umask, read from /proc (os.umask would change it for a moment)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
 
 
 @click.group("plugin")

@@ -53,7 +53,7 @@ def report(ref: str | None, compare: tuple[str, str] | None, output: Path | None
     try:
         written = write_html(text, path)
     except OSError as exc:  # a parent that is a file, no permission, a full disk
-        from rankengine.predict import os_reason
+        from rankengine.files import os_reason
 
         raise RankEngineError(f"{path}: cannot write the report: {os_reason(exc)}") \
             from None
