@@ -335,7 +335,6 @@ def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -
     from rankengine.data.batching import TensorData
     from rankengine.data.dataset import encode_table, label_columns, oracle_columns
     from rankengine.data.io import read_table
-    from rankengine.errors import DataError
     from rankengine.evaluate import node_metrics, predict_arrays, require_finite, select_metrics
 
     loaded = load_model(model, registry)
@@ -346,8 +345,6 @@ def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -
         columns.append(cfg.data.group)
     table = read_table(data_path, list(dict.fromkeys(columns)), format=cfg.data.format,
                        csv=cfg.data.csv)
-    if table.num_rows == 0:  # every metric would be undefined: say so once
-        raise DataError(f"{data_path}: no rows to evaluate")
     data = encode_table(table, loaded.pipeline, graph, policy=cfg.data.inconsistent,
                         group=cfg.data.group, extras=extras, where=str(data_path))
     entire, conditional = predict_arrays(loaded.model, TensorData(data), cfg.train.eval_batch_size)

@@ -219,14 +219,6 @@ def test_train_options_are_checked_before_training(tmp_path: Path, funnel_dir: P
     assert not (tmp_path / "artifacts").exists()  # nothing trained or registered
 
 
-def test_evaluate_refuses_data_without_rows(artifact: Path, funnel_dir: Path,
-                                            tmp_path: Path) -> None:
-    empty = tmp_path / "empty.parquet"
-    pq.write_table(pq.read_table(funnel_dir / "test.parquet").slice(0, 0), empty)
-    result = CliRunner().invoke(cli, ["evaluate", str(artifact), "--data", str(empty)])
-    assert one_error(result) == f"Error: {empty}: no rows to evaluate"
-
-
 def test_predict_output_problems_are_one_line_and_leave_nothing(
         artifact: Path, funnel_dir: Path, tmp_path: Path) -> None:
     data = str(funnel_dir / "test.parquet")

@@ -136,8 +136,10 @@ def test_models_delete_never_removes_another_models_artifact(registry_url: str,
     mine = ready_in(store, root, "m")
     code, out = invoke("models", "delete", "m/2", "--yes", "--url", registry_url)
     assert code == 0 and "deleted m/2" in out and not mine.exists()
-    for bad in ("../1", "./1", ".."):
+    for bad in ("../1", "./1"):
         code, out = invoke("models", "delete", bad, "--yes", "--url", registry_url)
         assert code == 1 and "invalid model name" in out and len(out.splitlines()) == 1
+    code, out = invoke("models", "delete", "..", "--yes", "--url", registry_url)
+    assert code == 2 and "names a model, not a version" in out and len(out.splitlines()) == 1
     assert (other / "owner.txt").is_file()
     store.close()
