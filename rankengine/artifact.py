@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from rankengine.components import Fusion
 from rankengine.config import EngineConfig, TaskSpec, parse_config
 from rankengine.data.pipeline import FeaturePipeline
-from rankengine.errors import ArtifactError, PluginError, RankEngineError
+from rankengine.errors import ArtifactError, PluginError, RankEngineError, one_line
 from rankengine.graph import TaskGraph
 from rankengine.model.assembly import RankingModel, build_model
 from rankengine.pluginmanager import Engine, check_model_plugins, load_engine
@@ -55,10 +55,6 @@ def json_safe(data: Any) -> Any:
     if isinstance(data, list | tuple):
         return [json_safe(v) for v in data]
     return data
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def sha256_file(path: Path) -> str:

@@ -40,7 +40,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from rankengine.errors import RankEngineError
+from rankengine.errors import RankEngineError, one_line
 
 log = logging.getLogger("rankengine.checkpoint")
 SUFFIX = ".safetensors"
@@ -195,7 +195,7 @@ def decode_file(data: bytes, where: str) -> tuple[Position, dict[str, Any]]:
         tree = json.loads(metadata["state"], parse_constant=_no_constants)
         tensors = load_tensors(data)
     except (ValueError, KeyError, TypeError, SafetensorError, RecursionError) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
+        message = one_line(str(error)) or type(error).__name__
         raise CheckpointError(f"{where}: unreadable checkpoint: {message}") from None
     state = unflatten(tree, tensors, where)
     if not isinstance(state, dict):

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from rankengine.errors import RankEngineError
+from rankengine.errors import RankEngineError, one_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -109,10 +109,6 @@ def _one_line_usage(exc: click.UsageError) -> click.UsageError:
     plain = click.UsageError(f"{one_line(exc.format_message())} (see "
                              f"'{exc.ctx.command_path} --help')")
     return plain  # exit code 2, as click's
-
-
-def one_line(message: str) -> str:
-    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 @click.group(cls=RankEngineGroup)

@@ -44,6 +44,12 @@ class ArtifactError(RankEngineError):
     """A model artifact is missing, incomplete or fails its checksum."""
 
 
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace, newlines included, as one space: errors are one
+    line wherever they come from (a driver, Arrow, a plugin)."""
+    return " ".join(text.split())
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """Return ` did you mean 'x'?` for the closest choice, or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)

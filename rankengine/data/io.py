@@ -12,7 +12,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.dataset as ds
 
 from rankengine.config import CsvOptions
-from rankengine.errors import DataError, suggest
+from rankengine.errors import DataError, one_line, suggest
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".tsv", ".txt")
@@ -94,7 +94,7 @@ def _unified(path: Path, shards: Sequence[tuple[Path, pa.Schema]]) -> pa.Schema:
 def arrow_message(exc: BaseException, fmt: str = "csv", path: Path | None = None) -> str:
     """Arrow's error without its layers of context, with CSV rows as line numbers:
     ``b.csv: line 12: expected 6 fields, found 7: 2,0,0,0.0,cat0,11.00,9``."""
-    text = " ".join(str(exc).split())
+    text = one_line(str(exc))
     source = re.search(r"input source '([^']+)'", text)
     text = re.sub(r"^Error creating dataset\. Could not read schema from '[^']*'\. Is this a "
                   r"'\w+' file\?: ", "", text)

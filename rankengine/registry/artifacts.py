@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlparse
 from rankengine.artifact import MANIFEST, LoadedModel, json_safe, load_artifact, save_artifact
 from rankengine.config import EngineConfig
 from rankengine.data.io import open_dataset, shard_files
-from rankengine.errors import ArtifactError, RankEngineError
+from rankengine.errors import ArtifactError, RankEngineError, one_line
 from rankengine.pluginmanager import IN_PROCESS
 from rankengine.registry.store import (
     ModelVersion,
@@ -178,7 +178,7 @@ def register(store: RegistryStore, root: Path, trained: Trained, model: str, *,
         notes = _abandon(store, root, version, written)
         if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: as they are
             raise
-        text = " ".join(str(exc).split()) or type(exc).__name__
+        text = one_line(str(exc)) or type(exc).__name__
         raise RegistryError(f"registering {version.ref} failed: {text}; {notes}") from exc
 
 

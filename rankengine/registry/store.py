@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from rankengine.errors import RankEngineError
+from rankengine.errors import RankEngineError, one_line
 from rankengine.registry.schema import SqlAlias, SqlAliasMove, SqlModel, SqlVersion
 
 DEFAULT_URL = "sqlite:///rankengine.db"
@@ -592,8 +592,7 @@ def _retryable(exc: OperationalError) -> bool:
 def _reason(exc: BaseException) -> str:
     """The driver's own message on one line, e.g. ``OperationalError: connection refused``."""
     cause = getattr(exc, "orig", None) or exc
-    text = " ".join(str(cause).split())
-    return f"{type(cause).__name__}: {text}"
+    return f"{type(cause).__name__}: {one_line(str(cause))}"
 
 
 def _version(row: SqlVersion, aliases: tuple[str, ...]) -> ModelVersion:
