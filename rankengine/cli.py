@@ -331,7 +331,13 @@ def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -
     from rankengine.data.batching import TensorData
     from rankengine.data.dataset import encode_table, label_columns, oracle_columns
     from rankengine.data.io import read_table
-    from rankengine.evaluate import node_metrics, predict_arrays, require_finite, select_metrics
+    from rankengine.evaluate import (
+        entire_outputs,
+        node_metrics,
+        predict_arrays,
+        require_finite,
+        select_metrics,
+    )
 
     loaded = load_model(model, registry)
     cfg, graph = loaded.config, loaded.graph
@@ -344,7 +350,7 @@ def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -
     data = encode_table(table, loaded.pipeline, graph, policy=cfg.data.inconsistent,
                         group=cfg.data.group, extras=extras, where=str(data_path))
     entire, conditional = predict_arrays(loaded.model, TensorData(data), cfg.train.eval_batch_size)
-    require_finite(entire, graph.names, str(data_path))
+    require_finite(entire_outputs(entire, graph.names), lambda row: f"{data_path}: row {row}")
     metrics = node_metrics(graph, data, entire, conditional,
                            select_metrics(loaded.engine.components.metrics, cfg.evaluate.metrics))
     if as_json:

@@ -9,7 +9,7 @@ configured, add the AUC of the true probabilities next to the model's.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -45,15 +45,25 @@ def predict_arrays(
     return (torch.cat(entire).double().numpy(), torch.cat(conditional).double().numpy())
 
 
-def require_finite(predictions: np.ndarray, names: Sequence[str], where: str) -> None:
-    """A NaN prediction (an extreme feature value) would turn every metric into a silent NaN;
-    name the first such row and task instead."""
-    bad = ~np.isfinite(predictions)
-    if bad.any():
-        row, col = (int(i) for i in np.argwhere(bad)[0])
-        raise DataError(f"{where}: row {row}: the prediction for '{names[col]}' is "
-                        f"{predictions[row, col]}, not a finite number; check the row's feature "
-                        f"values for extreme numbers")
+def require_finite(outputs: Mapping[str, np.ndarray], label: Callable[[int], str], *,
+                   error: type[Exception] = DataError) -> None:
+    """Raise ``error`` naming the first row (``label(row)``) whose outputs (``p_click``,
+    ``score`` ...) are not all finite, and that output. A NaN from an extreme feature value
+    would otherwise be a silent NaN metric, a missing score, or a candidate ranked nowhere."""
+    if not outputs:
+        return
+    finite = np.logical_and.reduce([np.isfinite(v) for v in outputs.values()])
+    if finite.all():
+        return
+    row = int(np.flatnonzero(~finite)[0])
+    name = next(k for k, v in outputs.items() if not np.isfinite(v[row]))
+    raise error(f"{label(row)}: its {name} is {float(outputs[name][row])}, not a finite number; "
+                f"check its feature values for extreme numbers")
+
+
+def entire_outputs(entire: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``p_<task>`` → the entire-space prediction column, as scoring names them."""
+    return {f"p_{name}": entire[:, i] for i, name in enumerate(names)}
 
 
 def select_metrics(

@@ -16,7 +16,7 @@ from rankengine.artifact import LoadedModel
 from rankengine.data.batching import TensorData
 from rankengine.data.dataset import EncodedData
 from rankengine.errors import DataError
-from rankengine.evaluate import predict_arrays
+from rankengine.evaluate import entire_outputs, predict_arrays, require_finite
 from rankengine.files import os_reason, umask
 
 
@@ -32,27 +32,20 @@ def score_table(loaded: LoadedModel, table: pa.Table, *, where: str = "data",
     labels = np.zeros((table.num_rows, len(loaded.graph)), dtype=np.float32)
     data = TensorData(EncodedData(categorical, dense, sequences, labels))
     entire, conditional = predict_arrays(loaded.model, data, batch_size)
-    out: dict[str, np.ndarray] = {}
+    out = entire_outputs(entire, loaded.graph.names)
     for i, name in enumerate(loaded.graph.names):
-        out[f"p_{name}"] = entire[:, i]
         if loaded.graph.parent_index[i] >= 0:
             out[f"pc_{name}"] = conditional[:, i]
     with torch.inference_mode():
         out["score"] = loaded.fusion(torch.from_numpy(entire)).numpy()
-    _check_finite(out, table, where)
+
+    def label(row: int) -> str:
+        item = f" (item_id {table.column('item_id')[row].as_py()})" \
+            if "item_id" in table.column_names else ""
+        return f"{where}: row {row}{item}"
+
+    require_finite(out, label)
     return out
-
-
-def _check_finite(out: dict[str, np.ndarray], table: pa.Table, where: str) -> None:
-    finite = np.logical_and.reduce([np.isfinite(v) for v in out.values()])
-    if finite.all():
-        return
-    row = int(np.flatnonzero(~finite)[0])
-    name = next(k for k, v in out.items() if not np.isfinite(v[row]))
-    item = f" (item_id {table.column('item_id')[row].as_py()})" \
-        if "item_id" in table.column_names else ""
-    raise DataError(f"{where}: row {row}{item}: its {name} is {float(out[name][row])}, not a "
-                    f"finite number; check the row's feature values for extreme numbers")
 
 
 def write_table(table: pa.Table, path: str | Path) -> Path:

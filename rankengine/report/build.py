@@ -228,7 +228,7 @@ def score_curves(loaded: LoadedModel, split: str, *, max_rows: int = MAX_ROWS,
     """Score ``split`` of the loaded model's data (as its config names it) and build curves."""
     from rankengine.data.batching import TensorData
     from rankengine.data.dataset import encode_table, label_columns
-    from rankengine.evaluate import predict_arrays, require_finite
+    from rankengine.evaluate import entire_outputs, predict_arrays, require_finite
 
     cfg, graph = loaded.config, loaded.graph
     columns = [*loaded.pipeline.source_columns, *label_columns(graph)]
@@ -240,7 +240,7 @@ def score_curves(loaded: LoadedModel, split: str, *, max_rows: int = MAX_ROWS,
                         group=cfg.data.group, where=source)
     entire, conditional = predict_arrays(loaded.model, TensorData(data),
                                          cfg.train.eval_batch_size)
-    require_finite(entire, graph.names, source)
+    require_finite(entire_outputs(entire, graph.names), lambda row: f"{source}: row {row}")
     labels = data.labels.astype(np.float64)
     out = CurveSet(split, source, len(data), total)
     for i, node in enumerate(graph.nodes):

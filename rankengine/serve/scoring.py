@@ -11,6 +11,7 @@ import pyarrow as pa
 import torch
 
 from rankengine.errors import DataError
+from rankengine.evaluate import entire_outputs, require_finite
 from rankengine.serve.holder import Served
 
 
@@ -29,23 +30,6 @@ class UnscorableError(BadRequestError):
 
 def row_label(i: int) -> str:
     return f"row {i}"
-
-
-def check_finite(out: Mapping[str, np.ndarray], label: Callable[[int], str] = row_label,
-                 error: type[Exception] = UnscorableError) -> None:
-    """Raise ``error`` naming the first row (by ``label``) whose outputs are not all finite,
-    and the output: a NaN score sorts nowhere and is written as null in JSON."""
-    if not out:
-        return
-    finite = np.ones(len(next(iter(out.values()))), dtype=bool)
-    for values in out.values():
-        finite &= np.isfinite(values)
-    if finite.all():
-        return
-    row = int(np.flatnonzero(~finite)[0])
-    name = next(k for k, v in out.items() if not np.isfinite(v[row]))
-    raise error(f"{label(row)}: its {name} is {float(out[name][row])}, not a finite number; "
-                f"check its feature values for extreme numbers")
 
 
 DATATYPES = {
@@ -221,12 +205,12 @@ def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, p
                               fusion.params.model_copy(update={"weights": dict(weights)}))
     with torch.inference_mode():
         fused = fusion(torch.from_numpy(entire)).numpy()
-    out = {f"p_{name}": entire[:, i] for i, name in enumerate(loaded.graph.names)}
+    out = entire_outputs(entire, loaded.graph.names)
     for i, name in enumerate(loaded.graph.names):
         if loaded.graph.parent_index[i] >= 0:
             out[f"pc_{name}"] = conditional[:, i]
     out["score"] = fused
-    check_finite(out, label)
+    require_finite(out, label, error=UnscorableError)  # a NaN score sorts nowhere
     if timings is not None:
         timings["encode"] = encoded_at - started
         timings["model"] = time.perf_counter() - encoded_at
