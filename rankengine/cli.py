@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from rankengine.errors import RankEngineError, one_line
+from rankengine.registry.cli import finite
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -452,27 +453,7 @@ def rank(model: str, registry: str | None, data_path: Path, request_id: str | No
     console().print(view)
 
 
-class ServeCommand(click.Command):
-    """``serve``'s usage errors (a flag out of range, a missing token) are one line, like
-    rankengine's own errors, instead of the usage text and a help hint."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise click.UsageError(exc.format_message()) from None
-
-
-def finite(_: click.Context, param: click.Parameter, value: float) -> float:
-    """click.FloatRange lets NaN through (every comparison with it is false)."""
-    import math
-
-    if not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number", param=param)
-    return value
-
-
-@cli.command(cls=ServeCommand)
+@cli.command()
 @click.argument("ref")
 @click.option("--registry", default=None, help="registry URL (default: $RANKENGINE_REGISTRY_URL "
                                                 "or sqlite:///rankengine.db)")

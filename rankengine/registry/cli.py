@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -240,16 +241,19 @@ def models_delete(ref: str, yes: bool, url: str | None, as_json: bool) -> None:
         click.echo(f"deleted {v.ref} (version numbers are never reused)")
 
 
-def _finite(_: click.Context, param: click.Parameter, value: float) -> float:
-    """click.FloatRange lets NaN through (every comparison with it is false)."""
+def finite(_: click.Context, param: click.Parameter, value: float) -> float:
+    """A float option's callback: click.FloatRange lets NaN through (every comparison with it
+    is false), and an unbounded one lets infinity through."""
     if value != value:
         raise click.BadParameter(f"{value} is not a number", param=param)
+    if value in (math.inf, -math.inf):
+        raise click.BadParameter(f"{value} is not a finite number", param=param)
     return value
 
 
 @models.command("gc")
 @click.option("--older-than", type=click.FloatRange(0, 10 * 365 * 86400.0), default=3600.0,
-              show_default=True, callback=_finite,
+              show_default=True, callback=finite,
               help="seconds a version must have been pending to count as abandoned")
 @click.option("--artifacts", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="artifact root (default: [registry] artifacts of -c, else ./artifacts)")
