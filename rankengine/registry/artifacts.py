@@ -56,10 +56,6 @@ def artifact_dir(root: Path, model: str, version: int) -> Path:
     return inside(root, Path(root) / model / str(int(version)))
 
 
-def uri_for(root: Path, model: str, version: int) -> str:
-    return artifact_dir(root, model, version).as_uri()
-
-
 def remove_tree(path: Path, root: Path) -> bool:
     """Remove a directory (or file) that lies inside ``root``; never follows a link out."""
     if not path.exists() and not path.is_symlink():
@@ -223,10 +219,11 @@ def collect_garbage(store: RegistryStore, root: Path, *, older_than: float) -> C
     done = Collected(failed=[v.ref for v in store.fail_stale_pending(older_than)])
     if not root.is_dir():
         return done
-    claimed = [p for v in store.list_all_versions() if v.status != "failed"
+    versions = store.list_all_versions()
+    claimed = [p for v in versions if v.status != "failed"
                for p in [_claimed_path(v)] if p is not None]
     cutoff = time.time() - older_than
-    for v in store.list_all_versions("failed"):
+    for v in (v for v in versions if v.status == "failed"):
         folder = Path(root) / v.model
         if not folder.is_dir() or folder.is_symlink():
             continue

@@ -136,15 +136,14 @@ def ensure_current(store: RegistryStore, *, create_if_empty: bool) -> None:
 
 def _refuse_or_create(store: RegistryStore, conn: Connection, have: str | None, want: str,
                       create_if_empty: bool) -> None:
-    from rankengine.registry.store import NotFoundError, SchemaOutOfDateError
+    from rankengine.registry.store import SchemaOutOfDateError, no_registry
 
     fix = f"rankengine db upgrade --url '{store.url}'"
     if have is None and not inspect(conn).get_table_names():
         if create_if_empty:
             _run_on(conn, lambda cfg: command.upgrade(cfg, "head"))
             return
-        raise NotFoundError(f"{store.url} holds no registry yet; train a model first, pass "
-                            f"--registry URL, or create it with: {fix}")
+        raise no_registry(store.url)
     if have is None:
         raise SchemaOutOfDateError(
             f"{store.url} holds tables but no rankengine schema version; if it is a registry "

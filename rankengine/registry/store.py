@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, inspect, select, update
+from sqlalchemy import Engine, Select, create_engine, event, inspect, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -194,12 +194,10 @@ class RegistryStore:
     def __init__(self, url: str | None = None, *, check_schema: bool = True,
                  create_if_empty: bool = True) -> None:
         self.url = resolve_url(url)
-        missing = _missing_sqlite_file(self.url)
-        if missing is not None and not create_if_empty:
-            # SQLite would create the file on connect: a typo'd URL must not leave one behind.
-            raise NotFoundError(f"{self.url} holds no registry yet ({missing} does not exist); "
-                                f"train a model first, pass --registry URL, or create it with: "
-                                f"rankengine db upgrade --url '{self.url}'")
+        # SQLite would create the file on connect: a typo'd URL must not leave one behind.
+        missing = None if create_if_empty else _missing_sqlite_file(self.url)
+        if missing is not None:
+            raise no_registry(self.url, f"{missing} does not exist")
         try:
             self.engine = make_engine(self.url)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
@@ -329,21 +327,18 @@ class RegistryStore:
         """
         cutoff = _now() - timedelta(seconds=older_than)
         with self.session(write=True) as s:
-            rows = s.scalars(select(SqlVersion).where(SqlVersion.status == "pending")
-                             .order_by(SqlVersion.model_name, SqlVersion.version)
-                             .with_for_update().execution_options(populate_existing=True)
-                             ).all()
+            rows = s.scalars(_locked(select(SqlVersion).where(SqlVersion.status == "pending")
+                                     .order_by(SqlVersion.model_name, SqlVersion.version),
+                                     True)).all()
             stale = [r for r in rows if _aware(r.created_at) <= cutoff]
             for row in stale:
                 row.status = "failed"
             return [_version(r, ()) for r in stale]
 
-    def list_all_versions(self, status: str | None = None) -> list[ModelVersion]:
-        """Every version of every model (optionally of one status), without aliases."""
+    def list_all_versions(self) -> list[ModelVersion]:
+        """Every version of every model, without aliases."""
         with self.session() as s:
             query = select(SqlVersion).order_by(SqlVersion.model_name, SqlVersion.version)
-            if status is not None:
-                query = query.where(SqlVersion.status == status)
             return [_version(r, ()) for r in s.scalars(query).all()]
 
     def patch_version(self, model: str, version: int, *, metrics: dict[str, Any] | None = None,
@@ -517,10 +512,7 @@ class RegistryStore:
     # Names reaching these are already NFC and valid (checked by the public methods).
 
     def _model_row(self, s: Session, name: str, *, lock: bool = False) -> SqlModel:
-        query = select(SqlModel).where(SqlModel.name == name)
-        if lock:
-            query = query.with_for_update().execution_options(populate_existing=True)
-        row = s.scalars(query).first()
+        row = s.scalars(_locked(select(SqlModel).where(SqlModel.name == name), lock)).first()
         if row is None:
             names = list(s.scalars(select(SqlModel.name)).all())
             from rankengine.errors import suggest
@@ -532,11 +524,9 @@ class RegistryStore:
     def _version_row(self, s: Session, model: str, version: int, *,
                      lock: bool = False) -> SqlVersion:
         self._model_row(s, model)
-        query = select(SqlVersion).where(SqlVersion.model_name == model,
-                                         SqlVersion.version == version)
-        if lock:
-            query = query.with_for_update().execution_options(populate_existing=True)
-        row = s.scalars(query).first()
+        row = s.scalars(_locked(select(SqlVersion).where(SqlVersion.model_name == model,
+                                                         SqlVersion.version == version),
+                                lock)).first()
         if row is None:
             raise NotFoundError(f"model '{model}' has no version {version}")
         return row
@@ -566,6 +556,21 @@ def _patched(current: dict[str, Any] | None, patch: dict[str, Any]) -> dict[str,
         else:
             out[key] = value
     return out
+
+
+def no_registry(url: str, detail: str = "") -> NotFoundError:
+    """The error for a database that holds no registry where one must exist already."""
+    return NotFoundError(f"{url} holds no registry yet{f' ({detail})' if detail else ''}; train a "
+                         f"model first, pass --registry URL, or create it with: rankengine db "
+                         f"upgrade --url '{url}'")
+
+
+_Query = TypeVar("_Query", bound="Select[Any]")
+
+
+def _locked(query: _Query, lock: bool) -> _Query:
+    """``query`` locking its rows FOR UPDATE (and re-reading them) when ``lock``."""
+    return query.with_for_update().execution_options(populate_existing=True) if lock else query
 
 
 def _missing_sqlite_file(url: str) -> str | None:
