@@ -354,11 +354,14 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     graph = build_graph(config, engine)
     pipeline = FeaturePipeline(config.features, engine.components.encoders, source=config.source)
     check_buildable(config, engine, graph, pipeline)  # in seconds, before any data is read
-    if config.train.checkpoint_dir:
-        _check_checkpoint_dir(config)
-    elif resume:
+    if resume and not config.train.checkpoint_dir:
         raise ConfigError("--resume needs [train] checkpoint_dir", source=config.source,
                           key="train.checkpoint_dir")
+    # Folders this run writes into must fail now, not after the data is read or an epoch ran.
+    for key, folder in (("train.checkpoint_dir", config.train.checkpoint_dir),
+                        ("data.cache_dir", config.data.cache_dir)):
+        if folder:
+            _check_directory(config.resolve_path(folder), config, key)
 
     sw_factory, sw_params = resolve_component(
         engine.components.sample_weightings, config.loss.sample_weighting.kind,
@@ -643,7 +646,8 @@ def _prepare_data(config: EngineConfig, graph: TaskGraph, pipeline: FeaturePipel
 
 
 def _check_directory(directory: Path, config: EngineConfig, key: str) -> None:
-    """A folder rankengine writes into (``[data] cache_dir``) must be one, or creatable."""
+    """A folder rankengine writes into (``[data] cache_dir``, ``[train] checkpoint_dir``) must
+    be one, or be creatable: its nearest existing ancestor is a writable directory."""
     for parent in (directory, *directory.parents):
         if parent.exists():
             if not parent.is_dir():
@@ -652,23 +656,6 @@ def _check_directory(directory: Path, config: EngineConfig, key: str) -> None:
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise ConfigError(f"{parent} is not writable", source=config.source, key=key)
             return
-
-
-def _check_checkpoint_dir(config: EngineConfig) -> None:
-    """A checkpoint folder that cannot be written must fail now, not after the first epoch."""
-    assert config.train.checkpoint_dir is not None
-    directory = config.resolve_path(config.train.checkpoint_dir)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise ConfigError(f"{directory} is a file, not a directory", source=config.source,
-                          key="train.checkpoint_dir") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot create {directory}: {exc.strerror or exc}",
-                          source=config.source, key="train.checkpoint_dir") from None
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise ConfigError(f"{directory} is not writable", source=config.source,
-                          key="train.checkpoint_dir")
 
 
 class Checkpoints:
@@ -782,7 +769,6 @@ def _encoded_splits(
     cache_root = config.resolve_path(config.data.cache_dir) if config.data.cache_dir else None
     key = ""
     if cache_root is not None:
-        _check_directory(cache_root, config, "data.cache_dir")
         tasks = {n.name: n.spec.model_dump(mode="json") for n in graph.nodes}
         key = data_cache.cache_key(config, tasks, extras)
         hit = data_cache.load(cache_root, key)
