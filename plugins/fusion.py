@@ -8,7 +8,6 @@ that cannot be served.
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Annotated, Any
 
@@ -16,7 +15,7 @@ import torch
 from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
-from rankengine import Fusion, Params, Register, hookimpl
+from rankengine import Fusion, Params, Register, hookimpl, suggest
 
 
 @hookimpl
@@ -45,9 +44,8 @@ Weight = Annotated[float, BeforeValidator(_weight)]
 
 def unknown_task(key: str, name: str, tasks: list[str]) -> ValueError:
     """``weights: unknown task 'clik'; tasks: click, order; did you mean 'click'?``"""
-    close = difflib.get_close_matches(name, tasks, n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return ValueError(f"{key}: unknown task '{name}'; tasks: {', '.join(tasks)}{hint}")
+    return ValueError(f"{key}: unknown task '{name}'; tasks: {', '.join(tasks)}"
+                      f"{suggest(name, tasks)}")
 
 
 class FusionWeights(Params):

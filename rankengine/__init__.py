@@ -34,6 +34,7 @@ from rankengine.errors import (
     GraphError,
     PluginError,
     RankEngineError,
+    suggest,
 )
 from rankengine.graph import TaskGraph
 from rankengine.hookspecs import HOOK_API_VERSION, hookimpl
@@ -81,5 +82,6 @@ __all__ = [
     "load_config",
     "mlp",
     "sample_pairs",
+    "suggest",
     "undefined",
 ]
