@@ -51,18 +51,27 @@ def oracle_columns(graph: TaskGraph) -> list[str]:
     return cols
 
 
+def _column(table: pa.Table, name: str) -> pa.ChunkedArray:
+    """A column with dictionary encoding undone (Parquet writers dictionary-encode freely)."""
+    data = table.column(name)
+    return pc.cast(data, data.type.value_type) if pa.types.is_dictionary(data.type) else data
+
+
+def _is_number(data_type: pa.DataType) -> bool:
+    """Whether a column of this type casts to float64 value for value."""
+    return bool(pa.types.is_integer(data_type) or pa.types.is_floating(data_type)
+                or pa.types.is_boolean(data_type) or pa.types.is_decimal(data_type))
+
+
 def raw_label(table: pa.Table, name: str, spec: TaskSpec, where: str) -> np.ndarray:
     """One node's raw label as float64: 0/1 for binary nodes (OR of columns), values else."""
     if isinstance(spec.label, LabelRule):
-        column = table.column(spec.label.column)
-        if pa.types.is_dictionary(column.type):
-            column = pc.cast(column, column.type.value_type)
+        column = _column(table, spec.label.column)
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             wanted = pa.array([str(v) for v in spec.label.equals])
         elif pa.types.is_null(column.type):  # every value missing: no row matches
             return np.zeros(len(column), dtype=np.float64)
-        elif (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
-              or pa.types.is_boolean(column.type) or pa.types.is_decimal(column.type)):
+        elif _is_number(column.type):
             wanted = pa.array([v for v in spec.label.equals if not isinstance(v, str)],
                               type=pa.float64())
             column = pc.cast(column, pa.float64())
@@ -83,11 +92,9 @@ def raw_label(table: pa.Table, name: str, spec: TaskSpec, where: str) -> np.ndar
 
 
 def _numeric_label(table: pa.Table, column: str, task: str, where: str) -> np.ndarray:
-    data = table.column(column)
+    data = _column(table, column)
     if pa.types.is_null(data.type) and len(data) == 0:  # a header-only CSV file: no rows
         return np.zeros(0, dtype=np.float64)
-    if pa.types.is_dictionary(data.type):
-        data = pc.cast(data, data.type.value_type)
     if pa.types.is_boolean(data.type):
         data = pc.cast(data, pa.int8())
     if not (pa.types.is_integer(data.type) or pa.types.is_floating(data.type)
@@ -115,11 +122,9 @@ def group_ids(table: pa.Table, column: str, where: str = "data") -> np.ndarray:
     A missing value is an error naming the row: it belongs to no request, and null ids
     would silently become one garbage group.
     """
-    data = table.column(column)
+    data = _column(table, column)
     if len(data) == 0:
         return np.zeros(0, dtype=np.int64)
-    if pa.types.is_dictionary(data.type):
-        data = pc.cast(data, data.type.value_type)
     if pa.types.is_nested(data.type):
         raise DataError(f"{where}: group column '{column}' ([data] group) must hold one id per "
                         f"row (a string or a number), found type {data.type}")
@@ -135,13 +140,10 @@ def group_ids(table: pa.Table, column: str, where: str = "data") -> np.ndarray:
 def extra_column(table: pa.Table, name: str, where: str) -> np.ndarray:
     """A numeric column the configuration reads besides labels and features (oracle
     probabilities, sample weights) as float64; anything else is an error naming it."""
-    data = table.column(name)
-    if pa.types.is_dictionary(data.type):
-        data = pc.cast(data, data.type.value_type)
+    data = _column(table, name)
     if pa.types.is_null(data.type):
         return np.full(len(data), np.nan)
-    if not (pa.types.is_integer(data.type) or pa.types.is_floating(data.type)
-            or pa.types.is_boolean(data.type) or pa.types.is_decimal(data.type)):
+    if not _is_number(data.type):
         sample = data.drop_null()[0].as_py() if len(data.drop_null()) else None
         raise DataError(f"{where}: column '{name}' must be numeric, found type {data.type} "
                         f"(e.g. {sample!r})")
