@@ -27,6 +27,7 @@ from rankengine.components import Fusion
 from rankengine.config import EngineConfig, TaskSpec, parse_config
 from rankengine.data.pipeline import FeaturePipeline
 from rankengine.errors import ArtifactError, PluginError, RankEngineError, one_line
+from rankengine.files import fsync_directory
 from rankengine.graph import TaskGraph
 from rankengine.model.assembly import RankingModel, build_model
 from rankengine.pluginmanager import Engine, check_model_plugins, load_engine
@@ -72,14 +73,6 @@ def _write(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_artifact(trained: Trained, destination: str | Path, *, overwrite: bool = False) -> Path:
     """Write the trained model to ``destination`` atomically; returns the directory."""
     destination = Path(destination)
@@ -121,7 +114,7 @@ def save_artifact(trained: Trained, destination: str | Path, *, overwrite: bool 
             "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir())},
         }
         _write(tmp / MANIFEST, to_json(manifest))
-        _fsync_dir(tmp)
+        fsync_directory(tmp)
         if destination.exists():
             old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
             destination.rename(old)
@@ -129,7 +122,7 @@ def save_artifact(trained: Trained, destination: str | Path, *, overwrite: bool 
             shutil.rmtree(old)
         else:
             tmp.rename(destination)
-        _fsync_dir(destination.parent)
+        fsync_directory(destination.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -41,6 +41,7 @@ from safetensors.torch import save as save_tensors
 from torch import nn
 
 from rankengine.errors import RankEngineError, one_line
+from rankengine.files import fsync_directory
 
 log = logging.getLogger("rankengine.checkpoint")
 SUFFIX = ".safetensors"
@@ -220,20 +221,6 @@ def _write_atomically(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _sync_directory(directory: Path) -> None:
-    """Make the renames durable (a crash right after must not lose them)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. platforms that cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save(directory: Path, position: Position, state: dict[str, Any], keep: int = 2) -> Path:
     """Write ``state`` as ``ckpt-EEEE-SSSSSSSS.safetensors`` (+ ``.sha256``); keep the newest
     ``keep`` checkpoints. Anything in ``state`` that is not a tensor or JSON-able is refused
@@ -247,7 +234,7 @@ def save(directory: Path, position: Position, state: dict[str, Any], keep: int =
     _write_atomically(path, data)
     # The checksum last: until it exists the checkpoint counts as unfinished.
     _write_atomically(path.with_name(path.name + ".sha256"), (_digest(data) + "\n").encode())
-    _sync_directory(directory)
+    fsync_directory(directory)
     for old in checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
         old.with_name(old.name + ".sha256").unlink(missing_ok=True)

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+
+def fsync_directory(path: Path) -> None:
+    """Make the renames and new files in ``path`` durable: a crash right after a rename must
+    not lose it."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def umask() -> int:
