@@ -275,12 +275,17 @@ def pareto_front(values: Floats) -> list[int]:
     return front
 
 
-def recommend(values: Floats, front: Sequence[int], priority: Floats) -> tuple[int, Floats]:
-    """(index of the recommended front point, the rule's value for every point)."""
-    best = values[list(front)].max(axis=0)
+def rule_values(values: Floats, best: Floats, priority: Floats) -> Floats:
+    """The recommendation rule: the priority-weighted mean of each task's metric relative to
+    the best value on the front."""
     scale = np.where(best > 0, best, 1.0)
     priority = priority / priority.max()  # 1e308 priorities would overflow the sum to inf
-    score = (values / scale) @ priority / priority.sum()
+    return np.asarray((values / scale) @ priority / priority.sum(), dtype=np.float64)
+
+
+def recommend(values: Floats, front: Sequence[int], priority: Floats) -> tuple[int, Floats]:
+    """(index of the recommended front point, the rule's value for every point)."""
+    score = rule_values(values, values[list(front)].max(axis=0), priority)
     chosen = max(front, key=lambda i: (score[i], -i))
     return int(chosen), score
 
@@ -637,10 +642,8 @@ def _print(result: TuneResult, *, metric: str, title: str, priority: dict[str, f
         style = "green" if i == result.recommended else None
         view.add_row(str(i), *cells(result.points[i], result.values[i]),
                      f"{result.rule[i]:.4f}", ", ".join(marks), style=style)
-    scale = np.where(best > 0, best, 1.0)
     weights = np.array([priority[t] for t in result.tasks])
-    weights = weights / weights.max()  # as recommend(): no overflow on huge priorities
-    current_rule = float((result.current_values / scale) @ weights / weights.sum())
+    current_rule = float(rule_values(result.current_values, best, weights))
     view.add_section()
     view.add_row("current", *cells(result.current, result.current_values),
                  f"{current_rule:.4f}", _standing(result))
