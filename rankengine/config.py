@@ -383,6 +383,23 @@ def _format_error(err: Any) -> tuple[str, str]:
     return key, f"{err['msg'].lower()}; found {_describe(found)}"
 
 
+def flat_keys(data: Any, *, lists: bool = False, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys (``{"fusion.weights.click": 1.0}``); with ``lists``,
+    non-empty lists too, as config errors name keys (``{"features[0].name": "user_id"}``)."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(flat_keys(value, lists=lists,
+                                 prefix=f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if lists and isinstance(data, list) and data:
+        out = {}
+        for i, value in enumerate(data):
+            out.update(flat_keys(value, lists=lists, prefix=f"{prefix}[{i}]"))
+        return out
+    return {prefix: data}
+
+
 def _is_union_tag(part: Any) -> bool:
     # pydantic adds the union member (e.g. 'str', 'list[str]', 'LabelRule') to error locations.
     return isinstance(part, str) and (part[:1].isupper() or "[" in part or part in _TYPE_TAGS)

@@ -49,7 +49,13 @@ from rankengine.components import (
     RankingLoss,
     SampleWeighting,
 )
-from rankengine.config import EngineConfig, TaskSpec, resolve_component, validate_components
+from rankengine.config import (
+    EngineConfig,
+    TaskSpec,
+    flat_keys,
+    resolve_component,
+    validate_components,
+)
 from rankengine.data import cache as data_cache
 from rankengine.data.batching import Batch, TensorData, iterate_batches
 from rankengine.data.dataset import (
@@ -890,7 +896,7 @@ def check_saved_config(config: EngineConfig, engine: Engine) -> None:
     from rankengine.config import parse_config
 
     raw = config.resolved_dict()
-    leaves = _leaves(raw)
+    leaves = flat_keys(raw, lists=True)
     for key, value in leaves.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"expected a finite number, found {value}", source=config.source,
@@ -898,26 +904,11 @@ def check_saved_config(config: EngineConfig, engine: Engine) -> None:
     again = parse_config(json.loads(json.dumps(raw)), source=config.source,
                          base_dir=config.base_dir)
     validate_components(again, engine)
-    back = _leaves(again.resolved_dict())
+    back = flat_keys(again.resolved_dict(), lists=True)
     for key in sorted(set(leaves) | set(back)):
         if leaves.get(key) != back.get(key):
             raise ConfigError(f"{leaves.get(key)!r} reads back as {back.get(key)!r} from the "
                               f"config saved with the model", source=config.source, key=key)
-
-
-def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"fusion.weights.click": 1.0, "features[0].name": "user_id", ...}``."""
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_leaves(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    if isinstance(data, list) and data:
-        out = {}
-        for i, value in enumerate(data):
-            out.update(_leaves(value, f"{prefix}[{i}]"))
-        return out
-    return {prefix: data}
 
 
 def _optimizer(config: EngineConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

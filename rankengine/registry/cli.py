@@ -10,6 +10,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from rankengine.config import flat_keys
 from rankengine.registry import migrations
 from rankengine.registry.store import AliasMove, ModelVersion, RegistryError, RegistryStore
 
@@ -301,9 +302,9 @@ def models_diff(a: str, b: str, url: str | None, as_json: bool) -> None:
     """Config, plugin and metric differences between two versions."""
     store = open_store(url, create_if_empty=False)
     va, vb = store.resolve(a), store.resolve(b)
-    config = _dict_diff(_flatten(va.config), _flatten(vb.config))
+    config = _dict_diff(flat_keys(va.config), flat_keys(vb.config))
     plugins = _dict_diff(va.plugins, vb.plugins)
-    ma, mb = _flatten(va.metrics.get("splits", {})), _flatten(vb.metrics.get("splits", {}))
+    ma, mb = flat_keys(va.metrics.get("splits", {})), flat_keys(vb.metrics.get("splits", {}))
     metrics = {k: {"a": ma.get(k), "b": mb.get(k),
                    "delta": (mb[k] - ma[k]) if isinstance(ma.get(k), float)
                    and isinstance(mb.get(k), float) else None}
@@ -330,13 +331,6 @@ def _num(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data}
 
 
 def _dict_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rankengine.artifact import json_safe
+from rankengine.config import flat_keys
 from rankengine.evaluate import undefined_summary
 from rankengine.report import plots
 from rankengine.report.build import (
@@ -28,7 +29,6 @@ from rankengine.report.build import (
     base_metric,
     dict_diff,
     direction,
-    flatten,
     verdict,
 )
 
@@ -608,7 +608,7 @@ def _compare_config(a: VersionReport, b: VersionReport) -> str:
                 f"<th>{escape(a.ref)}</th><th>{escape(b.ref)}</th></tr>{body}</table></div>")
 
     va, vb = a.version, b.version
-    return (table("config", dict_diff(flatten(va.config), flatten(vb.config)), "config-diff")
+    return (table("config", dict_diff(flat_keys(va.config), flat_keys(vb.config)), "config-diff")
             + table("plugins", dict_diff(va.plugins, vb.plugins), "plugin-diff")
-            + table("data fingerprint", dict_diff(flatten(va.data_fingerprint),
-                                                 flatten(vb.data_fingerprint)), "data-diff"))
+            + table("data fingerprint", dict_diff(flat_keys(va.data_fingerprint),
+                                                 flat_keys(vb.data_fingerprint)), "data-diff"))
