@@ -3,8 +3,10 @@ on loopback."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -54,11 +56,15 @@ def plain_model(registry: tuple) -> str:
     return "plain"
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class Server:
     def __init__(self, app: object, **config: Any) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                                     log_level="warning", **config))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -84,17 +90,43 @@ def wait_ready(client: httpx.Client) -> None:
         time.sleep(0.05)
 
 
-def wait_process_ready(client: httpx.Client, server: subprocess.Popen[str]) -> None:
-    """Until a ``rankengine serve`` subprocess answers ready (it may not listen yet)."""
-    deadline = time.time() + 60
-    while True:
-        try:
-            if client.get("/v2/health/ready").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert server.poll() is None and time.time() < deadline, "server never ready"
-        time.sleep(0.1)
+class ServeProcess:
+    """``rankengine serve demo@champion`` from ``root``'s registry in a subprocess (one
+    inference thread, no access log, ``flags`` added), with a client once it answers ready;
+    :meth:`stop` sends SIGTERM and returns everything it printed."""
+
+    def __init__(self, root: Path, *flags: str, env: dict[str, str] | None = None) -> None:
+        port = free_port()
+        self.server = subprocess.Popen(
+            [sys.executable, "-m", "rankengine.cli", "serve", "demo@champion", "--registry",
+             f"sqlite:///{root / 'reg.db'}", "--port", str(port), "--threads", "1",
+             "--no-access-log", *flags],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+
+    def __enter__(self) -> ServeProcess:
+        deadline = time.time() + 60
+        while True:  # it may not even listen yet
+            try:
+                if self.client.get("/v2/health/ready").status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            if self.server.poll() is not None or time.time() > deadline:
+                self.__exit__()
+                raise AssertionError("server never ready")
+            time.sleep(0.1)
+
+    def stop(self) -> str:
+        self.client.close()
+        self.server.send_signal(signal.SIGTERM)
+        return self.server.communicate(timeout=30)[0]
+
+    def __exit__(self, *exc: object) -> None:
+        self.client.close()
+        if self.server.poll() is None:
+            self.server.kill()
+            self.server.communicate()
 
 
 @pytest.fixture

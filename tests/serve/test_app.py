@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +20,7 @@ from rankengine.predict import score_table
 from rankengine.registry.artifacts import load_version, path_of
 from rankengine.serve import ModelHolder, ServeSettings, create_app
 
-from .conftest import FEATURES, Server, rank_payload, rows, wait_process_ready, wait_ready
+from .conftest import FEATURES, ServeProcess, Server, rank_payload, rows, wait_ready
 
 
 def test_oip_v2_metadata_and_health(served: tuple) -> None:
@@ -454,30 +451,17 @@ def test_onnxruntime_backend_serves_the_same_scores(served: tuple) -> None:
 def test_rankengine_serve_process_ranks_and_shuts_down_gracefully(registry: tuple) -> None:
     store, root, funnel, _ = registry
     store.set_alias("demo", "champion", 1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rankengine.cli", "serve", "demo@champion", "--registry",
-         f"sqlite:///{root / 'reg.db'}", "--port", str(port), "--threads", "1",
-         "--no-access-log", "--max-body-bytes", "4000", "--max-fusion-weight", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            wait_process_ready(client, server)
-            ranked = client.post("/v1/rank", json=rank_payload(funnel)).json()["ranked"]
-            assert len(ranked) == 10 and ranked[0]["score"] >= ranked[-1]["score"]
-            too_big = client.post("/v1/rank", json=rank_payload(funnel, 100))
-            assert too_big.status_code == 413 and "the limit is 4,000" in too_big.text
-            heavy = client.post("/v1/rank", json=rank_payload(funnel) | {
-                "fusion_weights": {"click": 6}})
-            assert heavy.status_code == 400 and "[0, 5.0]" in heavy.text
-        server.send_signal(signal.SIGTERM)
-        output, _ = server.communicate(timeout=30)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.communicate()
+    with ServeProcess(root, "--max-body-bytes", "4000", "--max-fusion-weight", "5") as serving:
+        client = serving.client
+        ranked = client.post("/v1/rank", json=rank_payload(funnel)).json()["ranked"]
+        assert len(ranked) == 10 and ranked[0]["score"] >= ranked[-1]["score"]
+        too_big = client.post("/v1/rank", json=rank_payload(funnel, 100))
+        assert too_big.status_code == 413 and "the limit is 4,000" in too_big.text
+        heavy = client.post("/v1/rank", json=rank_payload(funnel) | {
+            "fusion_weights": {"click": 6}})
+        assert heavy.status_code == 400 and "[0, 5.0]" in heavy.text
+        output = serving.stop()
+    server = serving.server
     # uvicorn finishes in-flight work, runs the shutdown hooks, then re-raises the signal.
     assert server.returncode in (0, -signal.SIGTERM), output
     assert "1 inference thread(s) each with" in output

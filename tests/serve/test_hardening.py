@@ -6,10 +6,7 @@ from __future__ import annotations
 import math
 import os
 import select
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +30,7 @@ from rankengine.serve import ModelHolder, ServeSettings, create_app
 from rankengine.serve.app import REFUSED_BODY_GRACE
 from rankengine.serve.http import NoDelayH11Protocol
 
-from .conftest import FEATURES, Server, rank_payload, rows, wait_process_ready, wait_ready
+from .conftest import FEATURES, ServeProcess, Server, rank_payload, rows, wait_ready
 
 
 def counter(metrics: str, endpoint: str, status: int) -> float:
@@ -429,30 +426,16 @@ def test_a_non_loopback_host_without_a_token_is_refused(tmp_path: Path, host: st
 def test_serving_on_all_interfaces_needs_the_token_and_warns(registry: tuple) -> None:
     store, root, funnel, _ = registry
     store.set_alias("demo", "champion", 1)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rankengine.cli", "serve", "demo@champion", "--registry",
-         f"sqlite:///{root / 'reg.db'}", "--host", "0.0.0.0", "--port", str(port),
-         "--threads", "1", "--no-access-log"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=os.environ | {"RANKENGINE_ADMIN_TOKEN": "from-the-env"})
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            wait_process_ready(client, server)
-            load = "/v2/repository/models/demo/load"
-            assert client.post(load).status_code == 401
-            assert client.post(load, headers={"Authorization": "Bearer nope"}).status_code == 403
-            assert client.post(load, headers={
-                "Authorization": "Bearer from-the-env"}).status_code == 200
-            assert client.post("/v1/rank", json=rank_payload(funnel)).status_code == 200
-        server.send_signal(signal.SIGTERM)
-        output, _ = server.communicate(timeout=30)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.communicate()
+    with ServeProcess(root, "--host", "0.0.0.0",
+                      env=os.environ | {"RANKENGINE_ADMIN_TOKEN": "from-the-env"}) as serving:
+        client = serving.client
+        load = "/v2/repository/models/demo/load"
+        assert client.post(load).status_code == 401
+        assert client.post(load, headers={"Authorization": "Bearer nope"}).status_code == 403
+        assert client.post(load, headers={
+            "Authorization": "Bearer from-the-env"}).status_code == 200
+        assert client.post("/v1/rank", json=rank_payload(funnel)).status_code == 200
+        output = serving.stop()
     assert "from-the-env" not in output
     warning = [line for line in output.splitlines() if "unauthenticated" in line]
     assert len(warning) == 1 and "0.0.0.0" in warning[0], output
