@@ -1,17 +1,20 @@
 """The SQL model registry: versions, aliases with history, artifacts with checksums."""
 
-from rankengine.registry.store import (
-    AliasMove,
-    ModelVersion,
+from rankengine.registry.errors import (
     NotFoundError,
-    RegisteredModel,
     RegistryBusyError,
     RegistryConflictError,
     RegistryError,
-    RegistryStore,
     SchemaOutOfDateError,
+)
+from rankengine.registry.store import (
+    AliasMove,
+    ModelVersion,
+    RegisteredModel,
+    RegistryStore,
     check_model_name,
     check_name,
+    resolve_url,
 )
 
 __all__ = [
@@ -26,4 +29,5 @@ __all__ = [
     "SchemaOutOfDateError",
     "check_model_name",
     "check_name",
+    "resolve_url",
 ]

@@ -24,6 +24,14 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from rankengine.registry.errors import (
+    RegistryBusyError,
+    RegistryError,
+    SchemaOutOfDateError,
+    no_registry,
+    reason,
+)
+
 if TYPE_CHECKING:
     from rankengine.registry.store import RegistryStore
 
@@ -73,25 +81,21 @@ def _run_on(conn: Connection, action: Callable[[Config], None]) -> None:
 @contextmanager
 def _translated(store: RegistryStore) -> Iterator[None]:
     """Database and Alembic failures as one-line registry errors naming the URL."""
-    from rankengine.registry.store import RegistryError, _reason
-
     try:
         yield
     except CommandError as exc:
         raise RegistryError(f"{store.url}: {exc}") from exc
     except SQLAlchemyError as exc:
-        raise RegistryError(f"cannot use registry {store.url}: {_reason(exc)}") from exc
+        raise RegistryError(f"cannot use registry {store.url}: {reason(exc)}") from exc
 
 
 @contextmanager
 def schema_lock(store: RegistryStore) -> Iterator[Connection]:
     """A connection in a transaction that holds this database's schema lock."""
-    from rankengine.registry.store import WRITE, RegistryBusyError
-
     engine = store.engine
     dialect = engine.dialect.name
     if dialect == "sqlite":
-        with engine.execution_options(**{WRITE: True}).begin() as conn:  # BEGIN IMMEDIATE
+        with store.write_engine.begin() as conn:  # BEGIN IMMEDIATE
             yield conn
     elif dialect == "postgresql":
         with engine.begin() as conn:
@@ -136,8 +140,6 @@ def ensure_current(store: RegistryStore, *, create_if_empty: bool) -> None:
 
 def _refuse_or_create(store: RegistryStore, conn: Connection, have: str | None, want: str,
                       create_if_empty: bool) -> None:
-    from rankengine.registry.store import SchemaOutOfDateError, no_registry
-
     fix = f"rankengine db upgrade --url '{store.url}'"
     if have is None and not inspect(conn).get_table_names():
         if create_if_empty:

@@ -15,15 +15,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine, Select, create_engine, event, inspect, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from rankengine.errors import RankEngineError, one_line
+from rankengine.registry import migrations
+from rankengine.registry.errors import (
+    NotFoundError,
+    RegistryBusyError,
+    RegistryConflictError,
+    RegistryError,
+    SchemaOutOfDateError,
+    no_registry,
+)
+from rankengine.registry.errors import reason as _reason
 from rankengine.registry.schema import SqlAlias, SqlAliasMove, SqlModel, SqlVersion
+
+if TYPE_CHECKING:
+    from rankengine.config import EngineConfig
+
+__all__ = [  # the errors are the registry's (rankengine.registry.errors), re-exported here
+    "DEFAULT_URL", "URL_ENV", "AliasMove", "ModelVersion", "NotFoundError", "RegisteredModel",
+    "RegistryBusyError", "RegistryConflictError", "RegistryError", "RegistryStore",
+    "SchemaOutOfDateError", "check_model_name", "check_name", "make_engine", "no_registry",
+    "resolve_url",
+]
 
 DEFAULT_URL = "sqlite:///rankengine.db"
 URL_ENV = "RANKENGINE_REGISTRY_URL"
@@ -31,26 +50,6 @@ STATUSES = ("pending", "ready", "archived", "failed")
 ROLLBACK = "rollback from"  # reason prefix that marks a move made by rollback()
 #: Execution option that makes a SQLite transaction start with BEGIN IMMEDIATE (the write lock).
 WRITE = "rankengine_write"
-
-
-class RegistryError(RankEngineError):
-    """The registry refused an operation or the database failed."""
-
-
-class NotFoundError(RegistryError):
-    """No such model, version or alias."""
-
-
-class RegistryBusyError(RegistryError):
-    """A lock race or deadlock the database gave up on; the operation may be retried."""
-
-
-class SchemaOutOfDateError(RegistryError):
-    """The database schema is behind the code; ``rankengine db upgrade`` fixes it."""
-
-
-class RegistryConflictError(RegistryError):
-    """A write broke a uniqueness or foreign-key rule (a lost race, or a row deleted meanwhile)."""
 
 
 # -- names ------------------------------------------------------------------------------------
@@ -147,8 +146,35 @@ class AliasMove:
     reason: str
 
 
-def resolve_url(url: str | None) -> str:
-    return url or os.environ.get(URL_ENV) or DEFAULT_URL
+def resolve_url(option: str | None = None, config: EngineConfig | None = None) -> str:
+    """The registry URL of every command, the first of these that is given:
+
+    1. ``option``: the command's ``--registry`` / ``--url`` (an empty one is an error, not the
+       default used unasked);
+    2. ``$RANKENGINE_REGISTRY_URL`` (an empty variable counts as unset);
+    3. ``[registry] url`` of ``config`` when the command reads one;
+    4. :data:`DEFAULT_URL`.
+
+    A relative SQLite path from the config (or the default, when there is a config) is relative
+    to the config file's directory; one from the option or the environment is relative to the
+    working directory.
+    """
+    if option is not None:
+        if not option.strip():
+            raise RegistryError("empty registry URL (--registry / --url); give a URL or leave "
+                                "the option out for the default")
+        return option
+    from_env = os.environ.get(URL_ENV)
+    if from_env:
+        return from_env
+    if config is None:
+        return DEFAULT_URL
+    url = config.registry.url or DEFAULT_URL
+    relative = url.startswith("sqlite:///") and not url.startswith("sqlite:////") \
+        and url != "sqlite:///:memory:"
+    if relative:
+        return "sqlite:///" + str(config.resolve_path(url.removeprefix("sqlite:///")))
+    return url
 
 
 def make_engine(url: str) -> Engine:
@@ -205,11 +231,9 @@ class RegistryStore:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Sessions that write: on SQLite they begin with the write lock (BEGIN IMMEDIATE);
         # elsewhere the rows they read-modify-write are locked FOR UPDATE.
-        self._write_sessions = sessionmaker(self.engine.execution_options(**{WRITE: True}),
-                                            expire_on_commit=False)
+        self.write_engine = self.engine.execution_options(**{WRITE: True})
+        self._write_sessions = sessionmaker(self.write_engine, expire_on_commit=False)
         if check_schema:
-            from rankengine.registry import migrations
-
             try:
                 migrations.ensure_current(self, create_if_empty=create_if_empty)
             except BaseException:
@@ -558,13 +582,6 @@ def _patched(current: dict[str, Any] | None, patch: dict[str, Any]) -> dict[str,
     return out
 
 
-def no_registry(url: str, detail: str = "") -> NotFoundError:
-    """The error for a database that holds no registry where one must exist already."""
-    return NotFoundError(f"{url} holds no registry yet{f' ({detail})' if detail else ''}; train a "
-                         f"model first, pass --registry URL, or create it with: rankengine db "
-                         f"upgrade --url '{url}'")
-
-
 _Query = TypeVar("_Query", bound="Select[Any]")
 
 
@@ -586,18 +603,12 @@ def _missing_sqlite_file(url: str) -> str | None:
     if not parsed.drivername.startswith("sqlite") or not database or database == ":memory:" \
             or database.startswith("file:"):
         return None
-    return None if os.path.exists(database) else database
+    return None if os.path.exists(database) else os.path.abspath(database)
 
 
 def _retryable(exc: OperationalError) -> bool:
     text = str(exc.orig).lower()
     return any(t in text for t in ("locked", "busy", "deadlock", "serialize", "lock wait"))
-
-
-def _reason(exc: BaseException) -> str:
-    """The driver's own message on one line, e.g. ``OperationalError: connection refused``."""
-    cause = getattr(exc, "orig", None) or exc
-    return f"{type(cause).__name__}: {one_line(str(cause))}"
 
 
 def _version(row: SqlVersion, aliases: tuple[str, ...]) -> ModelVersion:
