@@ -24,7 +24,7 @@ def rankengine_register_backbones(register: Register) -> None:
     register("shared_bottom", build_shared_bottom, params=SharedBottomParams,
              help="one MLP shared by every head")
     register("omoe", build_omoe, params=MoEParams, help="experts mixed by one shared gate")
-    register("mmoe", build_mmoe, params=MoEParams, help="experts mixed by one gate per head")
+    register("mmoe", build_mmoe, params=MoEParams, default=True, help="experts mixed by one gate per head")
     register("ple", build_ple, params=PLEParams,
              help="progressive layered extraction: CGC levels of task and shared experts")
 

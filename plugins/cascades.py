@@ -19,7 +19,6 @@ from rankengine import (
     HeadSpec,
     Params,
     Register,
-    head_value,
     hookimpl,
 )
 
@@ -29,7 +28,7 @@ def rankengine_register_cascades(register: Register) -> None:
     register("independent", IndependentCascade, params=IndependentParams,
              help="one head per task; conditional tasks trained on the parent-positive subspace "
                   "(space='parent') or directly on the entire space (space='entire')")
-    register("esmm", ESMMCascade, params=ChainParams,
+    register("esmm", ESMMCascade, params=ChainParams, default=True,
              help="ESMM: p(task) = p(task | parent) · p(parent), all losses on the entire space")
     register("esm2", ESM2Cascade, params=ChainParams,
              help="ESM²: like esmm, and a task with via = sibling is decomposed by total "
@@ -76,7 +75,7 @@ class ChainCascade(Cascade):
             if node.type == "regression":
                 for col in (lp, lq, cp, cq):
                     col.append(zero)
-                values.append(head_value(node.spec, out))
+                values.append(out)  # already in value units (the loss's link)
                 continue
             values.append(zero)
             if self.use_via and node.via is not None:
@@ -135,8 +134,8 @@ class IndependentCascade(ChainCascade):
             F.logsigmoid(-h) if n.type == "binary" else torch.zeros_like(h)
             for h, n in zip(head_outputs, self.graph.nodes, strict=True)
         ], dim=1)
-        parents = torch.tensor([max(p, 0) for p in self.graph.parent_index])
-        has_parent = torch.tensor([p >= 0 for p in self.graph.parent_index])
+        parents = torch.tensor([max(p, 0) for p in self.graph.parent_index], device=lp.device)
+        has_parent = torch.tensor([p >= 0 for p in self.graph.parent_index], device=lp.device)
         cond = torch.where(has_parent, (lp - lp.index_select(1, parents)).clamp(max=0.0), lp)
         cond_q = torch.log1p(-cond.exp().clamp(max=1 - 1e-7))
         return CascadeOutput(lp, lq, cond, cond_q, out.value)

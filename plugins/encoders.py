@@ -189,7 +189,7 @@ class VocabularyEncoder(FeatureEncoder):
 class CategoricalEncoder(VocabularyEncoder):
     """Id 0 is the OOV / missing bucket; known values get 1..V (or hash buckets 1..H)."""
 
-    output = "categorical"
+    output = "ids"
     params: CategoricalParams
 
     def fit(self, column: pa.ChunkedArray) -> None:
@@ -231,6 +231,7 @@ class NumericEncoder(FeatureEncoder):
     error; ``missing_indicator`` adds a 0/1 column. Infinite values are always an error."""
 
     output = "dense"
+    raw_datatype = "FP32"
     params: NumericParams
 
     def __init__(self, feature: FeatureSpec, params: NumericParams) -> None:
@@ -335,7 +336,8 @@ def quantile_boundaries(x: np.ndarray, buckets: int) -> list[float]:
 class BucketizeEncoder(FeatureEncoder):
     """Id 0 = missing; ids 1..K+1 by training quantiles (or the given boundaries)."""
 
-    output = "categorical"
+    output = "ids"
+    raw_datatype = "FP32"
     params: BucketizeParams
 
     def __init__(self, feature: FeatureSpec, params: BucketizeParams) -> None:
@@ -387,8 +389,16 @@ class SequenceEncoder(VocabularyEncoder):
     """A list column (or a string split on ``separator``) → ``[N, max_len]`` ids, 0 = padding,
     1 = OOV; the first ``max_len`` elements of each row are kept."""
 
-    output = "sequence"
+    output = "id_list"
     params: SequenceParams
+
+    @property
+    def length(self) -> int:
+        return int(self.params.max_len)
+
+    @property
+    def pooling(self) -> str:
+        return str(self.params.pooling)
 
     def _lists(self, column: pa.ChunkedArray) -> pa.ListArray:
         column = decoded(column)

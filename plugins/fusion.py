@@ -9,6 +9,7 @@ that cannot be served.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import torch
@@ -20,7 +21,7 @@ from rankengine import Fusion, Params, Register, hookimpl, suggest
 
 @hookimpl
 def rankengine_register_fusions(register: Register) -> None:
-    register("weighted_sum", WeightedSum, params=FusionWeights, help="Σ w_k · p_k")
+    register("weighted_sum", WeightedSum, params=FusionWeights, default=True, help="Σ w_k · p_k")
     register("weighted_product", WeightedProduct, params=FusionWeights,
              help="Π p_k ^ w_k (computed as exp Σ w_k log p_k)")
     register("expected_value", ExpectedValue, params=ExpectedValueParams,
@@ -61,6 +62,12 @@ class _Weighted(Fusion):
                 raise unknown_task("weights", name, tasks)
         default = 0.0 if params.weights else 1.0  # no weights given: every task counts once
         self.w = torch.tensor([params.weights.get(t, default) for t in tasks])
+
+    def weights(self) -> dict[str, float]:
+        return dict(zip(self.tasks, self.w.tolist(), strict=True))
+
+    def with_weights(self, weights: Mapping[str, float]) -> Fusion:
+        return type(self)(self.tasks, FusionWeights(weights=dict(weights)))
 
 
 class WeightedSum(_Weighted):

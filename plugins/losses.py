@@ -5,8 +5,6 @@ Learning to rank within request groups (``[loss.ranking]``): BPR (Rendle et al. 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -15,6 +13,7 @@ from rankengine import (
     NodePrediction,
     PairwiseLoss,
     Params,
+    PointwiseLoss,
     RankingLoss,
     Register,
     hookimpl,
@@ -23,10 +22,11 @@ from rankengine import (
 
 @hookimpl
 def rankengine_register_losses(register: Register) -> None:
-    register("bce", lambda params: TypedLoss(bce, "binary"),
-             help="binary cross-entropy, computed in log space (binary tasks)")
-    register("mse", lambda params: mse, help="squared error on the value")
-    register("log_mse", lambda params: TypedLoss(log_mse, "regression"),
+    register("bce", BCELoss, default=True,
+             help="binary cross-entropy, computed in log space (binary tasks; their default)")
+    register("mse", SquaredError, default=True,
+             help="squared error on the value (regression tasks; their default)")
+    register("log_mse", LogSquaredError,
              help="squared error of log1p(value); the head models log1p(value) (regression "
                   "tasks)")
     register("bpr", lambda params: BPRLoss(), help="ranking: -log sigmoid(s_i - s_j) per pair")
@@ -38,32 +38,33 @@ def rankengine_register_losses(register: Register) -> None:
              help="ranking: softmax cross-entropy against relevance shares per group")
 
 
-class TypedLoss:
-    """A pointwise loss that fits one task type: ``task_types`` lets training refuse it on a
-    task of the other type (BCE on a dwell time, log-MSE on a 0/1 label) before any data is
-    read. Any pointwise loss may carry a ``task_types`` attribute."""
-
-    def __init__(self, fn: Callable[[NodePrediction, torch.Tensor], torch.Tensor],
-                 *task_types: str) -> None:
-        self.fn = fn
-        self.task_types = task_types
+class BCELoss(PointwiseLoss):
+    task_types = ("binary",)
 
     def __call__(self, prediction: NodePrediction, target: torch.Tensor) -> torch.Tensor:
-        return self.fn(prediction, target)
+        return -(target * prediction.log_p + (1.0 - target) * prediction.log_q)
 
 
-def bce(prediction: NodePrediction, target: torch.Tensor) -> torch.Tensor:
-    return -(target * prediction.log_p + (1.0 - target) * prediction.log_q)
+class SquaredError(PointwiseLoss):
+    task_types = ("regression",)
+
+    def __call__(self, prediction: NodePrediction, target: torch.Tensor) -> torch.Tensor:
+        return (prediction.value - target).square()
 
 
-def mse(prediction: NodePrediction, target: torch.Tensor) -> torch.Tensor:
-    return (prediction.value - target).square()
+class LogSquaredError(PointwiseLoss):
+    """The head models log1p(value): its link is ``expm1`` and the loss compares logs."""
 
+    task_types = ("regression",)
 
-def log_mse(prediction: NodePrediction, target: torch.Tensor) -> torch.Tensor:
-    # value = expm1(head output), so log1p(value) is the head output itself.
-    return (torch.log1p(prediction.value) - torch.log1p(target.clamp(min=0.0))).square()
+    def __call__(self, prediction: NodePrediction, target: torch.Tensor) -> torch.Tensor:
+        return (torch.log1p(prediction.value) - torch.log1p(target.clamp(min=0.0))).square()
 
+    def to_value(self, head_output: torch.Tensor) -> torch.Tensor:
+        return torch.expm1(head_output)
+
+    def from_value(self, value: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(value)
 
 
 # -- learning to rank -------------------------------------------------------------------------

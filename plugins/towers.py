@@ -11,7 +11,8 @@ from rankengine import Activation, Params, Register, Width, hookimpl, mlp
 
 @hookimpl
 def rankengine_register_towers(register: Register) -> None:
-    register("mlp", build_mlp_tower, params=MLPTowerParams, help="MLP ending in one output")
+    register("mlp", build_mlp_tower, params=MLPTowerParams, default=True,
+             help="MLP ending in one output")
 
 
 class MLPTowerParams(Params):

@@ -29,7 +29,7 @@ from rankengine import (
 
 @hookimpl
 def rankengine_register_loss_weightings(register: Register) -> None:
-    register("fixed", FixedWeighting, params=FixedParams,
+    register("fixed", FixedWeighting, params=FixedParams, default=True,
              help="constant weights: [loss.weighting] weights, else each task's `weight`")
     register("uncertainty", UncertaintyWeighting, params=UncertaintyParams,
              help="learned homoscedastic uncertainty per task (Kendall et al. 2018)")
@@ -45,7 +45,7 @@ def rankengine_register_loss_weightings(register: Register) -> None:
 
 @hookimpl
 def rankengine_register_sample_weightings(register: Register) -> None:
-    register("none", NoSampleWeighting, help="every row counts once")
+    register("none", NoSampleWeighting, default=True, help="every row counts once")
     register("label_weight", LabelWeighting, params=LabelWeightParams,
              help="positives of a task count `weights[task]` times (e.g. pay more than click)")
     register("column", ColumnWeighting, params=ColumnWeightParams,

@@ -3,26 +3,24 @@
 This module is the public API. Plugins (built-in ones included) import only from here.
 """
 
-from rankengine.components import (
+from rankengine.backend import ServingBackend
+from rankengine.components import Component, NoParams, Params, Register
+from rankengine.interfaces import (
     Backbone,
     Cascade,
     CascadeOutput,
-    Component,
     FeatureEncoder,
     Fusion,
     HeadSpec,
     LossWeighting,
     Metric,
     NodePrediction,
-    NoParams,
     PairwiseLoss,
-    Params,
+    PointwiseLoss,
     RankingLoss,
-    Register,
     SampleWeighting,
     SharedParameters,
     Undefined,
-    head_value,
     sample_pairs,
     undefined,
 )
@@ -67,17 +65,18 @@ __all__ = [
     "PairwiseLoss",
     "Params",
     "PluginError",
+    "PointwiseLoss",
     "RankEngineError",
     "RankingLoss",
     "Register",
     "SampleWeighting",
+    "ServingBackend",
     "SharedParameters",
     "TaskGraph",
     "TaskSpec",
     "Undefined",
     "Width",
     "__version__",
-    "head_value",
     "hookimpl",
     "load_config",
     "mlp",

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rankengine.components import Fusion
+from rankengine.interfaces import Fusion
 from rankengine.config import EngineConfig, TaskSpec, parse_config
 from rankengine.data.pipeline import FeaturePipeline
 from rankengine.errors import ArtifactError, PluginError, RankEngineError, one_line
@@ -31,7 +31,8 @@ from rankengine.files import fsync_directory
 from rankengine.graph import TaskGraph
 from rankengine.model.assembly import RankingModel, build_model
 from rankengine.pluginmanager import Engine, check_model_plugins, load_engine
-from rankengine.train import Trained, build_fusion
+from rankengine.plan import build_fusion
+from rankengine.train import Trained
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rankengine.components import DEFAULT_KIND
 from rankengine.errors import ConfigError, suggest
 
 if typing.TYPE_CHECKING:
@@ -138,7 +139,9 @@ class TaskSpec(Section):
     type: Literal["binary", "regression"] = "binary"
     after: str | None = None
     via: str | None = None
-    loss: str | None = None
+    #: the task's pointwise loss: a name or ``{ kind = "...", param = ... }``; left out, the
+    #: registered default loss for the task's type
+    loss: ComponentRef | None = None
     weight: float = Field(default=1.0, ge=0.0)
     tower_groups: list[str] = []
     oracle: OracleSpec | None = None
@@ -149,9 +152,6 @@ class TaskSpec(Section):
             return [self.label.column]
         return [self.label] if isinstance(self.label, str) else list(self.label)
 
-    @property
-    def loss_name(self) -> str:
-        return self.loss or ("bce" if self.type == "binary" else "mse")
 
 
 class TaskGraphSection(Section):
@@ -170,9 +170,9 @@ class BiasTowerSection(Section):
 
 
 class ModelSection(Section):
-    backbone: ComponentRef = ComponentRef(kind="mmoe")
-    tower: ComponentRef = ComponentRef(kind="mlp")
-    cascade: ComponentRef = ComponentRef(kind="esmm")
+    backbone: ComponentRef = ComponentRef(kind=DEFAULT_KIND)
+    tower: ComponentRef = ComponentRef(kind=DEFAULT_KIND)
+    cascade: ComponentRef = ComponentRef(kind=DEFAULT_KIND)
     #: none: every feature; an empty list would leave the backbone without input
     backbone_groups: list[str] | None = Field(default=None, min_length=1)
     bias_tower: BiasTowerSection | None = None
@@ -228,14 +228,14 @@ class RankingSection(BaseModel):
 
 
 class LossSection(Section):
-    weighting: ComponentRef = ComponentRef(kind="fixed")
-    sample_weighting: ComponentRef = ComponentRef(kind="none")
+    weighting: ComponentRef = ComponentRef(kind=DEFAULT_KIND)
+    sample_weighting: ComponentRef = ComponentRef(kind=DEFAULT_KIND)
     ranking: RankingSection | None = None
 
 
 class FusionSection(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-    kind: str = "weighted_sum"
+    kind: str = DEFAULT_KIND
 
     @property
     def params(self) -> dict[str, Any]:
@@ -489,26 +489,50 @@ def _format_param_error(err: Any, model: type[BaseModel]) -> tuple[str, str]:
     return _key_path(loc), f"{err['msg'].lower()}; found {_describe(err.get('input'))}"
 
 
+def default_loss(table: ComponentTable[Any], task_type: str, *, key: str, source: str) -> str:
+    """The registered default loss whose ``task_types`` include ``task_type``."""
+    fits = [c.name for c in table.defaults()
+            if task_type in getattr(c.factory, "task_types", ())]
+    if len(fits) != 1:
+        why = "no" if not fits else f"{len(fits)} ({', '.join(fits)})"
+        raise ConfigError(f"expected a loss name: {why} enabled plugin registers a default "
+                          f"loss for {task_type} tasks; available: {', '.join(table.names())}",
+                          source=source, key=key)
+    return fits[0]
+
+
 def validate_components(config: EngineConfig, engine: Engine) -> None:
-    """Check every component name and parameter table in ``config`` against the plugins."""
+    """Check every component name and parameter table in ``config`` against the plugins, and
+    write each family's registered default where the config names none (``"default"``), so
+    the config saved with a model records the components it really used."""
     c, src = engine.components, config.source
-    resolve_component(c.backbones, config.model.backbone.kind, config.model.backbone.params,
-                      key="model.backbone", source=src)
-    resolve_component(c.towers, config.model.tower.kind, config.model.tower.params,
-                      key="model.tower", source=src)
-    resolve_component(c.cascades, config.model.cascade.kind, config.model.cascade.params,
-                      key="model.cascade", source=src)
-    resolve_component(c.loss_weightings, config.loss.weighting.kind, config.loss.weighting.params,
-                      key="loss.weighting", source=src)
-    resolve_component(c.sample_weightings, config.loss.sample_weighting.kind,
-                      config.loss.sample_weighting.params, key="loss.sample_weighting", source=src)
-    resolve_component(c.fusions, config.fusion.kind, config.fusion.params, key="fusion",
-                      source=src)
+    refs: list[tuple[Any, str, Any, str]] = [
+        (config.model, "backbone", c.backbones, "model.backbone"),
+        (config.model, "tower", c.towers, "model.tower"),
+        (config.model, "cascade", c.cascades, "model.cascade"),
+        (config.loss, "weighting", c.loss_weightings, "loss.weighting"),
+        (config.loss, "sample_weighting", c.sample_weightings, "loss.sample_weighting"),
+    ]
+    for owner, attr, table, key in refs:
+        ref = getattr(owner, attr)
+        name = table.get(ref.kind, key=f"{key}.kind", source=src).name
+        if name != ref.kind:
+            setattr(owner, attr, ComponentRef(kind=name, **ref.params))
+        resolve_component(table, name, ref.params, key=key, source=src)
+    fusion = c.fusions.get(config.fusion.kind, key="fusion.kind", source=src).name
+    if fusion != config.fusion.kind:
+        config.fusion = FusionSection(kind=fusion, **config.fusion.params)
+    resolve_component(c.fusions, fusion, config.fusion.params, key="fusion", source=src)
     for i, feature in enumerate(config.features):
         resolve_component(c.encoders, feature.kind, feature.params, key=f"features[{i}]",
                           source=src)
     for name, task in config.tasks.items():
-        c.losses.get(task.loss_name, key=f"tasks.{name}.loss", source=src)
+        key = f"tasks.{name}.loss"
+        name = c.losses.get(task.loss.kind, key=f"{key}.kind", source=src).name if task.loss \
+            else default_loss(c.losses, task.type, key=key, source=src)
+        params = task.loss.params if task.loss else {}
+        resolve_component(c.losses, name, params, key=key, source=src)
+        task.loss = ComponentRef(kind=name, **params)
     for metric in config.evaluate.metrics or []:
         c.metrics.get(metric, key="evaluate.metrics", source=src)
     if config.task_graph.template is not None:

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rankengine.components import Component, ComponentTable, Metric
+from rankengine.components import Component, ComponentTable
+from rankengine.interfaces import Metric
 from rankengine.data.batching import TensorData, iterate_batches
 from rankengine.data.dataset import EncodedData
 from rankengine.errors import DataError
@@ -36,7 +37,7 @@ def predict_arrays(
     graph = model.graph
     entire, conditional = [], []
     for batch in iterate_batches(data, batch_size, shuffle=False):
-        out = model(batch)
+        out = model(batch.inputs)
         entire.append(out.entire(graph))
         conditional.append(out.conditional(graph))
     t = len(graph)

@@ -1,8 +1,25 @@
 """Hook specifications: the whole contract between rankengine and its plugins.
 
-Specs are docstring-only and fully typed. Implementations may accept fewer arguments than a spec
-(pluggy passes them by name), so specs can grow without breaking plugins. Registration hooks get
-a typed ``register`` object: call it once per component, the core owns the name table.
+This module is the catalogue a plugin author reads: every extension point is one hook below,
+with its contract in the docstring. Specs are docstring-only and fully typed. Implementations
+may accept fewer arguments than a spec (pluggy passes them by name), so specs can grow without
+breaking plugins.
+
+Every call goes through pluggy (``pm.hook.<name>``), so ``RANKENGINE_TRACE=1`` prints each call
+and pluggy's ``wrapper=True`` / ``tryfirst`` / ``trylast`` markers work on every hook.
+
+Registration hooks get a typed ``register`` object: call it once per component, the core owns
+the name table. ``register(name, factory, params=ParamsModel, help="...", default=False)``:
+``params`` is the pydantic model of the component's table in engine.toml, ``default=True``
+makes it the family's choice where the config names none.
+
+Hook API 2.0 (changes from 1.x): cascades are ``nn.Module`` s (``build``, ``forward``,
+``auxiliary_loss``); the model's forward takes a :class:`rankengine.ModelInput` (no labels);
+losses are :class:`rankengine.PointwiseLoss` objects with a link (``to_value``/``from_value``)
+and ``task_types``; encoders say ``output`` as ``ids`` / ``dense`` / ``id_list`` and describe
+``length``, ``pooling`` and ``raw_datatype``; metrics declare ``direction`` and ``label``;
+fusions expose ``weights()`` / ``with_weights()``; new hooks for data sources, serving back
+ends and plugin-owned config tables.
 """
 
 from __future__ import annotations
@@ -14,7 +31,10 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from rankengine.components import (
+    from pydantic import BaseModel
+
+    from rankengine.components import Register
+    from rankengine.interfaces import (
         BackboneFactory,
         CascadeFactory,
         EncoderFactory,
@@ -22,7 +42,6 @@ if TYPE_CHECKING:
         LossFactory,
         LossWeightingFactory,
         Metric,
-        Register,
         SampleWeightingFactory,
         TaskGraphTemplate,
         TowerFactory,
@@ -32,7 +51,7 @@ if TYPE_CHECKING:
 
 PROJECT = "rankengine"
 #: Version of this hook API; plugins built against another major version are refused.
-HOOK_API_VERSION = "1.0"
+HOOK_API_VERSION = "2.0"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -89,10 +108,13 @@ def rankengine_register_towers(register: Register[TowerFactory]) -> None:
 
 @hookspec
 def rankengine_register_cascades(register: Register[CascadeFactory]) -> None:
-    """Register cascades (``[model] cascade = "..."``) that compose heads into probabilities.
+    """Register cascades (``[model] cascade = "..."``) that turn head inputs into probabilities.
 
     The factory is called as ``factory(graph, params)`` and returns a
-    :class:`rankengine.Cascade`.
+    :class:`rankengine.Cascade`, an ``nn.Module``: the model calls ``cascade.build(dims)`` once
+    (create layers; return each tower's input width), then ``cascade(head_inputs, towers)``
+    per forward. Its parameters are trained, saved, exported and served with the model;
+    ``auxiliary_loss()`` adds a training loss (e.g. a calibrator penalty).
 
     :param register: call ``register(name, factory, params=ParamsModel)``.
     """
@@ -100,10 +122,14 @@ def rankengine_register_cascades(register: Register[CascadeFactory]) -> None:
 
 @hookspec
 def rankengine_register_losses(register: Register[LossFactory]) -> None:
-    """Register pointwise losses (``loss = "..."`` on a task).
+    """Register losses: pointwise ones (``loss = "..."`` on a task) and ranking ones
+    (``[loss.ranking] kind = "..."``).
 
-    The factory is called as ``factory(params)`` and returns
-    ``loss(prediction: NodePrediction, target[B]) -> per-sample loss [B]``.
+    The factory is called as ``factory(params)`` and returns a :class:`rankengine.PointwiseLoss`
+    (``loss(prediction, target[B]) -> [B]``, its ``task_types`` and its link ``to_value`` /
+    ``from_value``) or a :class:`rankengine.RankingLoss`. Register the default loss of a task
+    type with ``default=True``; a task that names no loss gets the default whose
+    ``task_types`` include its type.
 
     :param register: call ``register(name, factory, params=ParamsModel)``.
     """
@@ -146,7 +172,48 @@ def rankengine_register_fusions(register: Register[FusionFactory]) -> None:
 def rankengine_register_metrics(register: Register[Metric]) -> None:
     """Register evaluation metrics, computed per task node by ``evaluate``.
 
-    :param register: call ``register(name, Metric(fn, task_type=..., needs_group=...))``.
+    A :class:`rankengine.Metric` declares its ``direction`` (``higher``, ``lower``, or
+    ``target`` with a ``target`` value such as 1.0), its ``label`` (column header) and whether
+    it is a ``headline`` metric of the per-task table.
+
+    :param register: call ``register(name, Metric(fn, task_type=..., direction=..., label=...))``.
+    """
+
+
+@hookspec
+def rankengine_register_sources(register: Register[Any]) -> None:
+    """Register data sources: file formats (or directories, streams) rankengine reads.
+
+    The factory is a :class:`rankengine.DataSource` subclass; see its docstring for what the
+    core asks of a source (which paths it reads, columns, whole-table and streaming reads,
+    row counts and the fingerprint that keys the encoding cache). ``[data] format = "NAME"``
+    picks one; otherwise the first source whose ``accepts(path)`` is true is used.
+
+    :param register: call ``register(name, SourceClass, params=ParamsModel, help="...")``.
+    """
+
+
+@hookspec
+def rankengine_register_backends(register: Register[Any]) -> None:
+    """Register serving back ends (``rankengine serve --backend NAME``).
+
+    The factory is a :class:`rankengine.ServingBackend` subclass: it turns a loaded model into
+    a predictor (encoded model input → entire-space and conditional predictions); ``export``
+    and ``serve`` resolve back ends through this table only.
+
+    :param register: call ``register(name, BackendClass, help="...")``.
+    """
+
+
+@hookspec
+def rankengine_register_config_tables(register: Register[type[BaseModel]]) -> None:
+    """Register a pydantic model for a plugin-owned table ``[plugins.NAME]`` of engine.toml.
+
+    The table is validated with the same precise errors as the core's keys (file, dotted key,
+    expected and found) and the validated object is ``config.plugin_settings(NAME)``. A table
+    nobody registered is an error naming the registered ones.
+
+    :param register: call ``register(name, SettingsModel, help="...")``.
     """
 
 

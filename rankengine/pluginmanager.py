@@ -15,16 +15,23 @@ import importlib.metadata as importlib_metadata
 import inspect
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from rankengine import hookspecs
 from rankengine.components import Components, ComponentTable, Register
 from rankengine.errors import PluginError, suggest
+
+if TYPE_CHECKING:
+    import click
+
+    from rankengine.config import EngineConfig, TaskSpec
+    from rankengine.train import TrainContext, TrainResult
 
 BUILTIN_DISTRIBUTION = "rankengine"
 BUILTIN_ALIAS = "builtin"
@@ -47,7 +54,18 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "rankengine_register_sample_weightings": "sample_weightings",
     "rankengine_register_fusions": "fusions",
     "rankengine_register_metrics": "metrics",
+    "rankengine_register_sources": "sources",
+    "rankengine_register_backends": "backends",
+    "rankengine_register_config_tables": "config_tables",
 }
+
+#: What changed since hook API 1.x, said when a 1.x plugin is refused.
+API_2_CHANGES = (
+    "cascades are nn.Modules (build/forward/auxiliary_loss) and the model's forward takes a "
+    "ModelInput without labels; losses are PointwiseLoss objects with a link and task_types; "
+    "encoder outputs are ids/dense/id_list; metrics declare direction and label; fusions "
+    "expose weights()/with_weights(); see the migration section of docs/plugins.md"
+)
 
 
 @dataclass(frozen=True)
@@ -169,6 +187,12 @@ class Engine:
                 f"plugin '{info.name}' is the class {plugin.__qualname__}; register a module "
                 f"or an instance of it"
             )
+        try:
+            hash(plugin)
+        except TypeError:  # pluggy keys plugins by identity in sets (subset callers)
+            raise PluginError(
+                f"plugin '{info.name}' is an unhashable {type(plugin).__name__}; register a "
+                f"module or an instance of a class") from None
         _check_api_version(info.name, plugin)
         _check_unmarked_hooks(info.name, plugin)
         try:
@@ -189,20 +213,16 @@ class Engine:
         self._register_components(info.name)
 
     def _register_components(self, plugin_name: str) -> None:
+        """Call this plugin's registration hooks only, through pluggy's subset callers (so
+        tracing and hook wrappers see them), each with a ``register`` bound to its table."""
+        others = [p for name, p in self.pm.list_name_plugin() if name != plugin_name]
         for hook_name, attr in REGISTRATION_HOOKS.items():
             table: ComponentTable[Any] = getattr(self.components, attr)
-            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                if impl.plugin_name != plugin_name:
-                    continue
-                try:
-                    impl.function(register=Register(table, plugin_name))
-                except PluginError:
-                    raise
-                except Exception as exc:
-                    raise PluginError(
-                        f"plugin '{plugin_name}' failed in hook {hook_name}: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
+            caller = self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+            if not caller.get_hookimpls():
+                continue
+            with _naming_plugin(caller, hook_name):
+                caller(register=Register(table, plugin_name))
 
     def plugin_versions(self) -> dict[str, str]:
         return {name: p.info.version for name, p in sorted(self.plugins.items())}
@@ -211,22 +231,60 @@ class Engine:
         """Plugin name → the distribution (pip package) that provides it."""
         return {name: p.info.distribution for name, p in sorted(self.plugins.items())}
 
-    # -- typed facade over the non-registration hooks -----------------------------------------
+    @property
+    def hooks(self) -> Hooks:
+        """The typed facade: one method per non-registration hook."""
+        return Hooks(self.pm)
 
-    def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
-        """Call a hook, naming the plugin when one of its implementations raises."""
-        caller = getattr(self.pm.hook, hook_name)
-        results = []
-        for impl in reversed(caller.get_hookimpls()):
-            args = {k: v for k, v in kwargs.items() if k in impl.argnames}
-            try:
-                results.append(impl.function(**args))
-            except Exception as exc:
-                raise PluginError(
-                    f"plugin '{impl.plugin_name}' failed in hook {hook_name}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-        return results
+
+class Hooks:
+    """One typed method per non-registration hook; each calls ``pm.hook.<name>`` and turns a
+    plugin's exception into a :class:`PluginError` naming the plugin and the hook."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self._pm = pm
+
+    def _call(self, hook_name: str, **kwargs: Any) -> list[Any]:
+        caller = getattr(self._pm.hook, hook_name)
+        with _naming_plugin(caller, hook_name):
+            result: list[Any] = caller(**kwargs)
+        return result
+
+    def modify_task_graph(self, tasks: dict[str, TaskSpec], config: EngineConfig) -> None:
+        self._call("rankengine_modify_task_graph", tasks=tasks, config=config)
+
+    def before_train(self, context: TrainContext) -> None:
+        self._call("rankengine_before_train", context=context)
+
+    def after_epoch(self, context: TrainContext, epoch: int, metrics: dict[str, Any]) -> None:
+        self._call("rankengine_after_epoch", context=context, epoch=epoch, metrics=metrics)
+
+    def after_train(self, context: TrainContext, result: TrainResult) -> None:
+        self._call("rankengine_after_train", context=context, result=result)
+
+    def register_commands(self, cli: click.Group) -> None:
+        self._call("rankengine_register_commands", cli=cli)
+
+
+@contextmanager
+def _naming_plugin(caller: Any, hook_name: str) -> Iterator[None]:
+    """A plugin's exception inside a hook call → PluginError naming that plugin: the plugin is
+    the one whose implementation's code object is on the traceback."""
+    try:
+        yield
+    except PluginError:
+        raise
+    except Exception as exc:
+        codes = {getattr(impl.function, "__code__", None): impl.plugin_name
+                 for impl in caller.get_hookimpls()}
+        plugin = None
+        tb = exc.__traceback__
+        while tb is not None:
+            plugin = codes.get(tb.tb_frame.f_code, plugin)
+            tb = tb.tb_next
+        who = f"plugin '{plugin}'" if plugin else "a plugin"
+        raise PluginError(f"{who} failed in hook {hook_name}: {type(exc).__name__}: {exc}") \
+            from exc
 
 
 def _api_version(text: str) -> tuple[int, int] | None:
@@ -253,6 +311,11 @@ def _check_api_version(name: str, plugin: Any) -> None:
         )
     if need[0] == have[0] and need[1] <= have[1]:
         return
+    if need[0] < have[0] and need[0] == 1:
+        raise PluginError(
+            f"plugin '{name}' was built for rankengine hook API {wanted}; this rankengine "
+            f"provides {have_text}, which changed: {API_2_CHANGES}; install a version of the "
+            f"plugin built for hook API {have[0]}.x")
     if need > have:
         fix = f"upgrade rankengine to one providing hook API {need[0]}.{need[1]} or later"
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from rankengine.components import CascadeOutput, Fusion, RankingLoss
+from rankengine.interfaces import CascadeOutput, Fusion, RankingLoss
 from rankengine.config import EngineConfig, resolve_component
 from rankengine.data.batching import Batch
 from rankengine.errors import ConfigError

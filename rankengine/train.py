@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from pydantic import ValidationError
 from tqdm.auto import tqdm
 
 from rankengine.checkpoint import (
@@ -39,16 +40,7 @@ from rankengine.checkpoint import (
     set_rng_state,
 )
 from rankengine.checkpoint import save as save_checkpoint
-from rankengine.components import (
-    Component,
-    Fusion,
-    LossWeighting,
-    Metric,
-    NodePrediction,
-    PointwiseLoss,
-    RankingLoss,
-    SampleWeighting,
-)
+from rankengine.components import Component
 from rankengine.config import (
     EngineConfig,
     TaskSpec,
@@ -66,7 +58,7 @@ from rankengine.data.dataset import (
     oracle_columns,
 )
 from rankengine.data.io import read_table
-from rankengine.data.pipeline import FeaturePipeline
+from rankengine.data.pipeline import FeaturePipeline, feature_layout
 from rankengine.data.stream import (
     EncodeChunk,
     StreamingData,
@@ -75,10 +67,25 @@ from rankengine.data.stream import (
     sample_fragments,
 )
 from rankengine.distributed import DistContext, context_from_env
-from rankengine.errors import ConfigError, DataError, GraphError, PluginError, TrainingError
+from rankengine.errors import (
+    ConfigError,
+    DataError,
+    GraphError,
+    PluginError,
+    TrainingError,
+    one_line,
+)
 from rankengine.evaluate import Metrics, node_metrics, select_metrics, undefined_reason
 from rankengine.graph import TaskGraph
+from rankengine.interfaces import (
+    LossWeighting,
+    Metric,
+    NodePrediction,
+    PointwiseLoss,
+    SampleWeighting,
+)
 from rankengine.model.assembly import RankingModel, build_model
+from rankengine.plan import build_fusion, build_losses, construct
 from rankengine.pluginmanager import Engine, load_engine
 from rankengine.ranking import RankingObjective
 
@@ -106,7 +113,13 @@ def build_graph(config: EngineConfig, engine: Engine) -> TaskGraph:
             specs[name] = TaskSpec.model_validate(merged)
     for name, spec in config.tasks.items():
         specs.setdefault(name, spec)
-    engine.call("rankengine_modify_task_graph", tasks=specs, config=config)
+    engine.hooks.modify_task_graph(specs, config)
+    for name, spec in specs.items():  # a hook's model_copy(update=...) skips validation
+        try:
+            specs[name] = TaskSpec.model_validate(dict(spec))
+        except ValidationError as exc:
+            raise ConfigError(f"after rankengine_modify_task_graph: {one_line(str(exc))}",
+                              source=config.source, key=f"tasks.{name}") from None
     try:
         return TaskGraph(specs)
     except GraphError as exc:
@@ -351,7 +364,10 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     ``resume``, training continues from the newest intact checkpoint in
     ``[train] checkpoint_dir``.
     """
-    engine = engine or engine_for(config)
+    if engine is None:
+        engine = engine_for(config)
+    else:
+        validate_components(config, engine)
     dist = context_from_env()
     say = (log or (lambda _msg: None)) if dist.is_main else (lambda _msg: None)
     if config.engine.threads:
@@ -372,7 +388,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     sw_factory, sw_params = resolve_component(
         engine.components.sample_weightings, config.loss.sample_weighting.kind,
         config.loss.sample_weighting.params, key="loss.sample_weighting", source=config.source)
-    sample_weighting: SampleWeighting = _construct(sw_factory, "loss.sample_weighting", config,
+    sample_weighting: SampleWeighting = construct(sw_factory, "loss.sample_weighting", config,
                                                     graph, sw_params)
     extras = [*oracle_columns(graph), *sample_weighting.columns()]
     splits = _prepare_data(config, graph, pipeline, extras, sample_weighting, dist, say)
@@ -383,7 +399,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     lw_factory, lw_params = resolve_component(
         engine.components.loss_weightings, config.loss.weighting.kind,
         config.loss.weighting.params, key="loss.weighting", source=config.source)
-    weighting: LossWeighting = _construct(lw_factory, "loss.weighting", config, graph, lw_params)
+    weighting: LossWeighting = construct(lw_factory, "loss.weighting", config, graph, lw_params)
     losses = build_losses(config, engine, graph)
     ranking = RankingObjective(config, engine, graph) if config.loss.ranking else None
     metric_components = select_metrics(engine.components.metrics, config.evaluate.metrics)
@@ -422,7 +438,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
                            rank=dist.rank, world_size=dist.world_size)
     if log is not None:
         context.log = log
-    engine.call("rankengine_before_train", context=context)
+    engine.hooks.before_train(context)
 
     show = (config.train.progress if progress is None else progress) and dist.is_main
     started = time.perf_counter()
@@ -471,7 +487,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
             optimizer.zero_grad(set_to_none=True)
             total = torch.zeros(())
             if batch is not None:
-                out = model(batch)
+                out = model(batch.inputs)
                 task_losses = objective(out, batch)
                 if ranking is not None:  # its gradient first; the weighting's backward adds
                     rank_loss = ranking(out, batch)
@@ -520,7 +536,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
         if ranking is not None:
             record["train_ranking_loss"] = float(totals[-1]) / max(float(totals[-2]), 1.0)
         history.append(record)
-        engine.call("rankengine_after_epoch", context=context, epoch=epoch, metrics=record)
+        engine.hooks.after_epoch(context, epoch, record)
         improved, stop = stopper.update(epoch, valid_loss, valid_metrics)
         if config.train.early_stopping is not None:
             why = stopper.undefined(valid_loss, valid_metrics)
@@ -556,7 +572,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
         rows={"train": len(splits.train), **{k: len(v) for k, v in encoded.items()}},
         gate_stats=gate_statistics(model, tensors["valid"], config.train.eval_batch_size),
     )
-    engine.call("rankengine_after_train", context=context, result=result)
+    engine.hooks.after_train(context, result)
     # The saved config names its data by absolute paths: an artifact does not live where
     # engine.toml does, and the report reads the evaluation split back from them.
     return Trained(absolute_data_paths(config), engine, graph, pipeline, model, result)
@@ -799,45 +815,6 @@ def _encoded_splits(
     return encoded, splits.sources
 
 
-def _construct(factory: Any, key: str, config: EngineConfig, *args: Any) -> Any:
-    try:
-        return factory(*args)
-    except (ValueError, GraphError) as exc:
-        raise ConfigError(str(exc), source=config.source, key=key) from None
-
-
-def build_fusion(config: EngineConfig, engine: Engine, graph: TaskGraph) -> Fusion:
-    """The configured fusion over the graph's tasks (training, loading and serving build it
-    here). Its ``Params`` model validates the values; its constructor, given the task names,
-    refuses what names no task: that ``ValueError`` becomes a :class:`ConfigError` on
-    ``[fusion]``, whichever plugin registered the fusion."""
-    factory, params = resolve_component(engine.components.fusions, config.fusion.kind,
-                                        config.fusion.params, key="fusion", source=config.source)
-    fusion: Fusion = _construct(factory, "fusion", config, list(graph.names), params)
-    return fusion
-
-
-def build_losses(config: EngineConfig, engine: Engine, graph: TaskGraph) -> list[PointwiseLoss]:
-    """Each task's pointwise loss, in graph order."""
-    losses = []
-    for node in graph.nodes:
-        key = f"tasks.{node.name}.loss"
-        loss = engine.components.losses.get(node.spec.loss_name, key=key, source=config.source)
-        pointwise = _construct(loss.factory, key, config, loss.parse_params({}))
-        if isinstance(pointwise, RankingLoss):
-            raise ConfigError(f"'{node.spec.loss_name}' is a ranking loss; use it in "
-                              f"[loss.ranking] and give the task a pointwise loss",
-                              source=config.source, key=key)
-        types = getattr(pointwise, "task_types", None)  # a loss may name the tasks it fits
-        if types is not None and node.type not in types:
-            default = "bce" if node.type == "binary" else "mse"
-            raise ConfigError(f"loss '{node.spec.loss_name}' is for {' / '.join(types)} tasks, "
-                              f"but '{node.name}' is a {node.type} task (its default loss is "
-                              f"'{default}')", source=config.source, key=key)
-        losses.append(pointwise)
-    return losses
-
-
 def check_buildable(config: EngineConfig, engine: Engine, graph: TaskGraph,
                     pipeline: FeaturePipeline) -> None:
     """Build everything a saved model is rebuilt from, once, before any data is read: a config
@@ -856,38 +833,16 @@ def check_buildable(config: EngineConfig, engine: Engine, graph: TaskGraph,
         factory, params = resolve_component(
             engine.components.loss_weightings, config.loss.weighting.kind,
             config.loss.weighting.params, key="loss.weighting", source=config.source)
-        _construct(factory, "loss.weighting", config, graph, params)
+        construct(factory, "loss.weighting", config, graph, params)
         if config.loss.ranking:
             RankingObjective(config, engine, graph)
         EarlyStopper(config, graph, select_metrics(engine.components.metrics,
                                                    config.evaluate.metrics))
         try:
-            build_model(config, engine, graph, _stand_in_layout(pipeline))
+            build_model(config, engine, graph,
+                        feature_layout(pipeline.features, pipeline.encoders, cardinality=2))
         except (ValueError, GraphError) as exc:
             raise ConfigError(str(exc), source=config.source, key="model") from None
-
-
-def _stand_in_layout(pipeline: FeaturePipeline) -> list[Any]:
-    """The feature layout with 2 ids per categorical feature (and the static width of dense
-    ones, 1 where it is only known after fitting): enough to build the model's layers."""
-    from rankengine.data.pipeline import FeatureLayout
-
-    out = []
-    counters = {"categorical": 0, "dense": 0, "sequence": 0}
-    for spec, encoder in zip(pipeline.features, pipeline.encoders, strict=True):
-        kind = encoder.output
-        width = 1
-        if kind == "dense":
-            try:
-                width = max(int(encoder.width), 1)
-            except Exception:  # a width that depends on the fitted data
-                width = 1
-        out.append(FeatureLayout(
-            name=spec.name, output=kind, side=spec.side, groups=tuple(spec.groups),
-            dim=width if kind == "dense" else spec.dim, cardinality=0 if kind == "dense" else 2,
-            column=counters[kind], pooling=getattr(encoder.params, "pooling", "mean")))
-        counters[kind] += width if kind == "dense" else 1
-    return out
 
 
 def check_saved_config(config: EngineConfig, engine: Engine) -> None:
@@ -933,7 +888,7 @@ def gate_statistics(model: RankingModel, data: TensorData, batch_size: int,
     for batch in iterate_batches(data, batch_size, shuffle=False):
         if rows >= max_rows:
             break
-        model(batch)
+        model(batch.inputs)
         gates = model.backbone.gate_weights()
         if gates is None:
             return {}
@@ -963,7 +918,7 @@ def _evaluate_split(model: RankingModel, objective: Objective, weighting: LossWe
     rows = 0
     entire, conditional = [], []
     for batch in iterate_batches(tensors, config.train.eval_batch_size, shuffle=False):
-        out = model(batch)  # one forward for the loss and the predictions
+        out = model(batch.inputs)  # one forward for the loss and the predictions
         sums += objective(out, batch) * len(batch)
         rows += len(batch)
         entire.append(out.entire(graph))
@@ -988,7 +943,7 @@ class EarlyStopper:
         self.bad_epochs = 0
         self.metric: str | None = None
         self.task: str | None = None
-        self.sign = 1.0
+        self.judge: Metric | None = None
         if self.spec is None or self.spec.metric == "loss":
             return
         name, _, task = self.spec.metric.partition(":")
@@ -1017,7 +972,7 @@ class EarlyStopper:
                               f"'{task}' has no parent (after); use '{base}:{task}'",
                               source=config.source, key="train.early_stopping.metric")
         self.metric, self.task = name, task
-        self.sign = -1.0 if known[base].factory.higher_is_better else 1.0
+        self.judge = known[base].factory  # its direction: higher, lower or closest to a target
 
     def value(self, loss: dict[str, float], metrics: Metrics) -> float:
         """The tracked quantity, lower is better; NaN where it is undefined this epoch."""
@@ -1027,7 +982,8 @@ class EarlyStopper:
         found = (metrics.get(self.task) or {}).get(self.metric)
         if not isinstance(found, int | float) or not math.isfinite(found):
             return math.nan
-        return self.sign * float(found)
+        assert self.judge is not None
+        return self.judge.badness(float(found))
 
     def undefined(self, loss: dict[str, float], metrics: Metrics) -> str | None:
         """Why the tracked metric has no value this epoch (None when it has one)."""

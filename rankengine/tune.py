@@ -50,7 +50,7 @@ from rankengine.errors import ArtifactError, ConfigError, DataError, RankEngineE
 
 if TYPE_CHECKING:
     from rankengine.artifact import LoadedModel
-    from rankengine.components import Fusion
+    from rankengine.interfaces import Fusion
     from rankengine.config import EngineConfig
     from rankengine.graph import TaskGraph
     from rankengine.pluginmanager import Engine
@@ -105,7 +105,7 @@ def fusion_with_weights(config: EngineConfig, engine: Engine, graph: TaskGraph, 
     built: validated exactly like ``[fusion] weights`` (each a finite number >= 0 naming a
     task), errors naming ``where``."""
     from rankengine.config import FusionSection
-    from rankengine.train import build_fusion
+    from rankengine.plan import build_fusion
 
     weights = parse_fusion_weights(raw, where=where)
     kind = config.fusion.kind

@@ -9,12 +9,27 @@ import click
 import torch
 from click.testing import CliRunner
 
-from rankengine import Fusion, LossWeighting, NoParams, Params, TaskSpec, hookimpl
+from rankengine import (
+    Fusion,
+    LossWeighting,
+    NoParams,
+    Params,
+    PointwiseLoss,
+    TaskSpec,
+    hookimpl,
+)
 from rankengine.config import load_config
 from rankengine.pluginmanager import load_engine
 from rankengine.train import train
 
 from .conftest import tiny_config_text
+
+
+class HalfBCE(PointwiseLoss):
+    task_types = ("binary",)
+
+    def __call__(self, pred, y):  # type: ignore[no-untyped-def]
+        return 0.5 * -(y * pred.log_p + (1 - y) * pred.log_q)
 
 
 class HalfParams(Params):
@@ -51,8 +66,7 @@ class Recorder:
 
     @hookimpl
     def rankengine_register_losses(self, register) -> None:  # type: ignore[no-untyped-def]
-        register("half_bce", lambda params: lambda pred, y: 0.5 * -(
-            y * pred.log_p + (1 - y) * pred.log_q))
+        register("half_bce", HalfBCE)
 
     @hookimpl
     def rankengine_register_loss_weightings(self, register) -> None:  # type: ignore[no-untyped-def]
@@ -128,7 +142,7 @@ def test_every_hook_is_called_by_the_core(tmp_path: Path, funnel_dir: Path) -> N
                                     f"after_train:{trained.result.best_epoch}"]
     assert any(e.startswith("before_train:") for e in recorder.events)
     assert trained.graph.names == ["click", "order"]
-    assert trained.graph.node("order").spec.loss == "half_bce"
+    assert trained.graph.node("order").spec.loss.kind == "half_bce"
     assert recorder.epochs[0]["loss_weights"] == {"click": 0.25, "order": 0.25}
     valid = trained.result.metrics["valid"]
     assert set(valid["click"]) >= {"auc", "positive_rate"} and "logloss" not in valid["click"]
@@ -140,6 +154,6 @@ def test_register_commands_adds_a_subcommand() -> None:
 
     group = click.Group(commands=dict(cli.commands))
     engine = load_engine([], extra=[("recorder", Recorder())])
-    engine.call("rankengine_register_commands", cli=group)
+    engine.hooks.register_commands(group)
     result = CliRunner().invoke(group, ["hello"])
     assert result.exit_code == 0 and "hello from a plugin" in result.output

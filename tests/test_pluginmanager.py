@@ -23,8 +23,11 @@ BUILTINS = {"backbones", "cascades", "encoders", "fusion", "losses", "metrics", 
             "task_graphs", "towers", "weighting"}
 
 
-def plugin(name: str, **hooks: object) -> types.SimpleNamespace:
-    return types.SimpleNamespace(__name__=name, **hooks)
+def plugin(name: str, **hooks: object) -> types.ModuleType:
+    module = types.ModuleType(name)
+    for attr, value in hooks.items():
+        setattr(module, attr, value)
+    return module
 
 
 def test_builtins_come_from_entry_points() -> None:
@@ -117,15 +120,23 @@ def test_class_instead_of_instance_is_explained() -> None:
 
 def test_incompatible_hook_api_version() -> None:
     with pytest.raises(PluginError, match=r"plugin 'old' needs rankengine hook API 0\.3, but this "
-                                          r"rankengine provides 1\.0; install a version of the "
-                                          r"plugin built for hook API 1\.x"):
+                                          r"rankengine provides 2\.0; install a version of the "
+                                          r"plugin built for hook API 2\.x"):
         load_engine([], extra=[("old", plugin("old", RANKENGINE_HOOK_API="0.3"))])
 
 
+def test_plugin_built_for_hook_api_1_is_refused_saying_what_changed() -> None:
+    with pytest.raises(PluginError, match=r"plugin 'v1' was built for rankengine hook API 1\.2; "
+                                          r"this rankengine provides 2\.0, which changed: "
+                                          r"cascades are nn\.Modules.*install a version of the "
+                                          r"plugin built for hook API 2\.x"):
+        load_engine([], extra=[("v1", plugin("v1", RANKENGINE_HOOK_API="1.2"))])
+
+
 def test_plugin_needing_a_newer_hook_api_is_refused() -> None:
-    for wanted in ("1.1", "2.0"):
+    for wanted in ("2.1", "3.0"):
         with pytest.raises(PluginError, match=rf"plugin 'new' needs rankengine hook API "
-                                              rf"{wanted}, but this rankengine provides 1\.0; "
+                                              rf"{wanted}, but this rankengine provides 2\.0; "
                                               rf"upgrade rankengine"):
             load_engine([], extra=[("new", plugin("new", RANKENGINE_HOOK_API=wanted))])
 
@@ -181,7 +192,7 @@ EXTERNAL = '''
 import torch
 from rankengine import Fusion, hookimpl
 
-RANKENGINE_HOOK_API = "1.0"
+RANKENGINE_HOOK_API = "2.0"
 
 
 class FirstTask(Fusion):

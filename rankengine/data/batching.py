@@ -5,19 +5,47 @@ No per-row Python: a batch is one ``index_select`` per array.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from rankengine.data.dataset import EncodedData
 
 
 @dataclass
-class Batch:
-    categorical: torch.Tensor  # int64 [B, C]
+class ModelInput:
+    """What the model's forward takes: encoded features only, no labels.
+
+    ``ids`` holds one id column per ``ids`` feature, ``dense`` the float columns of ``dense``
+    features, ``id_lists`` one ``[B, length]`` tensor per ``id_list`` feature (layout order).
+    """
+
+    ids: torch.Tensor  # int64 [B, C]
     dense: torch.Tensor  # float32 [B, D]
-    sequences: list[torch.Tensor]  # int64 [B, L_i]
+    id_lists: list[torch.Tensor]  # int64 [B, L_i]
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def to(self, device: torch.device | str, *, non_blocking: bool = False) -> ModelInput:
+        return ModelInput(self.ids.to(device, non_blocking=non_blocking),
+                          self.dense.to(device, non_blocking=non_blocking),
+                          [s.to(device, non_blocking=non_blocking) for s in self.id_lists])
+
+    @staticmethod
+    def from_numpy(ids: np.ndarray, dense: np.ndarray, id_lists: Sequence[np.ndarray]
+                   ) -> ModelInput:
+        return ModelInput(torch.from_numpy(ids), torch.from_numpy(dense),
+                          [torch.from_numpy(s) for s in id_lists])
+
+
+@dataclass
+class Batch:
+    """One training / evaluation mini-batch: the model input and what the objective needs."""
+
+    inputs: ModelInput
     labels: torch.Tensor  # float32 [B, T]
     extras: dict[str, torch.Tensor]
     groups: torch.Tensor | None = None  # int64 [B]; a group's rows are contiguous
@@ -42,9 +70,8 @@ class TensorData:
 
     def batch(self, rows: torch.Tensor) -> Batch:
         return Batch(
-            self.categorical.index_select(0, rows),
-            self.dense.index_select(0, rows),
-            [s.index_select(0, rows) for s in self.sequences],
+            ModelInput(self.categorical.index_select(0, rows), self.dense.index_select(0, rows),
+                       [s.index_select(0, rows) for s in self.sequences]),
             self.labels.index_select(0, rows),
             {k: v.index_select(0, rows) for k, v in self.extras.items()},
             None if self.groups is None else self.groups.index_select(0, rows),
@@ -52,8 +79,9 @@ class TensorData:
 
     def slice(self, start: int, stop: int) -> Batch:
         return Batch(
-            self.categorical[start:stop], self.dense[start:stop],
-            [s[start:stop] for s in self.sequences], self.labels[start:stop],
+            ModelInput(self.categorical[start:stop], self.dense[start:stop],
+                       [s[start:stop] for s in self.sequences]),
+            self.labels[start:stop],
             {k: v[start:stop] for k, v in self.extras.items()},
             None if self.groups is None else self.groups[start:stop],
         )

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rankengine.components import ComponentTable, EncoderFactory, FeatureEncoder
+from rankengine.components import ComponentTable
+from rankengine.interfaces import EncoderFactory, FeatureEncoder
 from rankengine.config import FeatureSpec, resolve_component
 from rankengine.errors import ArtifactError, DataError
 
@@ -23,13 +24,43 @@ class FeatureLayout:
     """Where each feature lands in the encoded arrays; the model is built from this."""
 
     name: str
-    output: str  # categorical | dense | sequence
+    output: str  # ids | dense | id_list (FeatureEncoder.output)
     side: str
     groups: tuple[str, ...]
     dim: int  # embedding dim (categorical, sequence) or number of floats (dense)
     cardinality: int  # ids (categorical, sequence); 0 for dense
     column: int  # column in the categorical / dense matrix, or sequence index
     pooling: str = "mean"
+
+
+def feature_layout(features: Sequence[FeatureSpec], encoders: Sequence[FeatureEncoder], *,
+                   cardinality: int | None = None) -> list[FeatureLayout]:
+    """Where each feature lands, asked of its encoder. ``cardinality`` stands in for the real
+    one (and 1 for a dense width that is only known after fitting) to build a model's layers
+    before the encoders are fitted."""
+    out: list[FeatureLayout] = []
+    counters: dict[str, int] = {}
+    for spec, encoder in zip(features, encoders, strict=True):
+        kind = encoder.output
+        dense = kind == "dense"
+        width = 0
+        if dense:
+            try:
+                width = int(encoder.width)
+            except Exception:  # a width that depends on the fitted data
+                if cardinality is None:
+                    raise
+                width = 1
+            if cardinality is not None:
+                width = max(width, 1)
+        out.append(FeatureLayout(
+            name=spec.name, output=kind, side=spec.side, groups=tuple(spec.groups),
+            dim=width if dense else spec.dim,
+            cardinality=0 if dense else cardinality or encoder.cardinality,
+            column=counters.get(kind, 0), pooling=encoder.pooling,
+        ))
+        counters[kind] = counters.get(kind, 0) + (width if dense else 1)
+    return out
 
 
 class FeaturePipeline:
@@ -88,11 +119,11 @@ class FeaturePipeline:
         does not read at serving time (bias-tower features)."""
         for spec, encoder in zip(self.features, self.encoders, strict=True):
             if spec.name == name:
-                if encoder.output == "categorical":
+                if encoder.output == "ids":
                     return np.zeros(1, dtype=np.int64)
                 if encoder.output == "dense":
                     return np.zeros((1, encoder.width), dtype=np.float32)
-                return np.zeros((1, int(spec.params.get("max_len", 20))), dtype=np.int64)
+                return np.zeros((1, encoder.length), dtype=np.int64)
         raise KeyError(name)
 
     def assemble(self, encoded: dict[str, np.ndarray],
@@ -101,7 +132,7 @@ class FeaturePipeline:
         categorical, dense, sequences = [], [], []
         for spec, encoder in zip(self.features, self.encoders, strict=True):
             values = encoded[spec.name]
-            if encoder.output == "categorical":
+            if encoder.output == "ids":
                 categorical.append(np.broadcast_to(values.astype(np.int64).reshape(-1), (n,)))
             elif encoder.output == "dense":
                 # explicit widths: numpy cannot infer a -1 axis of an array with no rows
@@ -119,18 +150,7 @@ class FeaturePipeline:
 
     def layout(self) -> list[FeatureLayout]:
         out: list[FeatureLayout] = []
-        counters = {"categorical": 0, "dense": 0, "sequence": 0}
-        for spec, encoder in zip(self.features, self.encoders, strict=True):
-            kind = encoder.output
-            dense = kind == "dense"
-            out.append(FeatureLayout(
-                name=spec.name, output=kind, side=spec.side, groups=tuple(spec.groups),
-                dim=encoder.width if dense else spec.dim,
-                cardinality=0 if dense else encoder.cardinality,
-                column=counters[kind], pooling=getattr(encoder.params, "pooling", "mean"),
-            ))
-            counters[kind] += encoder.width if dense else 1
-        return out
+        return feature_layout(self.features, self.encoders)
 
     def state(self) -> dict[str, Any]:
         return {spec.name: encoder.state() for spec, encoder in zip(

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from rankengine.components import Backbone, Cascade, CascadeOutput, SharedParameters
+from rankengine.interfaces import Backbone, Cascade, CascadeOutput, SharedParameters
 from rankengine.config import EngineConfig, resolve_component
-from rankengine.data.batching import Batch
+from rankengine.data.batching import ModelInput
 from rankengine.data.pipeline import FeatureLayout
 from rankengine.errors import ConfigError
 from rankengine.graph import TaskGraph
 from rankengine.layers import mlp
 from rankengine.pluginmanager import Engine
+from rankengine.plan import build_losses
 
 
 class FeatureEmbedder(nn.Module):
@@ -32,7 +33,7 @@ class FeatureEmbedder(nn.Module):
         width = 0
         by_dim: dict[int, list[FeatureLayout]] = {}
         for f in layout:
-            if f.output == "categorical":
+            if f.output == "ids":
                 by_dim.setdefault(f.dim, []).append(f)
         for t, (dim, feats) in enumerate(sorted(by_dim.items())):
             cards = [f.cardinality for f in feats]
@@ -47,7 +48,7 @@ class FeatureEmbedder(nn.Module):
                 width += dim
         self.sequence_tables = nn.ModuleList()
         self.sequence_pooling: list[str] = []
-        for f in sorted((f for f in layout if f.output == "sequence"), key=lambda f: f.column):
+        for f in sorted((f for f in layout if f.output == "id_list"), key=lambda f: f.column):
             self.sequence_tables.append(_embedding(f.cardinality, f.dim, padding_idx=0))
             self.sequence_pooling.append(f.pooling)
             spans[f.name] = (width, width + f.dim)
@@ -60,18 +61,18 @@ class FeatureEmbedder(nn.Module):
         self.spans = spans
         self.output_dim = width
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def forward(self, inputs: ModelInput) -> torch.Tensor:
         parts: list[torch.Tensor] = []
         for t, table in enumerate(self.tables):
-            ids = batch.categorical.index_select(1, getattr(self, f"columns_{t}"))
+            ids = inputs.ids.index_select(1, getattr(self, f"columns_{t}"))
             emb = table(ids + getattr(self, f"offsets_{t}"))  # [B, F, dim]
             parts.append(emb.flatten(1))
         for table, pooling, ids in zip(
-            self.sequence_tables, self.sequence_pooling, batch.sequences, strict=True
+            self.sequence_tables, self.sequence_pooling, inputs.id_lists, strict=True
         ):
             parts.append(_pool(table(ids), ids != 0, pooling))
         if self.has_dense:
-            parts.append(batch.dense)
+            parts.append(inputs.dense)
         return torch.cat(parts, dim=1)
 
     def columns_of(self, names: Sequence[str]) -> list[int]:
@@ -117,6 +118,19 @@ class BiasTower(nn.Module):
         return out
 
 
+class _PlusLogit(nn.Module):
+    """A tower whose logit gets the bias tower's logit added (training only)."""
+
+    def __init__(self, tower: nn.Module, logit: torch.Tensor) -> None:
+        super().__init__()
+        self.tower = tower
+        self.logit = logit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.tower(x) + self.logit
+        return out
+
+
 class RankingModel(nn.Module):
     """Embedder → backbone (one representation per head) → towers → cascade."""
 
@@ -155,21 +169,27 @@ class RankingModel(nn.Module):
                  if p.requires_grad],
             last=self.backbone.last_shared_parameters())
 
-    def forward(self, batch: Batch) -> CascadeOutput:
-        x = self.embedder(batch)
+    def forward(self, inputs: ModelInput) -> CascadeOutput:
+        x = self.embedder(inputs)
         shared = x.index_select(1, self.backbone_columns) if self.select_backbone else x
         reps = self.backbone(shared)
-        outs = []
-        for i, (tower, rep) in enumerate(zip(self.towers, reps, strict=True)):
+        head_inputs = []
+        for i, rep in enumerate(reps):
             if self.tower_has_columns[i]:
                 extra = x.index_select(1, getattr(self, f"tower_columns_{i}"))
                 rep = torch.cat([rep, extra], dim=1)
-            outs.append(tower(rep))
+            head_inputs.append(rep)
+        towers: list[nn.Module] = list(self.towers)
         if self.bias is not None and self.training:  # dropped at evaluation and serving
             logit = self.bias(x)
             for head in self.bias.heads:
-                outs[head] = outs[head] + logit
-        return self.cascade.compose(outs)
+                towers[head] = _PlusLogit(towers[head], logit)
+        out: CascadeOutput = self.cascade(head_inputs, towers)
+        return out
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def build_cascade(config: EngineConfig, engine: Engine, graph: TaskGraph) -> Cascade:
@@ -182,8 +202,11 @@ def build_cascade(config: EngineConfig, engine: Engine, graph: TaskGraph) -> Cas
 
 
 def build_model(
-    config: EngineConfig, engine: Engine, graph: TaskGraph, layout: Sequence[FeatureLayout]
+    config: EngineConfig, engine: Engine, graph: TaskGraph, layout: Sequence[FeatureLayout],
+    links: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> RankingModel:
+    """The model; ``links`` (one per graph node, default: each task's loss's ``to_value``)
+    turn regression heads' outputs into values."""
     components, src = engine.components, config.source
     embedder = FeatureEmbedder(layout)
     known_groups = {g for f in layout for g in f.groups}
@@ -210,6 +233,11 @@ def build_model(
     input_dim = embedder.output_dim if backbone_columns is None else len(backbone_columns)
     cascade = build_cascade(config, engine, graph)
     heads = cascade.heads()
+    if links is None:
+        links = [loss.to_value for loss in build_losses(config, engine, graph)]
+    index = {name: i for i, name in enumerate(graph.names)}
+    cascade.links = [links[index[h.node]] if graph.node(h.node).type == "regression"
+                     else _identity for h in heads]
     b_factory, b_params = resolve_component(
         components.backbones, config.model.backbone.kind, config.model.backbone.params,
         key="model.backbone", source=src,
@@ -219,13 +247,17 @@ def build_model(
         components.towers, config.model.tower.kind, config.model.tower.params,
         key="model.tower", source=src,
     )
-    towers: list[nn.Module] = []
     tower_columns: list[list[int]] = []
     for head in heads:
         groups = graph.node(head.node).spec.tower_groups
-        cols = embedder.columns_of(features_in(groups, f"tasks.{head.node}.tower_groups"))
-        tower_columns.append(cols)
-        towers.append(t_factory(t_params, input_dim=backbone.output_dim + len(cols)))
+        tower_columns.append(
+            embedder.columns_of(features_in(groups, f"tasks.{head.node}.tower_groups")))
+    dims = cascade.build([backbone.output_dim + len(cols) for cols in tower_columns])
+    if len(dims) != len(heads):
+        raise ConfigError(f"cascade '{config.model.cascade.kind}' returned {len(dims)} tower "
+                          f"input widths from build(); expected one per head ({len(heads)})",
+                          source=src, key="model.cascade")
+    towers: list[nn.Module] = [t_factory(t_params, input_dim=dim) for dim in dims]
     bias = None
     spec = config.model.bias_tower
     if spec is not None:

@@ -20,7 +20,7 @@ from rankengine_ranktools.metrics import ndcg_at
 __all__ = ["RANKENGINE_HOOK_API", "SmoothedProduct", "SmoothedProductParams", "ndcg_at"]
 
 #: The rankengine hook API this plugin is written against (checked when the plugin loads).
-RANKENGINE_HOOK_API = "1.0"
+RANKENGINE_HOOK_API = "2.0"
 
 
 @hookimpl
