@@ -18,13 +18,14 @@ import torch
 from torch import nn
 
 from rankengine.artifact import LoadedModel
-from rankengine.data.batching import Batch
+from rankengine.data.batching import ModelInput
 from rankengine.errors import ArtifactError, RankEngineError
 from rankengine.files import os_reason
 
 
 class ScoringModule(nn.Module):
-    """``forward(categorical, dense, *sequences) -> [B, T + 1]``."""
+    """``forward(ids, dense, *id_lists) -> [B, T + 1]``: every task's entire-space prediction,
+    then the fused score."""
 
     def __init__(self, loaded: LoadedModel) -> None:
         super().__init__()
@@ -32,18 +33,17 @@ class ScoringModule(nn.Module):
         self.fusion = loaded.fusion
         self.graph = loaded.graph
 
-    def forward(self, categorical: torch.Tensor, dense: torch.Tensor,
-                *sequences: torch.Tensor) -> torch.Tensor:
-        batch = Batch(categorical, dense, list(sequences), dense.new_zeros(0), {})
-        entire = self.model(batch).entire(self.graph)
+    def forward(self, ids: torch.Tensor, dense: torch.Tensor,
+                *id_lists: torch.Tensor) -> torch.Tensor:
+        entire = self.model(ModelInput(ids, dense, list(id_lists))).entire(self.graph)
         return torch.cat([entire, self.fusion(entire).unsqueeze(1)], dim=1)
 
 
 class PredictionModule(nn.Module):
-    """``forward(categorical, dense, *sequences) -> (entire [B, T], conditional [B, T])``.
+    """``forward(ids, dense, *id_lists) -> (entire [B, T], conditional [B, T])``.
 
-    What the ONNX Runtime serving back end runs: fusion stays outside the graph so that
-    per-request fusion weights keep working.
+    What serving back ends that run an exported graph run: fusion stays outside the graph so
+    that per-request fusion weights keep working.
     """
 
     def __init__(self, loaded: LoadedModel) -> None:
@@ -51,31 +51,41 @@ class PredictionModule(nn.Module):
         self.model = loaded.model.eval()
         self.graph = loaded.graph
 
-    def forward(self, categorical: torch.Tensor, dense: torch.Tensor,
-                *sequences: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = Batch(categorical, dense, list(sequences), dense.new_zeros(0), {})
-        out = self.model(batch)
+    def forward(self, ids: torch.Tensor, dense: torch.Tensor,
+                *id_lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(ModelInput(ids, dense, list(id_lists)))
         return out.entire(self.graph), out.conditional(self.graph)
 
 
+def _id_list_features(loaded: LoadedModel) -> list[tuple[str, int]]:
+    """Name and length (ids per row, asked of its encoder) of each ``id_list`` feature, in
+    layout order."""
+    pipeline = loaded.pipeline
+    encoders = dict(zip((f.name for f in pipeline.features), pipeline.encoders, strict=True))
+    return [(f.name, int(encoders[f.name].length))
+            for f in sorted(pipeline.layout(), key=lambda f: f.column) if f.output == "id_list"]
+
+
 def example_inputs(loaded: LoadedModel, rows: int = 4) -> tuple[torch.Tensor, ...]:
+    """Zeros shaped like the model's input ``(ids, dense, *id_lists)`` with ``rows`` rows."""
     layout = loaded.pipeline.layout()
-    n_cat = sum(1 for f in layout if f.output == "categorical")
+    n_ids = sum(1 for f in layout if f.output == "ids")
     n_dense = sum(f.dim for f in layout if f.output == "dense")
-    seqs = [torch.ones(rows, _seq_len(loaded, f.name), dtype=torch.long)
-            for f in sorted(layout, key=lambda f: f.column) if f.output == "sequence"]
-    return (torch.zeros(rows, n_cat, dtype=torch.long), torch.zeros(rows, n_dense), *seqs)
-
-
-def _seq_len(loaded: LoadedModel, name: str) -> int:
-    spec = next(f for f in loaded.config.features if f.name == name)
-    return int(spec.params.get("max_len", 20))
+    id_lists = [torch.ones(rows, length, dtype=torch.long)
+                for _, length in _id_list_features(loaded)]
+    return (torch.zeros(rows, n_ids, dtype=torch.long), torch.zeros(rows, n_dense), *id_lists)
 
 
 def input_names(loaded: LoadedModel) -> list[str]:
-    seqs = [f.name for f in sorted(loaded.pipeline.layout(), key=lambda f: f.column)
-            if f.output == "sequence"]
-    return ["categorical", "dense", *seqs]
+    """The exported graph's input names: ``ids``, ``dense``, then each ``id_list`` feature's
+    name."""
+    names = ["ids", "dense", *(name for name, _ in _id_list_features(loaded))]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ArtifactError(f"cannot export: id_list feature '{clash[0]}' has the name of "
+                            f"another input of the exported graph ({', '.join(names)}); "
+                            f"rename the feature")
+    return names
 
 
 def export(loaded: LoadedModel, output: Path, fmt: str, *,
@@ -128,7 +138,7 @@ def _write(module: nn.Module, inputs: tuple[torch.Tensor, ...], loaded: LoadedMo
             torch.jit.save(traced, str(tmp))
         elif fmt == "onnx":
             batch = torch.export.Dim("batch", min=1)
-            # forward(categorical, dense, *sequences): the varargs are one nested tuple.
+            # forward(ids, dense, *id_lists): the varargs are one nested tuple.
             shapes: Any = ({0: batch}, {0: batch}, tuple({0: batch} for _ in inputs[2:]))
             torch.onnx.export(module, inputs, str(tmp), dynamo=True, dynamic_shapes=shapes,
                               input_names=input_names(loaded), output_names=list(output_names),
@@ -141,29 +151,3 @@ def reference_outputs(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> 
     with torch.inference_mode():
         result: np.ndarray = ScoringModule(loaded)(*inputs).numpy()
     return result
-
-
-class OnnxPredictor:
-    """Entire-space and conditional predictions from ONNX Runtime (the ``onnxruntime`` serving
-    back end): the model is exported once at load time and run with a fixed thread budget."""
-
-    def __init__(self, loaded: LoadedModel, workdir: Path, threads: int) -> None:
-        try:
-            import onnxruntime
-        except ImportError as exc:
-            raise RankEngineError("the onnxruntime back end needs onnxruntime: "
-                                  "pip install 'rankengine[export]'") from exc
-        path = export(loaded, workdir / "model.onnx", "onnx", module=PredictionModule(loaded),
-                      output_names=("entire", "conditional"))
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(str(path), options,
-                                                    providers=["CPUExecutionProvider"])
-        self.names = input_names(loaded)
-
-    def __call__(self, categorical: np.ndarray, dense: np.ndarray,
-                 sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        feeds = dict(zip(self.names, [categorical, dense, *sequences], strict=True))
-        entire, conditional = self.session.run(None, feeds)
-        return entire.astype(np.float64), conditional.astype(np.float64)

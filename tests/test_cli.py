@@ -105,7 +105,7 @@ def test_export_matches_rankengine(artifact: Path, tmp_path: Path, fmt: str, suf
     result = CliRunner().invoke(cli, ["export", str(artifact), "--format", fmt, "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert out.is_file() and "max |diff|" in result.output
-    assert "inputs: categorical, dense, user_hist_categories" in result.output
+    assert "inputs: ids, dense, user_hist_categories" in result.output
 
 
 def test_a_bad_engine_toml_in_the_working_directory_breaks_only_the_commands_that_read_it(

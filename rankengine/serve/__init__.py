@@ -26,7 +26,7 @@ def app_from_env() -> FastAPI:
     threads = spec.get("torch_threads", 1)
     torch.set_num_threads(threads)
     store = RegistryStore(spec["registry"], create_if_empty=False)
-    holder = ModelHolder(store, spec["ref"], backend=spec.get("backend", "torch"),
+    holder = ModelHolder(store, spec["ref"], backend=spec.get("backend"),
                          threads=threads)
     app = create_app(holder, ServeSettings(**spec["settings"]))
     freeze_startup_objects()

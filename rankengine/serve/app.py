@@ -643,12 +643,12 @@ def _field(key: str, limit: int = 80) -> str:
 
 def _metadata(model: Served) -> dict[str, Any]:
     graph = model.loaded.graph
+    pipeline = model.loaded.pipeline  # each input's datatype is its encoder's to say
     return {
         "name": model.name, "versions": [str(model.version)], "platform": "rankengine",
-        "inputs": [{"name": f.source, "shape": [-1],
-                    "datatype": "FP32" if f.kind in ("numeric", "bucketize") else "BYTES",
+        "inputs": [{"name": f.source, "shape": [-1], "datatype": encoder.raw_datatype,
                     "parameters": {"side": f.side, "kind": f.kind}}
-                   for f in model.loaded.config.features],
+                   for f, encoder in zip(pipeline.features, pipeline.encoders, strict=True)],
         "outputs": [{"name": f"p_{t}", "shape": [-1], "datatype": "FP32"} for t in graph.names]
         + [{"name": "score", "shape": [-1], "datatype": "FP32"}],
     }

@@ -4,27 +4,18 @@ or the version's fusion weights tag changes."""
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from rankengine.artifact import LoadedModel
-from rankengine.data.batching import Batch
+from rankengine.backend import Predictor, ServingBackend, backend_class
 from rankengine.errors import RankEngineError
+from rankengine.pluginmanager import Engine, load_engine
 from rankengine.registry.artifacts import FUSION_WEIGHTS_TAG, load_version
-from rankengine.registry.store import RegistryStore
+from rankengine.registry.store import ModelVersion, RegistryStore
 
 log = logging.getLogger("rankengine.serve")
-BACKENDS = ("torch", "onnxruntime")
-
-# (categorical, dense, sequences) -> (entire-space [N, T], conditional [N, T]) as float64
-Predictor = Callable[[np.ndarray, np.ndarray, list[np.ndarray]], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -46,53 +37,38 @@ class Served:
 def with_fusion_tag(artifact: LoadedModel, tag: Any, where: str) -> LoadedModel:
     if not tag:
         return artifact
-    from rankengine.tune import apply_fusion_weights
+    from rankengine.fusion import apply_fusion_weights
 
     return apply_fusion_weights(artifact, tag, where=f"{where} tag {FUSION_WEIGHTS_TAG}")
 
 
-def torch_predictor(loaded: LoadedModel) -> Predictor:
-    """One forward pass per request. The model is put in eval mode here, once: ``eval()`` walks
-    every module, which cost about 0.2 ms per request when done on each call."""
-    model, graph = loaded.model, loaded.graph
-    model.eval()
-    tasks = len(graph)
-
-    @torch.inference_mode()
-    def predict(categorical: np.ndarray, dense: np.ndarray,
-                sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        n = len(categorical)
-        batch = Batch(torch.from_numpy(categorical), torch.from_numpy(dense),
-                      [torch.from_numpy(s) for s in sequences],
-                      torch.zeros((n, tasks)), {})
-        out = model(batch)
-        return out.entire(graph).double().numpy(), out.conditional(graph).double().numpy()
-
-    return predict
+def engine_of(version: ModelVersion) -> Engine:
+    """The plugins ``version`` was trained with (what its back ends are looked up in)."""
+    return load_engine(list(version.plugins))
 
 
-def make_predictor(loaded: LoadedModel, backend: str, threads: int) -> Predictor:
-    """The forward pass for ``backend``: the torch model itself, or the same model exported to
-    ONNX and run by ONNX Runtime (a 1.2 to 2 times faster forward on CPU)."""
-    if backend == "torch":
-        return torch_predictor(loaded)
-    if backend == "onnxruntime":
-        from rankengine.export import OnnxPredictor
-
-        with tempfile.TemporaryDirectory(prefix="rankengine-onnx-") as workdir:
-            return OnnxPredictor(loaded, Path(workdir), threads)
-    raise RankEngineError(f"unknown serving back end '{backend}'; expected one of "
-                          f"{', '.join(BACKENDS)}")
+def serving_backend(engine: Engine, name: str | None, where: str) -> type[ServingBackend]:
+    """Back end ``name`` (``None``: the default) of the engine of model ``where``; an unknown
+    name is one line listing the registered back ends."""
+    try:
+        return backend_class(engine, name)
+    except RankEngineError as exc:
+        why = "" if engine.components.backends.names() else (
+            f" (the model's plugins, {', '.join(engine.plugins)}, register none)"
+            if engine.plugins else " (the model uses no plugin)")
+        raise RankEngineError(f"{where}: {exc}{why}") from None
 
 
 class ModelHolder:
-    """Holds the current :class:`Served`; ``ref`` is ``NAME``, ``NAME@ALIAS`` or ``NAME/N``."""
+    """Holds the current :class:`Served`; ``ref`` is ``NAME``, ``NAME@ALIAS`` or ``NAME/N``.
 
-    def __init__(self, store: RegistryStore, ref: str, *, backend: str = "torch",
+    ``backend`` names the serving back end that runs the forward pass, looked up in the
+    plugins of each loaded version (``None``: their default back end); ``threads`` is the
+    thread budget it gets.
+    """
+
+    def __init__(self, store: RegistryStore, ref: str, *, backend: str | None = None,
                  threads: int = 1) -> None:
-        if backend not in BACKENDS:
-            raise RankEngineError(f"unknown serving back end '{backend}'; expected one of "
-                                  f"{', '.join(BACKENDS)}")
         self.backend, self.threads = backend, threads
         self.store = store
         self.ref = ref
@@ -101,6 +77,17 @@ class ModelHolder:
         self.last_error: str | None = None
         self._lock = threading.Lock()  # one load at a time; readers never wait
         self._stop = threading.Event()
+        if backend is not None:
+            self._check_backend(backend)
+
+    def _check_backend(self, name: str) -> None:
+        """Refuse an unknown back end now if the reference resolves (else :meth:`load` says
+        what is wrong with it)."""
+        try:
+            target = self.store.resolve(self.ref)
+        except Exception:
+            return
+        serving_backend(engine_of(target), name, target.ref)
 
     def load(self) -> Served:
         """Resolve the reference and load it unless it is already served; a version whose
@@ -116,16 +103,20 @@ class ModelHolder:
                     artifact, predict = current.artifact, current.predict
                 else:
                     _, artifact = load_version(self.store, target.ref, apply_tags=False)
-                    predict = make_predictor(artifact, self.backend, self.threads)
+                    backend = serving_backend(artifact.engine, self.backend, target.ref)
+                    predict = backend(artifact, threads=self.threads)
                 loaded = with_fusion_tag(artifact, tag, target.ref)
             except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.error("loading %s (%s back end) failed, keeping %s: %s", self.ref,
-                          self.backend, current.version if current else "nothing", exc)
+                          self.backend or "default", current.version if current else "nothing",
+                          exc)
                 raise
             served = Served(target.model, target.version, loaded, predict, artifact, tag)
             self.current = served  # one reference assignment: an atomic swap
             self.last_error = None
+            if current is not None and current.predict is not predict:
+                _close(current.predict)
             log.info("serving %s/%s%s", served.name, served.version,
                      f" with fusion weights {tag}" if tag else "")
             return served
@@ -146,3 +137,18 @@ class ModelHolder:
 
     def stop(self) -> None:
         self._stop.set()
+        current = self.current
+        if current is not None:
+            _close(current.predict)
+
+
+def _close(predict: Predictor) -> None:
+    """Close a back end that is no longer served; its failure is logged, not raised (the new
+    version is served already)."""
+    close = getattr(predict, "close", None)
+    if close is None:
+        return
+    try:
+        close()
+    except Exception as exc:
+        log.warning("closing the replaced serving back end failed: %s", exc)

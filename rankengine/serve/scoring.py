@@ -137,7 +137,8 @@ def _integers(name: str, values: Sequence[Any], array: pa.Array, datatype: str) 
         raise BadRequestError(f"{name}: values do not fit in int64: {exc}"[:300]) from None
 
 
-NUMERIC_KINDS = ("numeric", "bucketize")
+#: Raw datatypes of numbers: booleans sent for such a feature are refused, not read as 0/1.
+NUMBER_DATATYPES = frozenset({"FP32", "FP64", "INT64", "INT32"})
 
 
 def _name_failure(pipeline: Any, table: pa.Table, names: Sequence[str], where: str,
@@ -176,10 +177,11 @@ def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, p
     missing = sorted(expected - given - optional)
     if missing:
         raise BadRequestError(f"missing required feature '{missing[0]}'")
+    numbers = [f for f, encoder in zip(loaded.pipeline.features, loaded.pipeline.encoders,
+                                       strict=True) if encoder.raw_datatype in NUMBER_DATATYPES]
     for where, columns in (("context", context), ("candidates", items)):
-        for f in features:
-            if f.kind in NUMERIC_KINDS and f.source in columns and \
-                    pa.types.is_boolean(columns[f.source].type):
+        for f in numbers:
+            if f.source in columns and pa.types.is_boolean(columns[f.source].type):
                 raise BadRequestError(f"{where}.{f.source}: expected numbers for {f.kind} "
                                       f"feature '{f.name}', found booleans")
     pipeline = loaded.pipeline
