@@ -4,7 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from rankengine import hookimpl
+from pydantic import Field
+
+from rankengine import Params, Register, hookimpl
+
+
+class ProgressSettings(Params):
+    """``[plugins.progress]``: what the per-epoch line shows."""
+
+    #: validation metrics shown per task after each epoch (those computed for the task)
+    metrics: list[str] = Field(default_factory=lambda: ["auc"])
+    #: no per-epoch line at all
+    quiet: bool = False
+
+
+@hookimpl
+def rankengine_register_config_tables(register: Register) -> None:
+    register("progress", ProgressSettings, help="the per-epoch training log line")
 
 
 @hookimpl
@@ -21,15 +37,16 @@ def rankengine_before_train(context: Any) -> None:
 
 @hookimpl
 def rankengine_after_epoch(context: Any, epoch: int, metrics: dict[str, Any]) -> None:
-    if context.rank:
+    settings: ProgressSettings = context.config.plugin_settings("progress")
+    if context.rank or settings.quiet:
         return
     train = metrics["train_loss_total"]
     valid = metrics["valid_loss"]["total"]
-    aucs = " ".join(
-        f"{task}={_number(m['auc'])}" for task, m in metrics["valid"].items() if "auc" in m
-    )
-    context.log(f"epoch {epoch}: train loss {_number(train)}, valid loss {_number(valid)}, "
-                f"valid auc {aucs}")
+    shown = [f"valid {name} " + " ".join(f"{task}={_number(m[name])}"
+                                         for task, m in metrics["valid"].items() if name in m)
+             for name in settings.metrics]
+    context.log(", ".join([f"epoch {epoch}: train loss {_number(train)}",
+                           f"valid loss {_number(valid)}", *shown]))
 
 
 def _number(value: float | None) -> str:

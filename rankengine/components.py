@@ -127,7 +127,7 @@ class ComponentTable(Generic[F]):
             why = (f"{len(found)} {self.family} are registered as the default (" +
                    ", ".join(f"'{c.name}' by plugin '{c.plugin}'" for c in found) + ")")
         raise ConfigError(f"expected a {self.singular} name: {why}; available: "
-                          f"{', '.join(self.names()) or 'none'}", source=source, key=key)
+                          f"{', '.join(self.names()) or '(nothing)'}", source=source, key=key)
 
 
 class Register(Generic[F]):
@@ -143,6 +143,9 @@ class Register(Generic[F]):
     @property
     def family(self) -> str:
         return self._table.family
+
+    def __repr__(self) -> str:  # what RANKENGINE_TRACE=1 prints for the argument
+        return f"<register {self._table.family} for plugin '{self._plugin}'>"
 
     def __call__(
         self, name: str, factory: F, *, params: type[Params] = NoParams, help: str = "",

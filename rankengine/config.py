@@ -15,7 +15,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rankengine.components import DEFAULT_KIND
 from rankengine.errors import ConfigError, suggest
@@ -81,7 +89,8 @@ class DataSection(Section):
     valid_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     valid_from: Literal["train", "test"] = "train"
     test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
-    format: Literal["auto", "csv", "parquet"] = "auto"
+    #: the data source (a registered name) reading the splits; none: told from each path
+    format: str | None = None
     csv: CsvOptions = CsvOptions()
     group: str | None = None
     inconsistent: Literal["error", "fix", "drop"] = "error"
@@ -264,10 +273,14 @@ class EngineConfig(Section):
     fusion: FusionSection = FusionSection()
     evaluate: EvaluateSection = EvaluateSection()
     registry: RegistrySection = RegistrySection()
+    #: ``[plugins.NAME]``: tables owned by plugins (``rankengine_register_config_tables``),
+    #: validated by the plugin's model once plugins are loaded
+    plugins: dict[str, dict[str, Any]] = {}
 
     #: Where the config came from (for messages) and the base for relative data paths.
     source: str = Field(default="<config>", exclude=True)
     base_dir: str = Field(default=".", exclude=True)
+    _plugin_settings: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @field_validator("features")
     @classmethod
@@ -291,6 +304,15 @@ class EngineConfig(Section):
                     "RANKENGINE_REGISTRY_URL")):
             return "sqlite:///" + str(self.resolve_path(url.removeprefix("sqlite:///")))
         return url
+
+    def plugin_settings(self, name: str) -> Any:
+        """The validated ``[plugins.NAME]`` table (the registered model's defaults when the
+        file has none); only after :func:`validate_components`."""
+        settings = self._plugin_settings.get(name)
+        if settings is None:
+            raise KeyError(f"no plugin config table '{name}' is registered (or the config was "
+                           f"not validated against the plugins)")
+        return settings
 
     def resolve_path(self, path: str) -> Path:
         p = Path(path).expanduser()
@@ -462,17 +484,22 @@ def resolve_component(
 ) -> tuple[Any, Params]:
     """Look a component up and validate its parameters; returns ``(factory, params)``."""
     component = table.get(kind, key=f"{key}.kind", source=source)
+    parsed = validate_table(component.params, params, key=key, source=source,
+                            what=f"parameters of {table.singular} '{component.name}'")
+    return component.factory, parsed
+
+
+def validate_table(model: type[Any], raw: Mapping[str, Any], *, key: str, source: str,
+                   what: str) -> Any:
+    """``raw`` validated by the pydantic ``model``; the first problem as a config error naming
+    the dotted key, what was expected and what was found."""
     try:
-        parsed = component.parse_params(params)
+        return model.model_validate(dict(raw))
     except ValidationError as exc:
         first = exc.errors()[0]
-        sub_key, message = _format_param_error(first, component.params)
-        raise ConfigError(
-            f"{message} (parameters of {table.singular} '{kind}')",
-            source=source,
-            key=f"{key}.{sub_key}" if sub_key else key,
-        ) from None
-    return component.factory, parsed
+        sub_key, message = _format_param_error(first, model)
+        raise ConfigError(f"{message} ({what})", source=source,
+                          key=f"{key}.{sub_key}" if sub_key else key) from None
 
 
 def _format_param_error(err: Any, model: type[BaseModel]) -> tuple[str, str]:
@@ -526,9 +553,15 @@ def validate_components(config: EngineConfig, engine: Engine) -> None:
     for i, feature in enumerate(config.features):
         resolve_component(c.encoders, feature.kind, feature.params, key=f"features[{i}]",
                           source=src)
+    for name in config.plugins:
+        c.config_tables.get(name, key=f"plugins.{name}", source=src)
+    for table in c.config_tables:
+        config._plugin_settings[table.name] = validate_table(
+            table.factory, config.plugins.get(table.name, {}), key=f"plugins.{table.name}",
+            source=src, what=f"settings of plugin table '{table.name}'")
     for name, task in config.tasks.items():
         key = f"tasks.{name}.loss"
-        name = c.losses.get(task.loss.kind, key=f"{key}.kind", source=src).name if task.loss \
+        name = c.losses.get(task.loss.kind, key=key, source=src).name if task.loss \
             else default_loss(c.losses, task.type, key=key, source=src)
         params = task.loss.params if task.loss else {}
         resolve_component(c.losses, name, params, key=key, source=src)

@@ -182,21 +182,24 @@ def _oracle(oracle: Any, data: EncodedData, y: np.ndarray, sub: np.ndarray, give
             result: dict[str, Any], why: dict[str, str]) -> None:
     if oracle is None:
         return
-    auc = next((m.factory.fn for m in metrics if m.name == "auc"), None)
-    if auc is None:
-        return
     every = np.ones(len(y), dtype=bool)
-    if oracle.p:
-        _record(result, why, "oracle_auc", every, "",
-                lambda: auc(y, data.extras[oracle.p], None))
-    if oracle.p_cond and sub.any():
-        _record(result, why, "oracle_auc_cond", sub, given,
-                lambda: auc(y[sub], data.extras[oracle.p_cond][sub], None))
-    if oracle.label_cond:
-        # Counterfactual labels exist for every impression (simulated data), so the conditional
-        # model can be judged on the entire space: the sample-selection-bias test.
-        cf = data.extras[oracle.label_cond]
-        _record(result, why, "auc_cond_entire", every, "", lambda: auc(cf, pred_cond, None))
-        if oracle.p_cond:
-            _record(result, why, "oracle_auc_cond_entire", every, "",
-                    lambda: auc(cf, data.extras[oracle.p_cond], None))
+    # Every per-row binary metric is also computed for the simulator's oracle, side by side.
+    for metric in metrics:
+        fn, name = metric.factory.fn, metric.name
+        if metric.factory.task_type != "binary" or metric.factory.needs_group:
+            continue
+        if oracle.p:
+            _record(result, why, f"oracle_{name}", every, "",
+                    lambda fn=fn: fn(y, data.extras[oracle.p], None))
+        if oracle.p_cond and sub.any():
+            _record(result, why, f"oracle_{name}_cond", sub, given,
+                    lambda fn=fn: fn(y[sub], data.extras[oracle.p_cond][sub], None))
+        if oracle.label_cond:
+            # Counterfactual labels exist for every impression (simulated data), so the
+            # conditional model can be judged on the entire space: the selection-bias test.
+            cf = data.extras[oracle.label_cond]
+            _record(result, why, f"{name}_cond_entire", every, "",
+                    lambda fn=fn, cf=cf: fn(cf, pred_cond, None))
+            if oracle.p_cond:
+                _record(result, why, f"oracle_{name}_cond_entire", every, "",
+                        lambda fn=fn, cf=cf: fn(cf, data.extras[oracle.p_cond], None))

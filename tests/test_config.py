@@ -36,8 +36,10 @@ def test_shipped_configs_are_valid(path: str, engine: Engine) -> None:
     assert config.features and config.tasks
 
 
-def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
+def test_minimal_config_gets_defaults(tmp_path: Path, engine: Engine) -> None:
     config = load_config(write(tmp_path, MINIMAL))
+    assert config.model.backbone.kind == "default"  # until the plugins say which
+    validate_components(config, engine)
     assert config.model.backbone.kind == "mmoe"
     assert config.model.cascade.kind == "esmm"
     assert config.engine.plugins == ["builtin"]
@@ -162,3 +164,60 @@ def test_an_empty_equals_or_backbone_groups_names_the_inner_key() -> None:
                                         "at least 1 item")
     with pytest.raises(ConfigError, match=r"\[model\.backbone_groups\]: list should have at least"):
         parse_config({**base, "model": {"backbone_groups": []}})
+
+
+# -- plugin-owned tables and registered defaults ------------------------------------------------
+
+
+class _Owner:
+    """A third-party plugin owning the table [plugins.audit]."""
+
+    from rankengine import Params as _Params
+
+    class Settings(_Params):
+        sink: str = "stderr"
+        every: int = 1
+
+    from rankengine import hookimpl as _hookimpl
+
+    @_hookimpl
+    def rankengine_register_config_tables(self, register) -> None:  # type: ignore[no-untyped-def]
+        register("audit", self.Settings)
+
+
+def test_plugin_owned_table_is_validated_by_the_plugin_model(tmp_path: Path) -> None:
+    from rankengine.pluginmanager import load_engine
+
+    engine = load_engine(extra=[("audit", _Owner())])
+    config = load_config(write(tmp_path, MINIMAL + '\n[plugins.audit]\nsink = "file"\n'))
+    validate_components(config, engine)
+    assert config.plugin_settings("audit").sink == "file"
+    assert config.plugin_settings("audit").every == 1
+    assert config.plugin_settings("progress").metrics == ["auc"]  # a built-in's own table
+
+    bad = load_config(write(tmp_path, MINIMAL + "\n[plugins.audit]\nevry = 2\n"))
+    with pytest.raises(ConfigError, match=r"\[plugins\.audit\.evry\]: unknown key 'evry'; "
+                                          r"expected one of: every, sink; did you mean 'every'"):
+        validate_components(bad, engine)
+    wrong = load_config(write(tmp_path, MINIMAL + '\n[plugins.audit]\nevery = "often"\n'))
+    with pytest.raises(ConfigError, match=r"\[plugins\.audit\.every\]: .*found 'often'"):
+        validate_components(wrong, engine)
+
+
+def test_table_no_plugin_owns_is_an_error_naming_the_owned_ones(tmp_path: Path,
+                                                                engine: Engine) -> None:
+    config = load_config(write(tmp_path, MINIMAL + "\n[plugins.progres]\nquiet = true\n"))
+    with pytest.raises(UnknownComponentError, match=r"\[plugins\.progres\]: unknown plugin "
+                                                    r"config table 'progres'.*'progress'"):
+        validate_components(config, engine)
+
+
+def test_left_out_components_become_the_registered_defaults(tmp_path: Path,
+                                                            engine: Engine) -> None:
+    config = load_config(write(tmp_path, MINIMAL))
+    validate_components(config, engine)
+    tables = engine.components
+    assert config.model.backbone.kind == tables.backbones.default().name
+    assert config.fusion.kind == tables.fusions.default().name
+    loss = config.tasks["click"].loss
+    assert loss is not None and "binary" in tables.losses.get(loss.kind).factory.task_types

@@ -1,0 +1,52 @@
+"""The core names no built-in component: components describe themselves and the core asks them.
+
+The built-in names are enumerated from the plugin manager (every component registered by a
+plugin of the rankengine distribution), so a new built-in is covered without editing this test.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import rankengine
+from rankengine.pluginmanager import load_engine
+
+CORE = Path(rankengine.__file__).parent
+
+
+def builtin_names() -> dict[str, str]:
+    engine = load_engine()
+    names: dict[str, str] = {}
+    for table in engine.components.tables():
+        for component in table:
+            if engine.plugins[component.plugin].info.origin == "built-in":
+                names[component.name] = f"{table.singular} '{component.name}'"
+    return names
+
+
+def string_literals(path: Path) -> list[tuple[int, str]]:
+    """Every string constant of a module except docstrings (prose may mention a method)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(id(body[0].value))
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and id(node) not in docstrings]
+
+
+def test_builtins_are_enumerated() -> None:
+    names = builtin_names()
+    assert len(names) >= 30  # every family contributes; an empty table would pass vacuously
+
+
+def test_no_core_module_names_a_builtin_component() -> None:
+    names = builtin_names()
+    found = [f"{path.relative_to(CORE.parent)}:{line}: {value!r} ({names[value]})"
+             for path in sorted(CORE.rglob("*.py"))
+             for line, value in string_literals(path) if value in names]
+    assert not found, "the core names built-in components:\n" + "\n".join(found)
