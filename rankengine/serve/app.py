@@ -526,8 +526,7 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None,
     def _weights(model: Served, raw: Any) -> dict[str, float] | None:
         if raw is None:
             return None
-        fusion = model.loaded.fusion
-        if "weights" not in type(fusion.params).model_fields:
+        if model.loaded.fusion.weights() is None:
             raise BadRequestError(f"fusion '{model.loaded.config.fusion.kind}' takes no weights")
         if not isinstance(raw, dict):
             raise BadRequestError("'fusion_weights' must be an object of task → weight")

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from rankengine.errors import DataError
+from rankengine.errors import DataError, one_line
 from rankengine.evaluate import entire_outputs, require_finite
 from rankengine.serve.holder import Served
 
@@ -203,8 +203,10 @@ def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, p
     entire, conditional = served.predict(categorical, dense, sequences)
     fusion = loaded.fusion
     if weights:
-        fusion = type(fusion)(loaded.graph.names,
-                              fusion.params.model_copy(update={"weights": dict(weights)}))
+        try:
+            fusion = fusion.with_weights(weights)
+        except ValueError as exc:  # checked by the request parser; a plugin may refuse more
+            raise BadRequestError(f"fusion_weights: {one_line(str(exc))}") from None
     with torch.inference_mode():
         fused = fusion(torch.from_numpy(entire)).numpy()
     out = entire_outputs(entire, loaded.graph.names)
