@@ -25,6 +25,7 @@ from rankengine.interfaces import (
     undefined,
 )
 from rankengine.config import EngineConfig, FeatureSpec, TaskSpec, Width, load_config
+from rankengine.data.source import DataSource
 from rankengine.errors import (
     ArtifactError,
     ConfigError,
@@ -51,6 +52,7 @@ __all__ = [
     "ConfigError",
     "CrossNetwork",
     "DataError",
+    "DataSource",
     "EngineConfig",
     "ExpertBank",
     "FeatureEncoder",

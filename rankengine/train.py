@@ -142,7 +142,7 @@ def needed_columns(config: EngineConfig, graph: TaskGraph, pipeline: FeaturePipe
     return list(dict.fromkeys(cols))
 
 
-def read_splits(config: EngineConfig, columns: list[str], seed: int) -> Splits:
+def read_splits(config: EngineConfig, columns: list[str], seed: int, engine: Engine) -> Splits:
     """Read train / valid / test; a missing valid (or test) split is carved out of train."""
     data = config.data
 
@@ -152,7 +152,8 @@ def read_splits(config: EngineConfig, columns: list[str], seed: int) -> Splits:
             key = next(k for k in ("train", "valid", "test") if getattr(data, k) == path)
             raise ConfigError(f"data file or directory not found: {resolved}",
                               source=config.source, key=f"data.{key}")
-        return read_table(resolved, columns, format=data.format, csv=data.csv)
+        return read_table(resolved, columns, sources=engine.components.sources,
+                          format=data.format, csv=data.csv)
 
     train = read(data.train)
     sources = {"train": str(config.resolve_path(data.train))}
@@ -391,7 +392,7 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     sample_weighting: SampleWeighting = construct(sw_factory, "loss.sample_weighting", config,
                                                     graph, sw_params)
     extras = [*oracle_columns(graph), *sample_weighting.columns()]
-    splits = _prepare_data(config, graph, pipeline, extras, sample_weighting, dist, say)
+    splits = _prepare_data(config, engine, graph, pipeline, extras, sample_weighting, dist, say)
     encoded, sources = splits.encoded, splits.sources
     tensors = {name: TensorData(data) for name, data in encoded.items()}
 
@@ -600,13 +601,13 @@ class PreparedData:
     sources: dict[str, str]
 
 
-def _prepare_data(config: EngineConfig, graph: TaskGraph, pipeline: FeaturePipeline,
-                  extras: list[str], sample_weighting: SampleWeighting, dist: DistContext,
-                  say: Callable[[str], None]) -> PreparedData:
+def _prepare_data(config: EngineConfig, engine: Engine, graph: TaskGraph,
+                  pipeline: FeaturePipeline, extras: list[str], sample_weighting: SampleWeighting,
+                  dist: DistContext, say: Callable[[str], None]) -> PreparedData:
     """Fit the pipeline and encode the splits: all in memory for a plain run; with streaming
     or several ranks, each rank's share of the training row groups, fitted once on rank 0."""
     if not config.data.streaming and not dist.active:
-        encoded, sources = _encoded_splits(config, graph, pipeline, extras, say)
+        encoded, sources = _encoded_splits(config, engine, graph, pipeline, extras, say)
         for split, split_data in encoded.items():
             sample_weighting.check(split_data.extras, where=sources.get(split, split))
         return PreparedData(InMemoryData(encoded["train"]), encoded, sources)
@@ -620,7 +621,8 @@ def _prepare_data(config: EngineConfig, graph: TaskGraph, pipeline: FeaturePipel
     if not train_path.exists():
         raise ConfigError(f"data file or directory not found: {train_path}",
                           source=config.source, key="data.train")
-    every_fragment = list_fragments(train_path)
+    every_fragment = list_fragments(train_path, engine.components.sources, format=data.format,
+                                    csv=data.csv)
     if not any(fragment.rows for fragment in every_fragment):
         raise DataError(f"{train_path}: no rows to train on")
     fragments = every_fragment[dist.rank::dist.world_size]
@@ -657,7 +659,8 @@ def _prepare_data(config: EngineConfig, graph: TaskGraph, pipeline: FeaturePipel
             if not resolved.exists():
                 raise ConfigError(f"data file or directory not found: {resolved}",
                                   source=config.source, key=f"data.{split}")
-            table = read_table(resolved, columns, format=data.format, csv=data.csv)
+            table = read_table(resolved, columns, sources=engine.components.sources,
+                               format=data.format, csv=data.csv)
             encoded[split] = encode(table, where=str(resolved))
             sample_weighting.check(encoded[split].extras, where=str(resolved))
             sources[split] = str(resolved)
@@ -784,15 +787,15 @@ def _config_fingerprint(config: EngineConfig) -> str:
 
 
 def _encoded_splits(
-    config: EngineConfig, graph: TaskGraph, pipeline: FeaturePipeline, extras: list[str],
-    say: Callable[[str], None],
+    config: EngineConfig, engine: Engine, graph: TaskGraph, pipeline: FeaturePipeline,
+    extras: list[str], say: Callable[[str], None],
 ) -> tuple[dict[str, EncodedData], dict[str, str]]:
     """Read, fit and encode the splits, or take them from ``[data] cache_dir``."""
     cache_root = config.resolve_path(config.data.cache_dir) if config.data.cache_dir else None
     key = ""
     if cache_root is not None:
         tasks = {n.name: n.spec.model_dump(mode="json") for n in graph.nodes}
-        key = data_cache.cache_key(config, tasks, extras)
+        key = data_cache.cache_key(config, tasks, extras, engine.components.sources)
         hit = data_cache.load(cache_root, key)
         if hit is not None:
             state, encoded, sources = hit
@@ -800,7 +803,7 @@ def _encoded_splits(
             say(f"encoded data from cache {cache_root / key}")
             return encoded, sources
     columns = needed_columns(config, graph, pipeline, extras)
-    splits = read_splits(config, columns, config.engine.seed)
+    splits = read_splits(config, columns, config.engine.seed, engine)
     say(f"read {splits.train.num_rows:,} train / {splits.valid.num_rows:,} valid"
         + (f" / {splits.test.num_rows:,} test" if splits.test is not None else "") + " rows")
     pipeline.fit(splits.train, where=splits.sources["train"])

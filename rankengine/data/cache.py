@@ -1,7 +1,8 @@
 """On-disk cache of the fitted feature pipeline and the encoded splits.
 
-Keyed by everything that determines the encoding: the data files (path, size, mtime), the
-features, the task labels, the split settings and the seed. A hit skips reading, fitting and
+Keyed by everything that determines the encoding: the data (each data source's fingerprint, by
+default the files' path, size and mtime), the features, the task labels, the split settings
+and the seed. A hit skips reading, fitting and
 encoding entirely; entries are written under a temporary name and renamed, so a crash never
 leaves a half-written entry.
 """
@@ -22,27 +23,26 @@ import numpy as np
 
 from rankengine.config import EngineConfig
 from rankengine.data.dataset import EncodedData
+from rankengine.data.source import SourceTable, open_source
 from rankengine.graph import LabelReport
 
 log = logging.getLogger("rankengine.cache")
 
 
-def _file_stats(path: Path) -> list[Any]:
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-
-
-def cache_key(config: EngineConfig, tasks: dict[str, Any], extras: list[str]) -> str:
+def cache_key(config: EngineConfig, tasks: dict[str, Any], extras: list[str],
+              sources: SourceTable) -> str:
+    """The entry for this configuration; each data file's part is its source's fingerprint."""
     data = config.data
     paths = [p for p in (data.train, data.valid, data.test) if p]
     payload = {
-        "files": [_file_stats(config.resolve_path(p)) for p in paths],
+        "files": [open_source(config.resolve_path(p), sources, format=data.format,
+                              csv=data.csv).fingerprint() for p in paths],
         "data": data.model_dump(mode="json", exclude={"cache_dir"}),
         "features": [f.model_dump(mode="json") for f in config.features],
         "tasks": tasks,
         "extras": extras,
         "seed": config.engine.seed,
-        "version": 1,
+        "version": 2,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 

@@ -1,69 +1,42 @@
-"""Training data that does not fit in memory: Parquet row groups streamed through a buffer.
+"""Training data that does not fit in memory: fragments (Parquet row groups) streamed
+through a buffer.
 
-The training split is listed as *fragments* (one Parquet row group each) without reading
-them. Each epoch visits the fragments in a seeded random order, reads about ``buffer_rows``
-rows at a time, encodes them with the fitted pipeline and yields shuffled mini-batches from
-the buffer, so memory stays flat whatever the number of rows. Under ``torchrun`` every rank
-takes every ``world_size``-th fragment: no rank reads the whole data set.
+The training split is listed as *fragments* by its data source (one Parquet row group each)
+without reading them. Each epoch visits the fragments in a seeded random order, reads about
+``buffer_rows`` rows at a time, encodes them with the fitted pipeline and yields shuffled
+mini-batches from the buffer, so memory stays flat whatever the number of rows. Under
+``torchrun`` every rank takes every ``world_size``-th fragment: no rank reads the whole data set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
+from pydantic import BaseModel
 
 from rankengine.data.batching import Batch, TensorData, iterate_batches
 from rankengine.data.dataset import EncodedData, encode_table
-from rankengine.data.io import shard_files
 from rankengine.data.pipeline import FeaturePipeline
+from rankengine.data.source import Fragment, SourceTable, open_source
 from rankengine.errors import DataError
 from rankengine.graph import TaskGraph
 
 
-@dataclass(frozen=True)
-class Fragment:
-    path: str
-    row_group: int
-    rows: int
-
-
-def list_fragments(path: Path) -> list[Fragment]:
-    """Every row group of a Parquet file or directory of Parquet shards (metadata only)."""
-    files = shard_files(path) if path.is_dir() else [path]
-    out = []
-    for file in files:
-        if not file.name.lower().endswith((".parquet", ".pq")):
-            raise DataError(f"{file}: streaming reads Parquet only; convert CSV shards first")
-        try:
-            meta = pq.ParquetFile(file).metadata
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"{file}: cannot read Parquet metadata: {exc}") from exc
-        out += [Fragment(str(file), g, meta.row_group(g).num_rows)
-                for g in range(meta.num_row_groups)]
-    return out
+def list_fragments(path: str | Path, sources: SourceTable, *, format: str | None = None,
+                   **options: BaseModel | Mapping[str, Any] | None) -> list[Fragment]:
+    """Every fragment (a Parquet row group) of ``path``, a file or directory of shards, as its
+    data source lists them (metadata only); ``format`` and ``options`` as for ``read_table``."""
+    return open_source(path, sources, format=format, **options).fragments()
 
 
 def read_fragments(fragments: Sequence[Fragment], columns: Sequence[str]) -> pa.Table:
     """The rows of ``fragments`` (in the given order), only ``columns``."""
-    tables = []
-    for fragment in fragments:
-        try:
-            parquet = pq.ParquetFile(fragment.path)
-            available = parquet.schema_arrow.names
-            missing = [c for c in columns if c not in available]
-            if missing:
-                raise DataError(f"{fragment.path}: no column '{missing[0]}'; columns: "
-                                f"{', '.join(available)}")
-            tables.append(parquet.read_row_group(fragment.row_group, columns=list(columns)))
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise DataError(f"{fragment.path}: cannot read row group {fragment.row_group}: "
-                            f"{exc}") from exc
+    tables = [fragment.source.read_fragment(fragment, columns) for fragment in fragments]
     if not tables:
         raise DataError("no rows to read")
     try:
@@ -101,8 +74,8 @@ class StreamingData:
     def __init__(self, fragments: Sequence[Fragment], columns: Sequence[str],
                  encode: Callable[..., EncodedData], buffer_rows: int) -> None:
         if not fragments:
-            raise DataError("streaming: this rank has no row groups to train on; write the "
-                            "data as more Parquet row groups or shards than ranks")
+            raise DataError("streaming: this rank has no fragments (row groups) to train on; "
+                            "write the data as more row groups or shards than ranks")
         self.fragments = list(fragments)
         self.columns = list(columns)
         self.encode = encode

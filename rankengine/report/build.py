@@ -260,7 +260,7 @@ def score_curves(loaded: LoadedModel, split: str, *, max_rows: int = MAX_ROWS,
 def _read_split(loaded: LoadedModel, split: str, columns: list[str], max_rows: int,
                 seed: int) -> tuple[pa.Table, str, int]:
     """The split's rows (a seeded sample of ``max_rows`` when larger), a description, total."""
-    from rankengine.data.io import detect_format, open_dataset, read_table
+    from rankengine.data.io import open_source, read_table
 
     data = loaded.config.data
     direct = {"test": data.test if data.valid or data.valid_from != "test" else None,
@@ -268,22 +268,23 @@ def _read_split(loaded: LoadedModel, split: str, columns: list[str], max_rows: i
     rng = np.random.default_rng(seed)
     if direct:
         path = loaded.config.resolve_path(direct)
-        if detect_format(path, data.format) == "parquet":
-            dataset = open_dataset(path, format=data.format, csv=data.csv)
-            missing = [c for c in columns if c not in dataset.schema.names]
-            if not missing:
-                total = dataset.count_rows()
-                if total > max_rows:
-                    rows = np.sort(rng.choice(total, max_rows, replace=False))
-                    return dataset.take(pa.array(rows), columns=columns), str(path), total
-                return dataset.to_table(columns=columns), str(path), total
-        table = read_table(path, columns, format=data.format, csv=data.csv)  # names what's wrong
+        dataset = open_source(path, loaded.engine.components.sources, format=data.format,
+                              csv=data.csv)
+        missing = [c for c in columns if c not in dataset.schema().names]
+        if not missing:
+            total = dataset.num_rows()
+            if total > max_rows:
+                rows = np.sort(rng.choice(total, max_rows, replace=False))
+                return dataset.take(pa.array(rows), columns), str(path), total
+            return dataset.read(columns), str(path), total
+        table = read_table(path, columns, format=data.format, csv=data.csv,  # names what's wrong
+                           sources=loaded.engine.components.sources)
         source = str(path)
     else:
         # Carved out of another file at training time: redo the same seeded split.
         from rankengine.train import read_splits
 
-        splits = read_splits(loaded.config, columns, loaded.config.engine.seed)
+        splits = read_splits(loaded.config, columns, loaded.config.engine.seed, loaded.engine)
         chosen = splits.test if split == "test" else splits.valid
         if chosen is None:
             raise ArtifactError(f"the config of {loaded.path} names no {split} split")

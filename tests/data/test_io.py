@@ -8,10 +8,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from rankengine.config import CsvOptions
-from rankengine.data.io import arrow_message, read_table
+from rankengine.data import io
+from rankengine.data.source import open_source
 from rankengine.errors import DataError
+from rankengine.pluginmanager import load_engine
 
 from ..conftest import REPO
+
+SOURCES = load_engine().components.sources
+
+
+def read_table(path: Path, columns: list[str] | None = None, **options: object) -> pa.Table:
+    return io.read_table(path, columns, sources=SOURCES, **options)  # type: ignore[arg-type]
 
 
 def test_parquet_file_and_directory_of_shards(tmp_path: Path) -> None:
@@ -51,7 +59,9 @@ def test_missing_path_and_unknown_format(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"cannot tell the format"):
         read_table(tmp_path / "x.json")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match=r"holds no \.parquet or \.csv files"):
+    with pytest.raises(DataError, match=r"empty: directory holds no data files any source reads; "
+                                        r"sources: csv \(\.csv, .*\); parquet \(\.parquet, "
+                                        r"\.pq\)$"):
         read_table(tmp_path / "empty")
 
 
@@ -95,7 +105,8 @@ def test_a_huge_bad_cell_is_not_copied_into_the_message() -> None:
     # the column); the message keeps the line and a bounded excerpt
     exc = pa.ArrowInvalid("In CSV column #1: Row #3: CSV conversion error to int64: invalid "
                           "value '" + "y" * (1 << 20) + "'")
-    message = arrow_message(exc, "csv")
+    message = open_source(REPO / "data/ali-ccp-sample/ali_ccp_train_sample.csv",
+                          SOURCES).error_text(exc)
     assert message.startswith("In CSV column #1: line 3: CSV conversion error to int64")
     assert len(message) < 400
 
@@ -103,7 +114,8 @@ def test_a_huge_bad_cell_is_not_copied_into_the_message() -> None:
 def test_a_directory_mixing_csv_and_parquet_shards_is_refused(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("a\n1\n")
     pq.write_table(pa.table({"a": [2]}), tmp_path / "b.parquet")
-    with pytest.raises(DataError, match=r"mixes Parquet \(b\.parquet\) and CSV \(a\.csv\)"):
+    with pytest.raises(DataError, match=r"mixes csv \(a\.csv\) and parquet \(b\.parquet\) "
+                                        r"shards; keep one format per directory"):
         read_table(tmp_path, ["a"])
 
 

@@ -11,19 +11,19 @@ import pytest
 import torch
 
 from rankengine.config import load_config
+from rankengine.data import stream
 from rankengine.data.pipeline import FeaturePipeline
-from rankengine.data.stream import (
-    EncodeChunk,
-    StreamingData,
-    list_fragments,
-    read_fragments,
-    sample_fragments,
-)
+from rankengine.data.source import Fragment
+from rankengine.data.stream import EncodeChunk, StreamingData, read_fragments, sample_fragments
 from rankengine.errors import ConfigError, DataError
-from rankengine.pluginmanager import Engine
+from rankengine.pluginmanager import Engine, load_engine
 from rankengine.train import build_graph, train
 
 from ..conftest import tiny_config_text
+
+
+def list_fragments(path: Path) -> list[Fragment]:
+    return stream.list_fragments(path, load_engine().components.sources)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,9 @@ def test_streaming_needs_a_valid_file_and_parquet(funnel_dir: Path, tmp_path: Pa
         train(load_config(path), progress=False)
     csv = tmp_path / "train.csv"
     csv.write_text("a,b\n1,2\n")
-    with pytest.raises(DataError, match="streaming reads Parquet only"):
+    with pytest.raises(DataError, match=r"train\.csv: streaming and distributed training read "
+                                        r"the data in fragments \(row groups\), which data "
+                                        r"source 'csv' cannot list"):
         list_fragments(csv)
 
 
