@@ -1,4 +1,4 @@
-"""Fusion weight search: ``rankengine tune-fusion``.
+"""Fusion weight search behind ``rankengine tune-fusion`` (the command: rankengine.cli.tune).
 
 The data is scored once with the model (per-task entire-space probabilities); every candidate
 weight vector is then evaluated by building the version's own fusion with those weights (so the
@@ -33,7 +33,6 @@ priorities are 1 unless given with ``--priority task=w``.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import time
@@ -42,19 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import click
 import numpy as np
 from numpy.typing import NDArray
 
-from rankengine.errors import ArtifactError, ConfigError, DataError, RankEngineError, suggest
+from rankengine.errors import DataError, suggest
 
 if TYPE_CHECKING:
     from rankengine.artifact import LoadedModel
-    from rankengine.interfaces import Fusion
-    from rankengine.config import EngineConfig
-    from rankengine.graph import TaskGraph
-    from rankengine.pluginmanager import Engine
-    from rankengine.registry.store import ModelVersion, RegistryStore
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
@@ -63,70 +56,6 @@ METHODS = ("grid", "random", "bayes")
 LOG_SPAN = 2.0  # searched weights range over [M · 10^-2, M]
 MAX_STORED_POINTS = 400  # points kept in the registry: the whole front, then the earliest others
 MAX_TRIALS = 20_000
-
-
-# -- serving weights in a version tag -----------------------------------------------------------
-
-
-def format_fusion_weights(weights: Mapping[str, float]) -> str:
-    """``click=1,order=0.35`` (the ``fusion_weights`` tag value)."""
-    return ",".join(f"{task}={w:.6g}" for task, w in weights.items())
-
-
-def parse_fusion_weights(raw: Any, *, where: str) -> dict[str, float]:
-    """A ``fusion_weights`` tag: ``task=w,...`` or a JSON object of task → weight."""
-    items: list[tuple[str, Any]]
-    if isinstance(raw, Mapping):
-        items = [(str(k), v) for k, v in raw.items()]
-    elif isinstance(raw, str):
-        items = []
-        for part in raw.split(","):
-            task, sep, value = part.partition("=")
-            if not sep or not task.strip():
-                raise ArtifactError(f"{where}: expected task=weight,... , found {raw!r}")
-            items.append((task.strip(), value.strip()))
-    else:
-        raise ArtifactError(f"{where}: expected task=weight,... , found {raw!r}")
-    out: dict[str, float] = {}
-    for task, value in items:
-        try:
-            weight = float(value)
-        except (TypeError, ValueError):
-            raise ArtifactError(f"{where}: weight of '{task}' is not a number: {value!r}") from None
-        if not math.isfinite(weight):
-            raise ArtifactError(f"{where}: weight of '{task}' is not finite: {value!r}")
-        out[task] = weight
-    return out
-
-
-def fusion_with_weights(config: EngineConfig, engine: Engine, graph: TaskGraph, raw: Any, *,
-                        where: str) -> tuple[EngineConfig, Fusion]:
-    """``config`` with its fusion's weights replaced by the tag value ``raw``, and that fusion
-    built: validated exactly like ``[fusion] weights`` (each a finite number >= 0 naming a
-    task), errors naming ``where``."""
-    from rankengine.config import FusionSection
-    from rankengine.plan import build_fusion
-
-    weights = parse_fusion_weights(raw, where=where)
-    kind = config.fusion.kind
-    component = engine.components.fusions.get(kind, key="fusion.kind", source=config.source)
-    if "weights" not in component.params.model_fields:
-        raise ArtifactError(f"{where}: fusion '{kind}' takes no weights")
-    section = FusionSection.model_validate(
-        {**config.fusion.params, "kind": kind, "weights": weights})
-    changed = config.model_copy(update={"fusion": section, "source": where})
-    try:
-        fusion = build_fusion(changed, engine, graph)
-    except ConfigError as exc:
-        raise ArtifactError(str(exc)) from None
-    return changed.model_copy(update={"source": config.source}), fusion
-
-
-def apply_fusion_weights(loaded: LoadedModel, raw: Any, *, where: str) -> LoadedModel:
-    """The loaded model with its fusion rebuilt from the same kind and these weights."""
-    config, fusion = fusion_with_weights(loaded.config, loaded.engine, loaded.graph, raw,
-                                         where=where)
-    return dataclasses.replace(loaded, config=config, fusion=fusion)
 
 
 # -- NDCG@k over groups, vectorised -------------------------------------------------------------
@@ -445,7 +374,7 @@ class TuneResult:
         return {t: round(float(v), 6) for t, v in zip(self.tasks, values, strict=True)}
 
 
-# -- the command --------------------------------------------------------------------------------
+# -- scoring a file and searching -------------------------------------------------------------
 
 
 def _effective_weights(loaded: LoadedModel) -> dict[str, float]:
@@ -455,53 +384,6 @@ def _effective_weights(loaded: LoadedModel) -> dict[str, float]:
     return {t: float(raw.get(t, default)) for t in names}
 
 
-def _pick_tasks(option: str | None, names: list[str], named: Sequence[str]) -> list[str]:
-    if not option:  # the tasks the weights name (zeros too: a written search names them all)
-        return [t for t in names if t in named] or list(names)
-    tasks = list(dict.fromkeys(t.strip() for t in option.split(",") if t.strip()))
-    for t in tasks:
-        if t not in names:
-            raise click.UsageError(f"--tasks: unknown task '{t}'; tasks: {', '.join(names)}"
-                                   f"{suggest(t, names)}")
-    if not tasks:
-        raise click.UsageError("--tasks: name at least one task")
-    return [t for t in names if t in tasks]
-
-
-def _parse_priority(items: Sequence[str], tasks: list[str]) -> dict[str, float]:
-    out = dict.fromkeys(tasks, 1.0)
-    for item in items:
-        task, sep, value = item.partition("=")
-        task = task.strip()
-        if not sep:
-            raise click.UsageError(f"--priority {item!r}: expected TASK=WEIGHT")
-        if task not in tasks:
-            raise click.UsageError(f"--priority {item!r}: '{task}' is not a searched task; "
-                                   f"searched: {', '.join(tasks)}{suggest(task, tasks)}")
-        try:
-            out[task] = float(value)
-        except ValueError:
-            raise click.UsageError(f"--priority {item!r}: {value!r} is not a number") from None
-        if not math.isfinite(out[task]) or out[task] < 0:
-            raise click.UsageError(f"--priority {item!r}: expected a number >= 0")
-    if not any(out.values()):
-        raise click.UsageError("--priority: at least one task needs a priority above 0")
-    return out
-
-
-def _load(model: str, registry: str | None
-          ) -> tuple[RegistryStore | None, ModelVersion | None, LoadedModel]:
-    if Path(model).is_dir():
-        from rankengine.artifact import load_artifact
-
-        return None, None, load_artifact(model)
-    from rankengine.registry.artifacts import load_version
-    from rankengine.registry.cli import open_store
-
-    store = open_store(registry, create_if_empty=False)
-    return (store, *load_version(store, model))
-
-
 def _read(loaded: LoadedModel, data: Path, group: str,
           tasks: list[str]) -> tuple[Any, Ints, Floats, int]:
     """(the table, group codes, gains [N, len(tasks)], rows read) with the label policy applied."""
@@ -509,11 +391,10 @@ def _read(loaded: LoadedModel, data: Path, group: str,
     import pyarrow.compute as pc
 
     from rankengine.data.dataset import group_ids, raw_label
-    from rankengine.data.io import open_source, read_table
+    from rankengine.data.io import open_dataset, read_table
 
     cfg, graph = loaded.config, loaded.graph
-    available = open_source(data, loaded.engine.components.sources, format=cfg.data.format,
-                            csv=cfg.data.csv).schema().names
+    available = open_dataset(data, format=cfg.data.format, csv=cfg.data.csv).schema.names
     if group not in available:
         raise DataError(f"{data}: no group column '{group}' (--group) to compute NDCG per "
                         f"request{suggest(group, available)}; columns present: "
@@ -529,8 +410,7 @@ def _read(loaded: LoadedModel, data: Path, group: str,
     label_cols = [c for n in needed for c in graph.node(n).spec.label_columns]
     table = read_table(data, list(dict.fromkeys([*loaded.pipeline.source_columns,
                                                  *label_cols, group])),
-                       format=cfg.data.format, csv=cfg.data.csv,
-                       sources=loaded.engine.components.sources)
+                       format=cfg.data.format, csv=cfg.data.csv)
     rows_read = table.num_rows
     zeros = np.zeros(table.num_rows)
     raw = {n.name: raw_label(table, n.name, n.spec, str(data)) if n.name in needed else zeros
@@ -609,144 +489,3 @@ def run_search(loaded: LoadedModel, data: Path, *, group: str, tasks: list[str],
                       {t: w for t, w in current.items() if w != 0 or t in tasks},
                       current_values, requests, requests_total, len(groups), score_seconds,
                       time.perf_counter() - started)
-
-
-def _print(result: TuneResult, *, metric: str, title: str, priority: dict[str, float],
-           method: str) -> None:
-    from rich.table import Table
-
-    from rankengine.cli import console
-
-    shown = list(dict.fromkeys([t for p in result.points for t in p]))
-    view = Table(title=title)
-    view.add_column("#", justify="right")
-    for t in shown:
-        view.add_column(f"w({t})", justify="right")
-    for t in result.tasks:
-        view.add_column(f"{t} {metric}", justify="right")
-    view.add_column("rule", justify="right")
-    view.add_column("")
-    order = sorted(result.front, key=lambda i: -result.rule[i])
-    current_key = tuple(result.current.get(t, 0.0) for t in shown)
-    best = result.values[result.front].max(axis=0)
-
-    def cells(weights: Mapping[str, float], values: Floats) -> list[str]:
-        return ([f"{weights.get(t, 0.0):.4g}" for t in shown]
-                + [f"[bold]{v:.4f}[/bold]" if v >= b else f"{v:.4f}"
-                   for v, b in zip(values, best, strict=True)])
-
-    for i in order:
-        marks = []
-        if i == result.recommended:
-            marks.append("[bold green]★ recommended[/bold green]")
-        if tuple(result.points[i].get(t, 0.0) for t in shown) == current_key:
-            marks.append("current")
-        style = "green" if i == result.recommended else None
-        view.add_row(str(i), *cells(result.points[i], result.values[i]),
-                     f"{result.rule[i]:.4f}", ", ".join(marks), style=style)
-    weights = np.array([priority[t] for t in result.tasks])
-    current_rule = float(rule_values(result.current_values, best, weights))
-    view.add_section()
-    view.add_row("current", *cells(result.current, result.current_values),
-                 f"{current_rule:.4f}", _standing(result))
-    console().print(view)
-    per_task = ", ".join(f"{t} {c:,}" for t, c in result.requests.items())
-    click.echo(f"{metric} per task is the mean over the requests with at least one positive for "
-               f"that task (of {result.requests_total:,} requests: {per_task}).")
-    click.echo(f"Pareto front: {len(result.front)} of {len(result.points)} weight vectors "
-               f"({method}); rule: priority-weighted mean of {metric} / the best on the front "
-               f"(priorities {', '.join(f'{t}={w:g}' for t, w in priority.items())}).")
-    rec = result.values[result.recommended]
-    delta = ", ".join(f"{t} {d:+.4f}" for t, d in zip(result.tasks, rec - result.current_values,
-                                                       strict=True))
-    click.echo(f"recommended: {format_fusion_weights(result.points[result.recommended])} "
-               f"(vs current: {delta})")
-    per = result.search_seconds / max(1, len(result.points))
-    click.echo(f"scored {result.rows:,} rows in {result.score_seconds:.1f}s; evaluated "
-               f"{len(result.points)} weight vectors in {result.search_seconds:.1f}s "
-               f"({per * 1000:.0f} ms each)")
-
-
-def _standing(result: TuneResult) -> str:
-    cur = result.current_values
-    beaten = [i for i in result.front
-              if (result.values[i] >= cur).all() and (result.values[i] > cur).any()]
-    return f"dominated by {len(beaten)} front point(s)" if beaten else "on the front"
-
-
-@click.command("tune-fusion")
-@click.argument("model")
-@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="labelled CSV / Parquet file or directory (e.g. the validation split)")
-@click.option("--group", default=None,
-              help="request column NDCG is computed within (default: the version's [data] "
-                   "group, else request_id)")
-@click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True,
-              help="NDCG cut-off")
-@click.option("--method", type=click.Choice(METHODS), default="bayes", show_default=True,
-              help="grid, random, or bayes (random start, then an evolutionary search around "
-                   "the Pareto front)")
-@click.option("--trials", type=click.IntRange(min=1, max=MAX_TRIALS), default=200,
-              show_default=True, help="weight vectors to evaluate, anchors included")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="random and bayes: the search's random seed")
-@click.option("--tasks", "tasks_option", default=None,
-              help="comma-separated tasks whose weights are searched and whose NDCG is "
-                   "measured (default: the tasks [fusion] weights names, else every task)")
-@click.option("--priority", "priorities", multiple=True,
-              help="TASK=W multiplier of a task in the recommendation rule (repeatable)")
-@click.option("--write", is_flag=True,
-              help="record the search in the version's metrics (fusion_search) and serve the "
-                   "recommended weights (version tag fusion_weights)")
-@click.option("--json", "as_json", is_flag=True, help="print the search result as JSON")
-@click.option("--registry", default=None, help="registry URL for NAME@ALIAS references")
-def tune_fusion(model: str, data_path: Path, group: str | None, k: int, method: str,
-                trials: int, seed: int, tasks_option: str | None, priorities: tuple[str, ...],
-                write: bool, as_json: bool, registry: str | None) -> None:
-    """Search the fusion weights of MODEL for per-task NDCG@k and show the Pareto front."""
-    from rankengine.artifact import to_json
-    from rankengine.registry.artifacts import FUSION_WEIGHTS_TAG
-
-    if not data_path.exists():
-        raise DataError(f"{data_path}: data file or directory not found")
-    store, version, loaded = _load(model, registry)
-    if write and (store is None or version is None):
-        raise click.UsageError("--write needs a registry reference (NAME@ALIAS or "
-                               "NAME/VERSION), not an artifact directory")
-    label = version.ref if version else str(model)
-    kind = loaded.config.fusion.kind
-    if "weights" not in type(loaded.fusion.params).model_fields:
-        fields = ", ".join(type(loaded.fusion.params).model_fields) or "none"
-        raise RankEngineError(f"{label}: fusion '{kind}' has no per-task weights to tune (its "
-                              f"parameters: {fields}); tune-fusion searches the weights of "
-                              f"weighted_sum / weighted_product fusions")
-    names = loaded.graph.names
-    tasks = _pick_tasks(tasks_option, names,
-                        list(getattr(loaded.fusion.params, "weights", {}) or {}))
-    priority = _parse_priority(priorities, tasks)
-    group = group or loaded.config.data.group or "request_id"
-    metric = f"ndcg@{k}"
-    result = run_search(loaded, data_path, group=group, tasks=tasks, k=k, method=method,
-                        trials=trials, seed=seed, priority=priority,
-                        log=lambda m: click.echo(m, err=True))
-    record = result.record(metric=metric, data=str(data_path.resolve()), group=group,
-                           method=method, seed=seed, priority=priority)
-    if as_json:
-        click.echo(to_json(record), nl=False)
-    else:
-        _print(result, metric=metric, priority=priority, method=method,
-               title=f"fusion weights of {label} ({kind}): Pareto front of {metric} per task on "
-                     f"{data_path.name}, grouped by {group}")
-    if not write:
-        return
-    assert store is not None and version is not None
-    weights = result.points[result.recommended]
-    # The tag is read back at every load: it must build (it always does from a search).
-    fusion_with_weights(loaded.config, loaded.engine, loaded.graph,
-                        format_fusion_weights(weights), where=f"{label} recommended weights")
-    store.patch_version(version.model, version.version, metrics={"fusion_search": record},
-                        tags={FUSION_WEIGHTS_TAG: format_fusion_weights(weights)})
-    click.echo(f"wrote {version.ref}: metrics.fusion_search ({len(record['points'])} points) and "
-               f"tag {FUSION_WEIGHTS_TAG}={format_fusion_weights(weights)}; predict, rank and "
-               f"serve load these weights (a running server picks them up on restart)",
-               err=as_json)

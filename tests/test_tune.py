@@ -18,6 +18,7 @@ from rankengine.cli import cli
 from rankengine.config import load_config
 from rankengine.data.io import read_table
 from rankengine.errors import ArtifactError
+from rankengine.fusion import format_fusion_weights, parse_fusion_weights
 from rankengine.predict import score_table
 from rankengine.registry import RegistryStore
 from rankengine.registry.artifacts import (
@@ -33,10 +34,8 @@ from rankengine.tune import (
     GroupedNDCG,
     Search,
     SearchSpace,
-    format_fusion_weights,
     ndcg_reference,
     pareto_front,
-    parse_fusion_weights,
     run_search,
 )
 
@@ -163,7 +162,7 @@ def test_search_front_on_a_trained_model(reg: Setup, method: str) -> None:
     assert result.points[0] == {"click": 1.0, "order": 1.0, "pay": 0.0}
     assert {"click": 0.0, "order": 0.0, "pay": 1.0} in result.points
     # Every reported value is what scoring with those weights gives, by the reference NDCG.
-    table = read_table(data, sources=loaded.engine.components.sources)
+    table = read_table(data)
     groups = table.column("request_id").to_pylist()
     labels = {t: np.asarray(table.column(t).to_numpy(), dtype=float) for t in tasks}
     labels["order"] *= labels["click"]
@@ -246,7 +245,7 @@ def test_write_serves_the_recommended_weights(reg: Setup) -> None:
     path = path_of(before.artifact_uri or "")
     files = {p.name: p.read_bytes() for p in path.iterdir()}
     _, old = load_version(store, "demo@champion")
-    test = read_table(reg.funnel / "test.parquet", sources=old.engine.components.sources)
+    test = read_table(reg.funnel / "test.parquet")
     old_scores = score_table(old, test)["score"]
 
     data = reg.funnel / "valid.parquet"
@@ -377,8 +376,8 @@ def test_cli_errors(reg: Setup, tmp_path: Path) -> None:
 
 def test_fusion_weights_tags_are_validated_like_the_config(tmp_path: Path, engine) -> None:
     """A tag replaces [fusion] weights at every load: the same checks, naming the tag."""
+    from rankengine.fusion import fusion_with_weights
     from rankengine.train import build_graph
-    from rankengine.tune import fusion_with_weights
 
     (tmp_path / "engine.toml").write_text(tiny_config_text(tmp_path))
     config = load_config(tmp_path / "engine.toml")

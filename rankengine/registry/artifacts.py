@@ -23,19 +23,14 @@ from urllib.parse import unquote, urlparse
 
 from rankengine.artifact import MANIFEST, LoadedModel, json_safe, load_artifact, save_artifact
 from rankengine.config import EngineConfig
-from rankengine.data.source import SourceTable, open_source
+from rankengine.data.io import open_dataset, shard_files
 from rankengine.errors import ArtifactError, RankEngineError, one_line
+from rankengine.fusion import FUSION_WEIGHTS_TAG as FUSION_WEIGHTS_TAG  # named here too
+from rankengine.fusion import apply_fusion_weights
 from rankengine.pluginmanager import IN_PROCESS
-from rankengine.registry.store import (
-    ModelVersion,
-    RegistryError,
-    RegistryStore,
-    check_model_name,
-)
+from rankengine.registry.errors import RegistryError
+from rankengine.registry.store import ModelVersion, RegistryStore, check_model_name
 from rankengine.train import Trained
-
-#: Version tag holding fusion weights that replace the config's at load time (``task=w,...``).
-FUSION_WEIGHTS_TAG = "fusion_weights"
 
 
 def inside(root: Path, path: Path, *, what: str = "artifact path") -> Path:
@@ -109,8 +104,7 @@ def digest(path: Path) -> tuple[str, int]:
     return hashlib.sha256(manifest.read_bytes()).hexdigest(), size
 
 
-def data_fingerprint(config: EngineConfig, rows: dict[str, int],
-                     sources_table: SourceTable) -> dict[str, Any]:
+def data_fingerprint(config: EngineConfig, rows: dict[str, int]) -> dict[str, Any]:
     """Paths, sizes, row counts and a hash of the schema of every data source."""
     sources: dict[str, Any] = {}
     for split in ("train", "valid", "test"):
@@ -118,8 +112,8 @@ def data_fingerprint(config: EngineConfig, rows: dict[str, int],
         if not raw:
             continue
         path = config.resolve_path(raw)
-        source = open_source(path, sources_table, format=config.data.format, csv=config.data.csv)
-        files, schema = source.files(), source.schema()
+        files = shard_files(path) if path.is_dir() else [path]
+        schema = open_dataset(path, format=config.data.format, csv=config.data.csv).schema
         sources[split] = {
             "path": str(path.resolve()), "files": len(files),
             "bytes": sum(f.stat().st_size for f in files),
@@ -146,8 +140,7 @@ def register(store: RegistryStore, root: Path, trained: Trained, model: str, *,
     version = store.create_version(
         model, config=trained.config.resolved_dict(), task_graph=trained.graph.to_dict(),
         plugins=trained.engine.plugin_versions(),
-        data_fingerprint=data_fingerprint(trained.config, result.rows,
-                                          trained.engine.components.sources),
+        data_fingerprint=data_fingerprint(trained.config, result.rows),
         parent_version=parent_version, tags=tags,
     )
     written: Path | None = None
@@ -161,8 +154,6 @@ def register(store: RegistryStore, root: Path, trained: Trained, model: str, *,
         in_process = IN_PROCESS in trained.engine.plugin_distributions().values()
         loaded = load_artifact(target, engine=trained.engine if in_process else None)
         if tags and tags.get(FUSION_WEIGHTS_TAG):
-            from rankengine.tune import apply_fusion_weights
-
             apply_fusion_weights(loaded, tags[FUSION_WEIGHTS_TAG],
                                  where=f"{version.ref} tag {FUSION_WEIGHTS_TAG}")
         metrics = {"splits": result.metrics, "best_epoch": result.best_epoch,
@@ -273,8 +264,6 @@ def load_version(store: RegistryStore, ref: str, *,
             f"modified or replaced")
     loaded = load_artifact(path)
     if apply_tags and version.tags.get(FUSION_WEIGHTS_TAG):  # by `tune-fusion --write`
-        from rankengine.tune import apply_fusion_weights
-
         loaded = apply_fusion_weights(loaded, version.tags[FUSION_WEIGHTS_TAG],
                                       where=f"{version.ref} tag {FUSION_WEIGHTS_TAG}")
     return version, loaded

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from rankengine.cli import cli
 
-from .conftest import tiny_config_text
+from ..conftest import tiny_config_text
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_a_bug_is_one_line_unless_debugging(monkeypatch: pytest.MonkeyPatch,
 def test_gate_fails_in_one_line_when_a_metric_is_undefined() -> None:
     from types import SimpleNamespace
 
-    from rankengine.cli import _gate
+    from rankengine.cli.train import _gate
 
     def version(ref: str, auc: float | None, why: str | None = None) -> SimpleNamespace:
         values: dict = {"auc": auc}
