@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -24,13 +24,31 @@ from rankengine.registry.artifacts import digest, load_version, path_of
 from rankengine.registry.store import ModelVersion, RegistryError, RegistryStore
 from rankengine.report import MAX_ROWS
 
+if TYPE_CHECKING:
+    from rankengine.pluginmanager import Engine
+
 ROC_POINTS = 300
 RELIABILITY_BINS = 15
 
-Direction = Literal["higher", "lower", "one", "none"]
+Direction = Literal["higher", "lower", "target", "neutral"]
+"""How the report ranks a metric column: the registered metric's own direction, or ``neutral``
+(counts, oracles, metrics no installed plugin registers): shown, never called better or worse."""
+
+Verdict = Literal["better", "worse", "same", "neutral"]
+"""Is B better than A: ``neutral`` where the column is not ranked or a value is missing."""
 
 # Metrics the registry stores per task that are counts or properties of the data, not quality.
-NEUTRAL = {"rows", "positives", "rows_cond"}
+COUNTS = {"positives": ("positives", "positive rows"), "rows": ("rows", "rows evaluated"),
+          "rows_cond": ("rows|parent", "parent-positive rows")}  # name → (header, description)
+ORACLE = "oracle_"  # evaluation's prefix for a metric of the true probabilities (simulated data)
+# evaluation's suffixes: (suffix, header suffix, what the column is judged on)
+VARIANTS = [
+    ("", "", ""),
+    ("_cond", "|parent", "on the parent-positive rows, with p(task | parent)"),
+    ("_entire", " (all rows)", "on every row, with p(parent)·E[value]"),
+    ("_cond_entire", "|parent (all rows)",
+     "p(task | parent) on counterfactual labels of every row"),
+]
 
 
 @dataclass
@@ -44,7 +62,7 @@ class Curve:
     positives: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"fpr": self.fpr, "tpr": self.tpr, "auc": _num(self.auc), "rows": self.rows,
+        return {"fpr": self.fpr, "tpr": self.tpr, "area": _num(self.auc), "rows": self.rows,
                 "positives": self.positives}
 
 
@@ -59,7 +77,7 @@ class Reliability:
 
     def as_dict(self) -> dict[str, Any]:
         return {"predicted": self.predicted, "observed": self.observed, "rows": self.rows,
-                "calibration": _num(self.calibration)}
+                "ratio": _num(self.calibration)}
 
 
 @dataclass
@@ -96,6 +114,8 @@ class VersionReport:
     artifact_metrics: dict[str, Any]
     curves: CurveSet | None = None
     notes: dict[str, str] = field(default_factory=dict)  # section → why it is partial / skipped
+    #: registered metric name → how it ranks and what it is called (the model's engine's table)
+    catalog: dict[str, MetricInfo] = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
@@ -122,7 +142,8 @@ class VersionReport:
 class CompareReport:
     a: VersionReport
     b: VersionReport
-    directions: dict[str, Direction]
+    catalog: dict[str, MetricInfo]  # registered metric name → direction, target, label
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 # -- gathering ------------------------------------------------------------------------------
@@ -137,6 +158,7 @@ def gather_report(store: RegistryStore, ref: str, *, max_rows: int = MAX_ROWS,
     except ArtifactError as exc:
         raise ArtifactError(f"cannot report on {_named(version, ref)}: {exc}") from exc
     report = _report_of(version, loaded.metrics)
+    report.catalog = metric_catalog(loaded.engine)
     try:
         report.curves = score_curves(_located(loaded, version), _split_of(report),
                                      max_rows=max_rows, seed=seed)
@@ -166,13 +188,26 @@ def _located(loaded: LoadedModel, version: ModelVersion) -> LoadedModel:
     return dataclasses.replace(loaded, config=config)
 
 
-def gather_compare(store: RegistryStore, a: str, b: str) -> CompareReport:
-    """Two versions' registry entities and stored metrics (no scoring)."""
+def gather_compare(store: RegistryStore, a: str, b: str, *,
+                   engine: Engine | None = None) -> CompareReport:
+    """Two versions' registry entities and stored metrics (no scoring).
+
+    Metrics are ranked as ``engine``'s metric table describes them (default: the installed
+    plugins, :func:`rankengine.pluginmanager.load_engine`).
+    """
     reports = []
     for ref in (a, b):
         version = _ready(store, ref)
         reports.append(_report_of(version, artifact_metrics(version)))
-    return CompareReport(reports[0], reports[1], metric_directions())
+    notes = {}
+    try:
+        catalog = metric_catalog(engine)
+    except RankEngineError as exc:
+        # The stored values still make a useful page; nothing is called better or worse.
+        catalog, notes["metrics"] = {}, f"metrics are not ranked: {exc}"
+    for report in reports:
+        report.catalog = catalog
+    return CompareReport(reports[0], reports[1], catalog, notes)
 
 
 def _ready(store: RegistryStore, ref: str) -> ModelVersion:
@@ -334,47 +369,107 @@ def reliability(y: np.ndarray, p: np.ndarray, bins: int = RELIABILITY_BINS) -> R
 # -- metric direction ---------------------------------------------------------------------------
 
 
-def base_metric(metric: str) -> str:
-    for suffix in ("_cond_entire", "_cond", "_entire"):
-        if metric.endswith(suffix):
+@dataclass(frozen=True)
+class MetricInfo:
+    """How the report ranks and names one metric column, as the registered metric describes it.
+
+    ``direction`` and ``target`` are the metric's (``target``: closest to ``target`` is best),
+    or ``neutral`` for a column that is not ranked; ``label`` is its column header and
+    ``description`` the header's tooltip.
+    """
+
+    name: str
+    label: str
+    direction: Direction = "neutral"
+    target: float | None = None
+    description: str = ""
+    task_type: str = "binary"
+    headline: bool = True
+
+    @property
+    def goal(self) -> str:
+        """The direction in words (shown beside a comparison)."""
+        if self.direction == "target":
+            return f"closer to {self.target:g} is better"
+        return {"higher": "higher is better", "lower": "lower is better"}.get(self.direction,
+                                                                           "not ranked")
+
+    def verdict(self, a: float | None, b: float | None) -> Verdict:
+        """Is ``b`` better than ``a``?"""
+        return verdict(a, b, self.direction, self.target)
+
+
+def metric_catalog(engine: Engine | None = None) -> dict[str, MetricInfo]:
+    """Every metric ``engine`` registers (default: :func:`load_engine`'s), in table order."""
+    if engine is None:
+        from rankengine.pluginmanager import load_engine
+
+        engine = load_engine()
+    out = {}
+    for component in engine.components.metrics:
+        metric = component.factory
+        out[component.name] = MetricInfo(
+            component.name, metric.label or component.name, metric.direction, metric.target,
+            component.help, metric.task_type, metric.headline)
+    return out
+
+
+def base_metric(metric: str, catalog: dict[str, MetricInfo] | None = None) -> str:
+    """The registered metric a stored column measures (``X_cond`` → ``X``, ``oracle_X`` → X)."""
+    metric = metric.removeprefix(ORACLE)
+    if catalog is not None and metric in catalog:
+        return metric
+    for suffix, _, _ in sorted(VARIANTS, key=lambda v: -len(v[0])):
+        if suffix and metric.endswith(suffix):
             return metric.removesuffix(suffix)
     return metric
 
 
-BUILTIN_DIRECTIONS: dict[str, Direction] = {"auc": "higher", "gauc": "higher",
-                                             "logloss": "lower", "rmse": "lower",
-                                             "calibration": "one"}
+def column_info(metric: str, catalog: dict[str, MetricInfo]) -> MetricInfo:
+    """How to rank and head the stored column ``metric`` (``auc_cond``, ``oracle_auc``, ...).
+
+    Variants of a registered metric rank as it does and are headed after its label; counts,
+    oracles (properties of the simulated data) and unregistered metrics are not ranked.
+    """
+    if metric in COUNTS:
+        label, description = COUNTS[metric]
+        return MetricInfo(metric, label, description=description)
+    oracle = metric.startswith(ORACLE)
+    rest = metric.removeprefix(ORACLE)
+    base = base_metric(rest, catalog)
+    info = catalog.get(base)
+    if info is None:
+        return MetricInfo(metric, metric)
+    suffix = rest.removeprefix(base)
+    head, judged = next(((h, j) for s, h, j in VARIANTS if s == suffix), (suffix, ""))
+    label = ("oracle " if oracle else "") + info.label + head
+    parts = [info.description or info.label, judged, "of the true probabilities" if oracle else ""]
+    description = "; ".join(p for p in parts if p)
+    if oracle:
+        return MetricInfo(metric, label, description=description, task_type=info.task_type)
+    return dataclasses.replace(info, name=metric, label=label, description=description)
 
 
-def metric_directions() -> dict[str, Direction]:
-    """``higher`` / ``lower`` per metric the installed plugins register; calibration → ``one``."""
-    out = dict(BUILTIN_DIRECTIONS)
-    try:
-        from rankengine.pluginmanager import load_engine
-
-        for component in load_engine().components.metrics:
-            out.setdefault(component.name,
-                           "higher" if component.factory.higher_is_better else "lower")
-    except RankEngineError:
-        pass  # the built-in table above still covers the standard metrics
-    return out
+def column_order(metrics: set[str], catalog: dict[str, MetricInfo]) -> list[str]:
+    """Registered metrics (headline ones first) with their variants, oracles, counts, others."""
+    bases = sorted(catalog, key=lambda m: not catalog[m].headline)
+    known = [m + s for m in bases for s, _, _ in VARIANTS[:3]]
+    known += [m + s for m in bases for s, _, _ in VARIANTS[3:]]
+    known += [ORACLE + k for k in known]
+    known += list(COUNTS)
+    present = [k for k in known if k in metrics]
+    return present + sorted(metrics - set(present))
 
 
-def direction(metric: str, directions: dict[str, Direction]) -> Direction:
-    if metric in NEUTRAL or metric.startswith("oracle_"):
-        return "none"
-    return directions.get(base_metric(metric), "none")
-
-
-Verdict = Literal["better", "worse", "same", "none"]
-
-
-def verdict(a: float | None, b: float | None, how: Direction, tol: float = 1e-12) -> Verdict:
-    """Is ``b`` better than ``a`` for a metric with direction ``how``?"""
-    if a is None or b is None or how == "none" or not (_finite(a) and _finite(b)):
-        return "none"
-    if how == "one":
-        a, b = -abs(a - 1.0), -abs(b - 1.0)
+def verdict(a: float | None, b: float | None, how: Direction, target: float | None = None,
+            tol: float = 1e-12) -> Verdict:
+    """Is ``b`` better than ``a`` for a metric with direction ``how`` (and ``target``)?"""
+    if a is None or b is None or how == "neutral" or not (_finite(a) and _finite(b)):
+        return "neutral"
+    if how == "target":
+        if target is None:
+            return "neutral"
+        a, b = -abs(a - target), -abs(b - target)
     elif how == "lower":
         a, b = -a, -b
     if abs(b - a) <= tol:

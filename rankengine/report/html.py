@@ -22,42 +22,21 @@ from rankengine.config import flat_keys
 from rankengine.evaluate import undefined_summary
 from rankengine.report import plots
 from rankengine.report.build import (
-    BUILTIN_DIRECTIONS,
+    COUNTS,
     CompareReport,
-    Direction,
+    MetricInfo,
     VersionReport,
     base_metric,
+    column_info,
+    column_order,
     dict_diff,
-    direction,
-    verdict,
 )
 
 CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
        "script-src 'unsafe-inline'")
 
-# (key, header, tooltip) in the order the tables show them; unknown keys follow in name order.
-METRICS = [
-    ("auc", "AUC", "entire-space AUC"),
-    ("auc_cond", "AUC|parent", "AUC on the parent-positive rows, p(task | parent)"),
-    ("gauc", "GAUC", "AUC per group, weighted by group size"),
-    ("gauc_cond", "GAUC|parent", "GAUC on the parent-positive rows"),
-    ("logloss", "logloss", "binary cross-entropy, entire space"),
-    ("logloss_cond", "logloss|parent", "binary cross-entropy on the parent-positive rows"),
-    ("calibration", "calib", "mean prediction / mean label (1 is calibrated)"),
-    ("calibration_cond", "calib|parent", "calibration on the parent-positive rows"),
-    ("rmse", "RMSE", "RMSE of the value given the parent"),
-    ("rmse_entire", "RMSE (all rows)", "RMSE of p(parent)·E[value] on every row"),
-    ("auc_cond_entire", "AUC|parent (all rows)",
-     "p(task | parent) judged on counterfactual labels of every row"),
-    ("oracle_auc", "oracle AUC", "AUC of the true probabilities"),
-    ("oracle_auc_cond", "oracle AUC|parent", "oracle on the parent-positive rows"),
-    ("oracle_auc_cond_entire", "oracle AUC|parent (all rows)", "oracle, counterfactual labels"),
-    ("positives", "positives", "positive rows"),
-    ("rows", "rows", "rows evaluated"),
-    ("rows_cond", "rows|parent", "parent-positive rows"),
-]
-HEADERS = {k: (h, t) for k, h, t in METRICS}
 UNDEFINED = "undefined"  # a task's metric → why it has no value (rankengine.evaluate)
+NOTHING = "(none)"  # an empty list of aliases, tags, ...
 
 CSS = """
 :root { --fg:#1b2631; --muted:#5d6d7e; --line:#d5dbdb; --bg:#fbfcfc; --accent:#2e86c1;
@@ -142,11 +121,11 @@ def render_report(report: VersionReport) -> str:
         "task_graph": report.graph, "notes": report.notes,
         "sections": [s[0] for s in sections],
     }
-    meta = [("status", v.status), ("aliases", ", ".join(v.aliases) or "none"),
+    meta = [("status", v.status), ("aliases", ", ".join(v.aliases) or NOTHING),
             ("created", f"{v.created_at:%Y-%m-%d %H:%M:%S %Z}".strip()),
             ("best epoch", str(report.best_epoch or "?")),
-            ("parent", str(v.parent_version) if v.parent_version else "none"),
-            ("tags", ", ".join(f"{k}={val}" for k, val in v.tags.items()) or "none")]
+            ("parent", str(v.parent_version) if v.parent_version else NOTHING),
+            ("tags", ", ".join(f"{k}={val}" for k, val in v.tags.items()) or NOTHING)]
     return _page(f"{v.ref} — rankengine report", v.ref, meta, sections, data)
 
 
@@ -163,7 +142,7 @@ def render_compare(cmp: CompareReport) -> str:
     data = {"kind": "compare", "a": a.ref, "b": b.ref,
             "metrics": {"a": a.metrics, "b": b.metrics}, "deltas": rows,
             "sections": [s[0] for s in sections]}
-    meta = [(f"{x.ref}", f"{x.version.status}, aliases {', '.join(x.version.aliases) or 'none'}, "
+    meta = [(f"{x.ref}", f"{x.version.status}, aliases {', '.join(x.version.aliases) or NOTHING}, "
                          f"created {x.version.created_at:%Y-%m-%d %H:%M:%S}") for x in (a, b)]
     return _page(f"{a.ref} vs {b.ref} — rankengine compare", f"{a.ref} → {b.ref}", meta,
                  sections, data)
@@ -220,7 +199,7 @@ def _fmt(value: Any, metric: str = "") -> str:
         return f"{value:,}"
     if not math.isfinite(value):
         return "-"
-    if metric in ("positives", "rows", "rows_cond") or abs(value) >= 1000:
+    if metric in COUNTS or abs(value) >= 1000:
         return f"{value:,.0f}"
     return f"{value:.4f}"
 
@@ -231,16 +210,23 @@ def _attr(value: Any) -> str:
     return ""
 
 
-def _ordered_metrics(tables: list[dict[str, dict[str, Any]]]) -> list[str]:
+def _ordered_metrics(tables: list[dict[str, dict[str, Any]]],
+                     catalog: dict[str, MetricInfo]) -> list[str]:
     # "undefined" maps metrics without a value to the reason: notes, not a column
     present = {k for table in tables for row in table.values() for k in row if k != UNDEFINED}
-    known = [k for k, _, _ in METRICS if k in present]
-    return known + sorted(present - set(known))
+    return column_order(present, catalog)
 
 
-def _header(metric: str) -> str:
-    head, tip = HEADERS.get(metric, (metric, metric))
-    return f'<th title="{escape(tip)}">{escape(head)}</th>'
+def _header(metric: str, catalog: dict[str, MetricInfo]) -> str:
+    info = column_info(metric, catalog)
+    return f'<th title="{escape(info.description or metric)}">{escape(info.label)}</th>'
+
+
+def _legend(catalog: dict[str, MetricInfo], present: set[str]) -> str:
+    """The registered metrics shown, each with its description (from its plugin)."""
+    bases = {base_metric(k, catalog) for k in present}
+    return "; ".join(f"{i.label}: {i.description}" for m, i in catalog.items()
+                     if m in bases and i.description)
 
 
 # -- sections -----------------------------------------------------------------------------------
@@ -264,12 +250,14 @@ def _metrics_section(report: VersionReport) -> str:
     if not report.metrics:
         return _skip("the registry entry holds no metrics")
     out = []
+    shown: set[str] = set()
     order: list[str] = [s for s in ("test", "valid") if s in report.metrics]
     order += [s for s in report.metrics if s not in order]
     for split in order:
         table = report.metrics[split]
-        cols = _ordered_metrics([table])
-        head = "<tr><th>task</th>" + "".join(_header(c) for c in cols) + "</tr>"
+        cols = _ordered_metrics([table], report.catalog)
+        shown.update(cols)
+        head = "<tr><th>task</th>" + "".join(_header(c, report.catalog) for c in cols) + "</tr>"
         body = []
         for task, values in table.items():
             found = values.get(UNDEFINED)
@@ -295,9 +283,10 @@ def _metrics_section(report: VersionReport) -> str:
                             for task, why in notes.items())
             out.append(f'<div class="note undefined-metrics" data-split="{escape(split)}">'
                        f"Undefined on this split (-):<ul>{items}</ul></div>")
+    legend = _legend(report.catalog, shown)
     out.append('<p class="note">|parent: on the rows where the parent task happened, with '
-               "p(task | parent). calib: mean prediction / mean label. oracle: the true "
-               "probabilities of simulated data.</p>")
+               "p(task | parent). oracle: the true probabilities of simulated data."
+               + (f" {escape(legend)}." if legend else "") + "</p>")
     return "".join(out)
 
 
@@ -308,12 +297,12 @@ def _curves_section(report: VersionReport) -> str:
     sampled = (f"a seeded random {curves.rows:,} of its {curves.rows_total:,} rows"
                if curves.rows < curves.rows_total else f"all {curves.rows:,} rows")
     out = [f'<p class="note">Scored at report time: the {escape(curves.split)} split '
-           f"({escape(curves.source)}), {sampled}. Areas under these curves are the AUCs in "
-           f"the table when every row is scored.</p>"]
+           f"({escape(curves.source)}), {sampled}; the ROC curves' areas are over the rows "
+           f"scored.</p>"]
     for task, spec in report.graph.items():
         tc = curves.tasks.get(task)
         if tc is None:
-            why = ("regression task: see RMSE in the metrics table"
+            why = ("regression task: see its metrics in the table above"
                    if spec.get("type") == "regression" else "no positive and negative rows")
             out.append(f'<div class="figure" id="curves-{escape(task)}"><h3>{escape(task)}</h3>'
                        f"{_skip(why)}</div>")
@@ -324,9 +313,9 @@ def _curves_section(report: VersionReport) -> str:
             continue
         svg = plots.curves_figure(task, tc.roc, tc.roc_cond, tc.reliability,
                                   tc.reliability_cond, spec.get("after"))
-        auc = _attr(tc.roc.auc) if tc.roc else ""
+        area = _attr(tc.roc.auc) if tc.roc else ""
         out.append(f'<div class="figure task-curves" id="curves-{escape(task)}" '
-                   f'data-task="{escape(task)}" data-auc="{auc}">{svg}</div>')
+                   f'data-task="{escape(task)}" data-roc-area="{area}">{svg}</div>')
     return "".join(out)
 
 
@@ -400,12 +389,12 @@ def _fusion_section(report: VersionReport) -> str:
     label = str(search.get("metric") or "")
     names = _ordered_keys([p.get("metrics") or {} for p in points])
     weight_names = _ordered_keys([p.get("weights") or {} for p in points])
-    # Keys are task names (e.g. NDCG per task, higher is better) or TASK.METRIC.
-    directions: dict[str, Direction] = {}
+    # Keys are task names (a ranking metric per task, higher is better) or TASK.METRIC.
+    ranks = {}
     for m in names:
-        how = direction(m.rsplit(".", 1)[-1], BUILTIN_DIRECTIONS)
-        directions[m] = how if how != "none" else "higher"
-    front = pareto_front(points, names, directions)
+        info = column_info(m.rsplit(".", 1)[-1], report.catalog)
+        ranks[m] = info if info.direction != "neutral" else MetricInfo(m, m, "higher")
+    front = pareto_front(points, names, ranks)
     out = [f'<p class="note">{len(points)} weightings stored'
            + (f" of {search['evaluated']:,} evaluated" if isinstance(search.get("evaluated"),
                                                                     int) else "")
@@ -441,14 +430,21 @@ def _fusion_section(report: VersionReport) -> str:
 
 
 def pareto_front(points: list[dict[str, Any]], names: list[str],
-                 directions: dict[str, Direction]) -> list[int]:
-    """Indices of the candidates no other candidate beats on every metric."""
+                 ranks: dict[str, MetricInfo]) -> list[int]:
+    """Indices of the candidates no other candidate beats on every metric.
+
+    ``ranks`` says how each metric ranks (``higher`` where it is missing or ``neutral``).
+    """
     def score(p: dict[str, Any], m: str) -> float:
         value = (p.get("metrics") or {}).get(m)
         if not isinstance(value, int | float) or not math.isfinite(value):
             return -math.inf
-        how = directions.get(m, "higher")
-        return -abs(value - 1.0) if how == "one" else (-value if how == "lower" else value)
+        info = ranks.get(m)
+        if info is None or info.direction in ("higher", "neutral"):
+            return float(value)
+        if info.direction == "target" and info.target is not None:
+            return -abs(value - info.target)
+        return -float(value)
 
     scored = [[score(p, m) for m in names] for p in points]
     front = []
@@ -520,17 +516,18 @@ def _compare_rows(cmp: CompareReport) -> list[dict[str, Any]]:
     for split in splits:
         ta, tb = cmp.a.metrics.get(split, {}), cmp.b.metrics.get(split, {})
         tasks = list(dict.fromkeys([*ta, *tb]))
-        for metric in _ordered_metrics([ta, tb]):
+        for metric in _ordered_metrics([ta, tb], cmp.catalog):
+            info = column_info(metric, cmp.catalog)
             for task in tasks:
                 x, y = ta.get(task, {}).get(metric), tb.get(task, {}).get(metric)
                 if x is None and y is None:
                     continue
-                how = direction(metric, cmp.directions)
                 delta = y - x if isinstance(x, int | float) and isinstance(y, int | float) \
                     else None
                 rows.append({"split": split, "task": task, "metric": metric, "a": x, "b": y,
-                             "delta": delta, "direction": how,
-                             "verdict": verdict(x, y, how)})
+                             "delta": delta, "direction": info.direction,
+                             "target": info.target, "label": info.label,
+                             "verdict": info.verdict(x, y)})
     return rows
 
 
@@ -544,12 +541,11 @@ def _compare_metrics(cmp: CompareReport) -> str:
         for r in (r for r in rows if r["split"] == split):
             cls = {"better": ' class="better"', "worse": ' class="worse"'}.get(r["verdict"], "")
             arrow = {"better": " ✔", "worse": " ✘"}.get(r["verdict"], "")
-            head, tip = HEADERS.get(r["metric"], (r["metric"], r["metric"]))
-            base = base_metric(r["metric"])
-            goal = {"higher": "higher is better", "lower": "lower is better",
-                    "one": "closer to 1 is better"}.get(r["direction"], "not ranked")
+            info = column_info(r["metric"], cmp.catalog)
+            head, tip, goal = info.label, info.description or r["metric"], info.goal
+            base = base_metric(r["metric"], cmp.catalog)
             delta = "-" if r["delta"] is None else f"{r['delta']:+.4f}"
-            if r["metric"] in ("positives", "rows", "rows_cond") and r["delta"] is not None:
+            if r["metric"] in COUNTS and r["delta"] is not None:
                 delta = f"{r['delta']:+,.0f}"
             body.append(
                 f'<tr data-split="{escape(split)}" data-task="{escape(r["task"])}" '
@@ -568,9 +564,20 @@ def _compare_metrics(cmp: CompareReport) -> str:
                   f'data-worse="{counts["worse"]}">{escape(cmp.b.ref)} vs {escape(cmp.a.ref)}: '
                   f'<span class="better">{counts["better"]} better</span>, '
                   f'<span class="worse">{counts["worse"]} worse</span> '
-                  "(AUC / GAUC higher is better; logloss / RMSE lower; calibration closer "
-                  "to 1; counts and oracles are not ranked).</p>")
+                  f"({escape(_directions_in_words(cmp, rows))}).</p>")
+    out[1:1] = [f'<p class="note">{escape(why)}</p>' for why in cmp.notes.values()]
     return "".join(out)
+
+
+def _directions_in_words(cmp: CompareReport, rows: list[dict[str, Any]]) -> str:
+    """How the compared metrics rank, e.g. ``AUC / GAUC: higher is better; ...``."""
+    bases = {base_metric(r["metric"], cmp.catalog) for r in rows}
+    goals: dict[str, list[str]] = {}
+    for name, info in cmp.catalog.items():
+        if name in bases:
+            goals.setdefault(info.goal, []).append(info.label)
+    words = [f"{' / '.join(labels)}: {goal}" for goal, labels in goals.items()]
+    return "; ".join([*words, "counts, oracles and unregistered metrics are not ranked"])
 
 
 def _compare_training(a: VersionReport, b: VersionReport) -> str:

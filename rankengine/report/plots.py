@@ -31,6 +31,7 @@ def to_svg(fig: Figure) -> str:
     """The figure as an ``<svg>`` element (no XML prolog, ids unique across the page)."""
     buffer = io.StringIO()
     # Text as <text> (the browser's sans-serif), not glyph paths: smaller, faster, selectable.
+    # ("none" is matplotlib's own value for that setting, not a component's name.)
     with rc_context({"svg.hashsalt": f"re{next(_salt)}", "svg.fonttype": "none"}):
         fig.savefig(buffer, format="svg", bbox_inches="tight",
                     metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
@@ -160,7 +161,7 @@ def pareto_figure(points: list[dict[str, Any]], x: str, y: str, front: list[int]
         ax.scatter(xs, ys, s=12, color="#bbb", label="candidates")
         ordered = sorted(front, key=lambda i: xs[i])
         ax.plot([xs[i] for i in ordered], [ys[i] for i in ordered], marker="o", ms=4,
-                ls="-" if joined else "none", color=PALETTE[0],
+                ls="-" if joined else "", color=PALETTE[0],  # "": markers only
                 label="Pareto front" if joined else "Pareto front (all metrics)")
         if current and isinstance(current.get("metrics"), dict):
             cx, cy = _nan([current["metrics"].get(x), current["metrics"].get(y)])

@@ -14,16 +14,22 @@ import numpy as np
 import pytest
 from rankengine_plugins.metrics import auc as plugin_auc
 
+from rankengine import Metric, hookimpl
+from rankengine.pluginmanager import load_engine
 from rankengine.registry import RegistryStore
 from rankengine.registry.artifacts import path_of
 from rankengine.report.build import (
+    MetricInfo,
     artifact_metrics,
+    column_info,
+    gather_compare,
     gather_report,
+    metric_catalog,
     reliability,
     roc_curve,
     verdict,
 )
-from rankengine.report.html import pareto_front, render_report
+from rankengine.report.html import pareto_front, render_compare, render_report
 
 from .conftest import Dom, Registry, invoke
 
@@ -105,16 +111,16 @@ def test_curves_match_the_stored_metrics(registry: Registry, page: Dom) -> None:
     assert curves["split"] == "test" and curves["rows"] == curves["rows_total"] == 3000
     for task in ("click", "favorite", "order", "pay"):
         got = curves["tasks"][task]
-        assert got["roc"]["auc"] == pytest.approx(test[task]["auc"], abs=1e-9)
+        assert got["roc"]["area"] == pytest.approx(test[task]["auc"], abs=1e-9)
         assert got["roc"]["positives"] == test[task]["positives"]
-        assert got["reliability"]["calibration"] == pytest.approx(test[task]["calibration"],
-                                                                  rel=1e-6)
+        assert got["reliability"]["ratio"] == pytest.approx(test[task]["calibration"],
+                                                            rel=1e-6)
         assert sum(got["reliability"]["rows"]) == 3000
         figure = page.find("div", id=f"curves-{task}")[0]
-        assert float(figure["data-auc"]) == pytest.approx(test[task]["auc"], abs=1e-9)
+        assert float(figure["data-roc-area"]) == pytest.approx(test[task]["auc"], abs=1e-9)
         if task != "click":
-            assert got["roc_cond"]["auc"] == pytest.approx(test[task]["auc_cond"], abs=1e-9)
-            assert got["reliability_cond"]["calibration"] == pytest.approx(
+            assert got["roc_cond"]["area"] == pytest.approx(test[task]["auc_cond"], abs=1e-9)
+            assert got["reliability_cond"]["ratio"] == pytest.approx(
                 test[task]["calibration_cond"], rel=1e-6)
     assert curves["tasks"]["click"]["roc_cond"] is None  # a root has no parent subspace
     assert "dwell" not in curves["tasks"]  # regression: no ROC
@@ -190,11 +196,14 @@ def test_gate_stats_and_fusion_front_render_when_present(registry: Registry) -> 
     assert dom.data["gate_stats"]["order"]["weights"] == [0.2, 0.5, 0.3]
     assert "4 weightings stored of 50 evaluated, scored by ndcg@10; 3 on the Pareto front" in html
     # Point 2 (0.66, 0.63) is beaten by point 1 (0.68, 0.64) on both metrics.
-    assert pareto_front(points, ["click", "order"], {"click": "higher", "order": "higher"}) \
-        == [0, 1, 3]
+    higher = {m: MetricInfo(m, m, "higher") for m in ("click", "order")}
+    assert pareto_front(points, ["click", "order"], higher) == [0, 1, 3]
     # With lower-is-better, point 1 is the one beaten (by point 2).
-    assert pareto_front(points, ["click", "order"], {"click": "lower", "order": "lower"}) \
-        == [0, 2, 3]
+    lower = {m: MetricInfo(m, m, "lower") for m in ("click", "order")}
+    assert pareto_front(points, ["click", "order"], lower) == [0, 2, 3]
+    # Closest to a target of 0.62 is best: point 2 (0.66, 0.63) beats points 0 and 1.
+    target = {m: MetricInfo(m, m, "target", 0.62) for m in ("click", "order")}
+    assert pareto_front(points, ["click", "order"], target) == [2, 3]
 
 
 def test_compare_marks_deltas_by_metric_direction(registry: Registry, tmp_path: Path) -> None:
@@ -213,12 +222,12 @@ def test_compare_marks_deltas_by_metric_direction(registry: Registry, tmp_path: 
         y = b["splits"][r["split"]][r["task"]].get(r["metric"])
         assert (r["a"], r["b"]) == (x, y)
         if x is None or y is None:
-            assert r["verdict"] == "none"
+            assert r["verdict"] == "neutral"
             continue
         assert r["delta"] == pytest.approx(y - x, abs=1e-15)
         base = re.sub(r"_(cond_entire|cond|entire)$", "", r["metric"])
         if r["metric"].startswith("oracle_") or base in ("rows", "positives"):
-            expected = "none"
+            expected = "neutral"
         elif base == "calibration":
             expected = "better" if abs(y - 1) < abs(x - 1) else "worse"
         elif base in ("logloss", "rmse"):
@@ -226,7 +235,7 @@ def test_compare_marks_deltas_by_metric_direction(registry: Registry, tmp_path: 
         else:
             expected = "better" if y > x else "worse"
         if x == y:
-            expected = "same" if expected != "none" else "none"
+            expected = "same" if expected != "neutral" else "neutral"
         assert r["verdict"] == expected, r
         seen.add(base)
         cell = dom.find("tr", data_split=r["split"], data_task=r["task"],
@@ -241,12 +250,79 @@ def test_compare_marks_deltas_by_metric_direction(registry: Registry, tmp_path: 
             if k["data-key"].startswith("train.")] == ["train.epochs"]
 
 
+class _ShareMetric:
+    """A third-party plugin, registered in-process: a metric whose best value is a target."""
+
+    @hookimpl
+    def rankengine_register_metrics(self, register) -> None:  # type: ignore[no-untyped-def]
+        register("share_gap", Metric(lambda y, p, g: float(p.mean()), direction="target",
+                                     target=0.5, label="Share½"),
+                 help="mean prediction (0.5 is best)")
+
+
+def test_a_third_party_metric_is_ranked_and_headed_as_it_describes_itself(
+        registry: Registry) -> None:
+    engine = load_engine(extra=[("share", _ShareMetric())])
+    store = RegistryStore(registry.url)
+    try:
+        cmp = gather_compare(store, "m/1", "m/2", engine=engine)
+    finally:
+        store.close()
+    # Values chosen so that higher-is-better and lower-is-better would each be wrong once.
+    values = {"click": (0.45, 0.60), "order": (0.70, 0.52), "pay": (0.40, 0.60)}
+    for task, (x, y) in values.items():
+        cmp.a.metrics["test"][task]["share_gap"] = x
+        cmp.b.metrics["test"][task]["share_gap"] = y
+    cmp.a.metrics["test"]["order"]["share_gap_cond"] = 0.58
+    cmp.b.metrics["test"]["order"]["share_gap_cond"] = 0.55
+    dom = Dom(render_compare(cmp))
+    rows = {(r["task"], r["metric"]): r for r in dom.data["deltas"] if r["split"] == "test"}
+    expected = {("click", "share_gap"): "worse", ("order", "share_gap"): "better",
+                ("pay", "share_gap"): "same", ("order", "share_gap_cond"): "better"}
+    for key, want in expected.items():
+        assert rows[key]["verdict"] == want, rows[key]
+        assert rows[key]["direction"] == "target" and rows[key]["target"] == 0.5
+        cell = dom.find("tr", data_split="test", data_task=key[0], data_metric=key[1])[0]
+        assert cell["data-verdict"] == want
+    assert rows[("click", "share_gap")]["label"] == "Share½"
+    assert rows[("order", "share_gap_cond")]["label"] == "Share½|parent"
+    html = render_compare(cmp)
+    assert ">Share½|parent</td>" in html and "closer to 0.5 is better" in html
+    assert "Share½: closer to 0.5 is better" in html  # the summary's legend
+    # The built-ins still rank as before beside it.
+    assert rows[("click", "logloss")]["direction"] == "lower"
+
+    # One version's page heads the column with the label and describes it.
+    cmp.a.catalog = metric_catalog(engine)
+    section = Dom(render_report(cmp.a))
+    heads = {h.get("title"): h for h in section.having("th", "title")}
+    assert "mean prediction (0.5 is best)" in heads
+    assert "Share½: mean prediction (0.5 is best)" in render_report(cmp.a)
+
+
 def test_verdict_directions() -> None:
     assert verdict(0.70, 0.71, "higher") == "better"
     assert verdict(0.30, 0.31, "lower") == "worse"
-    assert verdict(1.10, 0.95, "one") == "better" and verdict(0.98, 1.05, "one") == "worse"
-    assert verdict(None, 0.5, "higher") == "none" and verdict(0.5, 0.5, "higher") == "same"
-    assert verdict(math.nan, 0.5, "higher") == "none" and verdict(0.4, 0.5, "none") == "none"
+    assert verdict(1.10, 0.95, "target", 1.0) == "better"
+    assert verdict(0.98, 1.05, "target", 1.0) == "worse"
+    assert verdict(0.30, 0.45, "target", 0.5) == "better"  # closer to the metric's own target
+    assert verdict(0.90, 1.10, "target", 1.0) == "same"  # as far on either side
+    assert verdict(None, 0.5, "higher") == "neutral" and verdict(0.5, 0.5, "higher") == "same"
+    assert verdict(math.nan, 0.5, "higher") == "neutral"
+    assert verdict(0.4, 0.5, "neutral") == "neutral"
+
+
+def test_columns_rank_and_are_headed_as_the_registered_metrics_say() -> None:
+    catalog = metric_catalog()
+    for name, info in catalog.items():  # whatever the installed plugins register
+        assert info.label and info.direction in ("higher", "lower", "target")
+        cond = column_info(f"{name}_cond", catalog)
+        assert (cond.label, cond.direction, cond.target) == (f"{info.label}|parent",
+                                                             info.direction, info.target)
+        assert column_info(f"oracle_{name}", catalog).direction == "neutral"
+    assert column_info("rows_cond", catalog).direction == "neutral"
+    assert column_info("never_registered", catalog) == MetricInfo("never_registered",
+                                                                  "never_registered")
 
 
 def test_roc_area_is_the_metric_auc_with_ties() -> None:
@@ -428,14 +504,15 @@ def test_undefined_metrics_show_as_dashes_with_their_reason() -> None:
     metrics = {"test": {"order": {"auc": None, "logloss": 0.2, "gauc": None,
                                   "undefined": {"auc": "no positive labels",
                                                 "gauc": "no positive labels"}}}}
-    html = _metrics_section(SimpleNamespace(metrics=metrics, best_epoch=None))  # type: ignore[arg-type]
+    html = _metrics_section(SimpleNamespace(metrics=metrics, best_epoch=None,  # type: ignore[arg-type]
+                                            catalog=metric_catalog()))
     dom = Dom(html)
     assert not dom.find("th", title="undefined")  # reasons are not a column
     cell = dom.find("td", data_metric="auc")[0]
     assert cell["class"] == "undefined" and cell["title"] == "undefined: no positive labels"
     assert "Undefined on this split (-):<ul><li>order: auc, gauc (no positive labels)</li>" in html
     side = SimpleNamespace(metrics=metrics)
-    rows = _compare_rows(SimpleNamespace(a=side, b=side, directions={}))  # type: ignore[arg-type]
+    rows = _compare_rows(SimpleNamespace(a=side, b=side, catalog={}))  # type: ignore[arg-type]
     assert {r["metric"] for r in rows} == {"logloss"}
 
 
