@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from rankengine.cli import cli
@@ -191,3 +192,63 @@ def test_models_commands_never_create_a_registry(tmp_path: Path) -> None:
     store = RegistryStore(url, check_schema=False)
     assert migrations.current(store) is None and store.table_names() == []
     store.close()
+
+
+#: Every command that reads a registry: none of them may create one (only `train` and
+#: `db upgrade` do).
+READ_COMMANDS = [
+    ["models", "list"], ["models", "versions", "m"], ["models", "show", "m@champion"],
+    ["models", "diff", "m/1", "m/2"], ["models", "promote", "m/1", "champion"],
+    ["models", "rollback", "m", "champion"], ["models", "delete", "m/1", "--yes"],
+    ["models", "gc"], ["db", "current"], ["db", "downgrade", "base"],
+    ["evaluate", "m@champion", "--data", "x.parquet"],
+    ["predict", "m@champion", "--data", "x.parquet", "-o", "scores.csv"],
+    ["rank", "m@champion", "--data", "x.parquet"],
+    ["export", "m@champion", "--format", "torchscript", "-o", "m.pt"],
+    ["serve", "m@champion"], ["report", "m@champion"],
+    ["tune-fusion", "m@champion", "--data", "x.parquet"],
+]
+
+
+@pytest.mark.parametrize("args", READ_COMMANDS, ids=" ".join)
+def test_read_commands_never_create_the_default_registry(
+        args: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RANKENGINE_REGISTRY_URL", raising=False)
+    (tmp_path / "x.parquet").write_bytes(b"")  # tune-fusion checks the data exists first
+    error = one_error(*args)
+    assert (f"sqlite:///rankengine.db holds no registry yet ({tmp_path / 'rankengine.db'} does "
+            f"not exist); train a model first") in error
+    assert "rankengine db upgrade --url 'sqlite:///rankengine.db'" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.parquet"]
+
+
+def test_read_commands_name_the_url_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'from-env.db'}"
+    monkeypatch.setenv("RANKENGINE_REGISTRY_URL", url)
+    for args in (["models", "list"], ["evaluate", "m@champion", "--data", "x.parquet"]):
+        assert f"{url} holds no registry yet" in one_error(*args)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_commands_refuse_a_database_without_a_registry(registry_url: str) -> None:
+    for args in (["models", "list", "--url"], ["report", "m@champion", "--url"],
+                 ["evaluate", "m@champion", "--data", "x.parquet", "--registry"]):
+        assert f"{registry_url} holds no registry yet" in one_error(*args, registry_url)
+    if registry_url.startswith("sqlite"):
+        assert not Path(registry_url.removeprefix("sqlite:///")).exists()
+        return
+    store = RegistryStore(registry_url, check_schema=False)  # the server database stays empty
+    assert migrations.current(store) is None and store.table_names() == []
+    store.close()
+
+
+def test_db_upgrade_creates_the_default_registry(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RANKENGINE_REGISTRY_URL", raising=False)
+    code, out = invoke("db", "upgrade")
+    assert code == 0 and (tmp_path / "rankengine.db").is_file(), out
+    code, out = invoke("models", "list", "--json")
+    assert code == 0 and json.loads(out) == []
