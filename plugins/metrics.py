@@ -8,14 +8,15 @@ from rankengine import Metric, Register, hookimpl, undefined
 
 
 @hookimpl
-def rankengine_register_metrics(register: Register) -> None:
+def rankengine_register_metrics(register: Register[Metric]) -> None:
     register("auc", Metric(auc, label="AUC"), help="area under the ROC curve (ties count half)")
-    register("gauc", Metric(gauc, needs_group=True, label="GAUC"),
+    register("gauc", Metric(gauc, needs_group=True, label="GAUC", headline=False),
              help="AUC per group (user / request), averaged weighted by group size over groups "
                   "with both classes")
-    register("logloss", Metric(logloss, direction="lower", label="logloss"),
+    register("logloss", Metric(logloss, direction="lower", label="logloss", headline=False),
              help="binary cross-entropy")
-    register("calibration", Metric(calibration, direction="target", target=1.0, label="calib"),
+    register("calibration", Metric(calibration, direction="target", target=1.0, label="calib",
+                                        headline=False),
              help="mean prediction / mean label (1.0 is calibrated; closest to 1 is best)")
     register("rmse", Metric(rmse, task_type="regression", direction="lower", label="RMSE"),
              help="root mean squared error of the value")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from rankengine import Params, Register, hookimpl
 
 
 class ProgressSettings(Params):
-    """``[plugins.progress]``: what the per-epoch line shows."""
+    """``[plugins.epoch_log]``: what the per-epoch line shows."""
 
     #: validation metrics shown per task after each epoch (those computed for the task)
     metrics: list[str] = Field(default_factory=lambda: ["auc"])
@@ -19,8 +19,8 @@ class ProgressSettings(Params):
 
 
 @hookimpl
-def rankengine_register_config_tables(register: Register) -> None:
-    register("progress", ProgressSettings, help="the per-epoch training log line")
+def rankengine_register_config_tables(register: Register[type[BaseModel]]) -> None:
+    register("epoch_log", ProgressSettings, help="the per-epoch training log line")
 
 
 @hookimpl
@@ -37,7 +37,7 @@ def rankengine_before_train(context: Any) -> None:
 
 @hookimpl
 def rankengine_after_epoch(context: Any, epoch: int, metrics: dict[str, Any]) -> None:
-    settings: ProgressSettings = context.config.plugin_settings("progress")
+    settings: ProgressSettings = context.config.plugin_settings("epoch_log")
     if context.rank or settings.quiet:
         return
     train = metrics["train_loss_total"]

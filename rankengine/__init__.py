@@ -35,6 +35,7 @@ from rankengine.errors import (
     RankEngineError,
     suggest,
 )
+from rankengine.data.batching import ModelInput
 from rankengine.graph import TaskGraph
 from rankengine.hookspecs import HOOK_API_VERSION, hookimpl
 from rankengine.layers import Activation, CrossNetwork, ExpertBank, mlp
@@ -62,6 +63,7 @@ __all__ = [
     "HeadSpec",
     "LossWeighting",
     "Metric",
+    "ModelInput",
     "NoParams",
     "NodePrediction",
     "PairwiseLoss",

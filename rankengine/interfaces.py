@@ -493,8 +493,8 @@ class Metric:
 
     The metric describes itself: ``direction`` is ``higher`` or ``lower`` (is better), or
     ``target`` (closest to ``target`` is best, e.g. a calibration ratio with target 1.0);
-    ``label`` is its column header in tables and reports; ``headline`` metrics are shown in
-    the per-task table; ``scale_free`` metrics can be averaged across tasks.
+    ``label`` is its column header in tables and reports; ``headline`` metrics are the ones
+    compact views show (``rankengine models list``).
     """
 
     fn: Callable[[np.ndarray, np.ndarray, np.ndarray | None], float]

@@ -495,10 +495,16 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
                     if torch.isfinite(rank_loss):
                         rank_loss.backward(retain_graph=True)  # type: ignore[no-untyped-call]
                     rank_sum += float(rank_loss.detach())
+                # a learnable cascade's own loss (a calibrator penalty, a regulariser)
+                auxiliary = model.cascade.auxiliary_loss()
+                if auxiliary is not None and torch.isfinite(auxiliary):
+                    auxiliary.backward(retain_graph=True)  # type: ignore[no-untyped-call]
                 total = weighting.backward(task_losses, shared) \
                     if torch.isfinite(task_losses).all() else task_losses.sum()
                 if ranking is not None:
                     total = total.detach() + rank_loss.detach()
+                if auxiliary is not None:
+                    total = total.detach() + auxiliary.detach()
                 if not torch.isfinite(total):
                     raise TrainingError(
                         f"epoch {epoch}, step {steps + 1}: loss became {total.item()} (per task: "

@@ -193,7 +193,7 @@ def test_plugin_owned_table_is_validated_by_the_plugin_model(tmp_path: Path) -> 
     validate_components(config, engine)
     assert config.plugin_settings("audit").sink == "file"
     assert config.plugin_settings("audit").every == 1
-    assert config.plugin_settings("progress").metrics == ["auc"]  # a built-in's own table
+    assert config.plugin_settings("epoch_log").metrics == ["auc"]  # a built-in's own table
 
     bad = load_config(write(tmp_path, MINIMAL + "\n[plugins.audit]\nevry = 2\n"))
     with pytest.raises(ConfigError, match=r"\[plugins\.audit\.evry\]: unknown key 'evry'; "
@@ -206,9 +206,9 @@ def test_plugin_owned_table_is_validated_by_the_plugin_model(tmp_path: Path) -> 
 
 def test_table_no_plugin_owns_is_an_error_naming_the_owned_ones(tmp_path: Path,
                                                                 engine: Engine) -> None:
-    config = load_config(write(tmp_path, MINIMAL + "\n[plugins.progres]\nquiet = true\n"))
-    with pytest.raises(UnknownComponentError, match=r"\[plugins\.progres\]: unknown plugin "
-                                                    r"config table 'progres'.*'progress'"):
+    config = load_config(write(tmp_path, MINIMAL + "\n[plugins.epoch_lg]\nquiet = true\n"))
+    with pytest.raises(UnknownComponentError, match=r"\[plugins\.epoch_lg\]: unknown plugin "
+                                                    r"config table 'epoch_lg'.*'epoch_log'"):
         validate_components(config, engine)
 
 

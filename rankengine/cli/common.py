@@ -18,6 +18,7 @@ from rankengine.registry.store import RegistryStore, resolve_url
 if TYPE_CHECKING:
     from rankengine.artifact import LoadedModel
     from rankengine.config import EngineConfig
+    from rankengine.pluginmanager import Engine
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -73,18 +74,33 @@ def load_model(model: str, registry: str | None) -> LoadedModel:
     return load_version(open_store(registry), model)[1]
 
 
-METRIC_COLUMNS = [
-    ("auc", "AUC"), ("oracle_auc", "oracle"), ("auc_cond", "AUC|parent"),
-    ("oracle_auc_cond", "oracle"), ("auc_cond_entire", "AUC|parent (all rows)"),
-    ("oracle_auc_cond_entire", "oracle"), ("gauc", "GAUC"), ("logloss", "logloss"),
-    ("calibration", "calib"), ("rmse", "RMSE"), ("positives", "positives"),
-]
+def metric_columns(engine: Engine | None = None) -> list[tuple[str, str]]:
+    """(key, header) of the per-task table, asked of the registered metrics: each metric's
+    label; for metrics where higher is better (ranking quality), also the oracle beside it, on
+    the parent-positive rows, and on all rows against counterfactual labels."""
+    if engine is None:
+        from rankengine.pluginmanager import load_engine
+
+        engine = load_engine()
+    columns: list[tuple[str, str]] = []
+    for component in engine.components.metrics:
+        metric, name = component.factory, component.name
+        label = metric.label or name
+        columns.append((name, label))
+        if metric.direction == "higher":
+            columns += [(f"oracle_{name}", "oracle"), (f"{name}_cond", f"{label}|parent"),
+                        (f"oracle_{name}_cond", "oracle"),
+                        (f"{name}_cond_entire", f"{label}|parent (all rows)"),
+                        (f"oracle_{name}_cond_entire", "oracle")]
+    return [*columns, ("positives", "positives")]
 
 
-def print_metrics(metrics: dict[str, dict[str, Any]], title: str) -> None:
-    """One row per task: the headline metrics, with the oracle beside the model; below the
+def print_metrics(metrics: dict[str, dict[str, Any]], title: str,
+                  engine: Engine | None = None) -> None:
+    """One row per task: the registered metrics, with the oracle beside the model; below the
     table, why the metrics shown as "-" are undefined."""
-    present = [(k, h) for k, h in METRIC_COLUMNS if any(k in m for m in metrics.values())]
+    present = [(k, h) for k, h in metric_columns(engine)
+               if any(k in m for m in metrics.values())]
     view = Table(title=title)
     view.add_column("task")
     for _, header in present:

@@ -89,11 +89,15 @@ def _version_dict(v: ModelVersion, full: bool = False) -> dict[str, Any]:
 
 
 def headline(v: ModelVersion) -> dict[str, float]:
-    """``task.auc`` on the test split (else valid) for a compact view."""
+    """``task.metric`` of the headline metrics (as registered) on the test split (else
+    valid) for a compact view."""
+    from rankengine.pluginmanager import load_engine
+
+    shown = {c.name for c in load_engine().components.metrics if c.factory.headline}
     splits = v.metrics.get("splits", {})
     split = splits.get("test") or splits.get("valid") or {}
     return {f"{task}.{k}": val for task, m in split.items() for k, val in m.items()
-            if k in ("auc", "rmse") and val is not None}
+            if k in shown and val is not None}
 
 
 @models.command("list")

@@ -51,7 +51,7 @@ def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -
     if as_json:
         click.echo(to_json(metrics))
     else:
-        print_metrics(metrics, f"metrics on {data_path} ({len(data):,} rows)")
+        print_metrics(metrics, f"metrics on {data_path} ({len(data):,} rows)", loaded.engine)
 
 
 @click.command()

@@ -118,7 +118,8 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
         return
     result = trained.result
     split = "test" if "test" in result.metrics else "valid"
-    print_metrics(result.metrics[split], f"{split} metrics (best epoch {result.best_epoch})")
+    print_metrics(result.metrics[split], f"{split} metrics (best epoch {result.best_epoch})",
+                  trained.engine)
     for name, report in result.label_reports.items():
         if report["inconsistent"]:
             click.echo(f"{name}: inconsistent labels {report['inconsistent']} → policy "

@@ -175,8 +175,8 @@ def tune_fusion(model: str, data_path: Path, group: str | None, k: int, method: 
                                "NAME/VERSION), not an artifact directory")
     label = version.ref if version else str(model)
     kind = loaded.config.fusion.kind
-    if "weights" not in type(loaded.fusion.params).model_fields:
-        fields = ", ".join(type(loaded.fusion.params).model_fields) or "none"
+    if loaded.fusion.weights() is None:
+        fields = ", ".join(type(loaded.fusion.params).model_fields) or "(none)"
         raise RankEngineError(f"{label}: fusion '{kind}' has no per-task weights to tune (its "
                               f"parameters: {fields}); tune-fusion searches the weights of "
                               f"weighted_sum / weighted_product fusions")

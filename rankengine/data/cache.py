@@ -42,7 +42,7 @@ def cache_key(config: EngineConfig, tasks: dict[str, Any], extras: list[str],
         "tasks": tasks,
         "extras": extras,
         "seed": config.engine.seed,
-        "version": 2,
+        "version": 3,  # 3: id arrays stored as "ids" (hook API 2.0)
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -71,7 +71,7 @@ def _read(entry: Path, meta_path: Path) -> tuple[dict[str, Any], dict[str, Encod
         # here because np.load leaks its own handle when the zip is damaged.
         with (entry / f"{split}.npz").open("rb") as fh, np.load(fh, allow_pickle=False) as arrays:
             data = EncodedData(
-                categorical=arrays["categorical"], dense=arrays["dense"],
+                categorical=arrays["ids"], dense=arrays["dense"],
                 sequences=[arrays[f"sequence_{i}"] for i in range(info["sequences"])],
                 labels=arrays["labels"],
                 groups=arrays["groups"] if "groups" in arrays.files else None,
@@ -95,7 +95,7 @@ def store(root: Path, key: str, pipeline_state: dict[str, Any],
     try:
         meta: dict[str, Any] = {"pipeline": pipeline_state, "sources": sources, "splits": {}}
         for split, data in splits.items():
-            arrays = {"categorical": data.categorical, "dense": data.dense,
+            arrays = {"ids": data.categorical, "dense": data.dense,
                       "labels": data.labels,
                       **{f"sequence_{i}": s for i, s in enumerate(data.sequences)},
                       **{f"extra_{k}": v for k, v in data.extras.items()}}

@@ -208,7 +208,7 @@ def source_component(path: Path, sources: SourceTable,
         if format not in sources:
             raise DataError(f"{path}: unknown data format '{format}' ([data] format)"
                             f"{suggest(format, sources.names())}; available sources: "
-                            f"{', '.join(sources.names()) or 'none'}")
+                            f"{', '.join(sources.names()) or '(none)'}")
         return sources.get(format)
     accepting = [c for c in sources if source_class(c).accepts(path)]
     if path.is_dir() and len(accepting) > 1:
@@ -223,7 +223,7 @@ def source_component(path: Path, sources: SourceTable,
                         f"{_describe(sources)}")
     raise DataError(f"{path}: cannot tell the format from the name; no data source accepts it "
                     f"(sources: {_describe(sources)}); rename it or set [data] format = one of "
-                    f"{', '.join(sources.names()) or 'none'}")
+                    f"{', '.join(sources.names()) or '(none)'}")
 
 
 def open_source(path: str | Path, sources: SourceTable, *, format: str | None = None,

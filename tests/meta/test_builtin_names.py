@@ -14,6 +14,15 @@ from rankengine.pluginmanager import load_engine
 
 CORE = Path(rankengine.__file__).parent
 
+#: Literals that equal a built-in's name but mean something else, each reviewed: the core does
+#: not choose a component by them. (module, literal) → why.
+REVIEWED = {
+    ("rankengine/__init__.py", "mlp"): "the public layer helper rankengine.mlp in __all__",
+    ("rankengine/checkpoint.py", "torch"): "the key of torch's RNG state in a checkpoint",
+    ("rankengine/report/plots.py", "none"): "matplotlib's svg.fonttype value (text as <text>)",
+    ("rankengine/simulate.py", "dwell_time"): "the simulator's dwell-time column",
+}
+
 
 def builtin_names() -> dict[str, str]:
     engine = load_engine()
@@ -48,5 +57,6 @@ def test_no_core_module_names_a_builtin_component() -> None:
     names = builtin_names()
     found = [f"{path.relative_to(CORE.parent)}:{line}: {value!r} ({names[value]})"
              for path in sorted(CORE.rglob("*.py"))
-             for line, value in string_literals(path) if value in names]
+             for line, value in string_literals(path) if value in names
+             and (str(path.relative_to(CORE.parent)), value) not in REVIEWED]
     assert not found, "the core names built-in components:\n" + "\n".join(found)
