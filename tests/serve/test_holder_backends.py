@@ -111,3 +111,16 @@ def test_a_reference_that_does_not_resolve_yet_is_checked_at_load(registry: tupl
     holder = ModelHolder(registry[0], "demo@nowhere", backend="countng")  # no error yet
     with pytest.raises(Exception, match="nowhere"):
         holder.load()
+
+
+def test_rankengine_serve_refuses_an_unknown_back_end_before_serving(registry: tuple) -> None:
+    from click.testing import CliRunner
+
+    from rankengine.cli import cli
+
+    root = registry[1]
+    result = CliRunner().invoke(cli, ["serve", "demo@champion", "--registry",
+                                      f"sqlite:///{root / 'reg.db'}", "--backend", "tensorrt"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == ("Error: demo/1: unknown serving back end 'tensorrt'; "
+                                     "available: onnxruntime, torch")
