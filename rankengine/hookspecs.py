@@ -197,11 +197,15 @@ def rankengine_register_sources(register: Register[Any]) -> None:
 def rankengine_register_backends(register: Register[Any]) -> None:
     """Register serving back ends (``rankengine serve --backend NAME``).
 
-    The factory is a :class:`rankengine.ServingBackend` subclass: it turns a loaded model into
-    a predictor (encoded model input → entire-space and conditional predictions); ``export``
-    and ``serve`` resolve back ends through this table only.
+    The factory is a :class:`rankengine.ServingBackend` subclass, constructed once per served
+    model version as ``BackendClass(loaded, threads=N)`` and then called per request:
+    ``(ids, dense, id_lists)`` numpy arrays → ``(entire [N, T], conditional [N, T])`` float64
+    (fusion stays outside). Back ends are looked up in the served model's plugins; the one
+    registered with ``default=True`` serves when ``--backend`` is not given. A back end that
+    sets ``reads = "FORMAT"`` and implements ``run_exported`` also checks the files of
+    ``rankengine export --format FORMAT``.
 
-    :param register: call ``register(name, BackendClass, help="...")``.
+    :param register: call ``register(name, BackendClass, help="...", default=False)``.
     """
 
 
