@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import torch
 from pydantic import Field, model_validator
 from torch import nn
@@ -20,11 +23,12 @@ from rankengine import (
 
 
 @hookimpl
-def rankengine_register_backbones(register: Register) -> None:
+def rankengine_register_backbones(register: Register[Callable[..., Backbone]]) -> None:
     register("shared_bottom", build_shared_bottom, params=SharedBottomParams,
              help="one MLP shared by every head")
     register("omoe", build_omoe, params=MoEParams, help="experts mixed by one shared gate")
-    register("mmoe", build_mmoe, params=MoEParams, default=True, help="experts mixed by one gate per head")
+    register("mmoe", build_mmoe, params=MoEParams, default=True,
+             help="experts mixed by one gate per head")
     register("ple", build_ple, params=PLEParams,
              help="progressive layered extraction: CGC levels of task and shared experts")
 
@@ -162,15 +166,19 @@ class ProgressiveLayeredExtraction(Backbone):
         return task_inputs
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
-        bank = self.levels[-1].shared_experts
+        bank = self._last_level().shared_experts
         return [bank.weights[-1], bank.biases[-1]]
+
+    def _last_level(self) -> _CGCLevel:
+        return cast(_CGCLevel, self.levels[-1])  # nn.ModuleList items are typed nn.Module
 
     def gate_weights(self) -> tuple[list[str], torch.Tensor] | None:
         """The last level's gates over every expert (zero weight on other heads' own ones)."""
-        last = self.levels[-1]
+        last = self._last_level()
         if last.last_gate_weights is None:
             return None
-        own, shared = last.task_experts[0].num_experts, last.shared_experts.num_experts
+        own = cast(ExpertBank, last.task_experts[0]).num_experts
+        shared = last.shared_experts.num_experts
         names = [f"head_{h}.expert_{e}" for h in range(self.num_outputs) for e in range(own)]
         names += [f"shared.expert_{e}" for e in range(shared)]
         rows = last.last_gate_weights[0].shape[0]

@@ -7,7 +7,8 @@ Everything is composed in log space so losses stay finite: for a node with paren
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,12 +20,13 @@ from rankengine import (
     HeadSpec,
     Params,
     Register,
+    TaskGraph,
     hookimpl,
 )
 
 
 @hookimpl
-def rankengine_register_cascades(register: Register) -> None:
+def rankengine_register_cascades(register: Register[Callable[[TaskGraph, Any], Cascade]]) -> None:
     register("independent", IndependentCascade, params=IndependentParams,
              help="one head per task; conditional tasks trained on the parent-positive subspace "
                   "(space='parent') or directly on the entire space (space='entire')")
@@ -95,7 +97,10 @@ class ChainCascade(Cascade):
             else:
                 lp.append(c_p + lp[parent])
                 lq.append(torch.logaddexp(lq[parent], lp[parent] + c_q))
-        stack = lambda cols: torch.stack(cols, dim=1)  # noqa: E731
+
+        def stack(cols: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack(cols, dim=1)
+
         return CascadeOutput(stack(lp), stack(lq), stack(cp), stack(cq), stack(values))
 
 

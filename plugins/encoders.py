@@ -7,7 +7,7 @@ out-of-vocabulary id (0 for categorical, 1 for sequences, where 0 is padding).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -20,7 +20,9 @@ from rankengine import DataError, FeatureEncoder, FeatureSpec, Params, Register,
 
 
 @hookimpl
-def rankengine_register_encoders(register: Register) -> None:
+def rankengine_register_encoders(
+    register: Register[Callable[[FeatureSpec, Any], FeatureEncoder]],
+) -> None:
     register("categorical", CategoricalEncoder, params=CategoricalParams,
              help="vocabulary with min_count and an OOV id, or hash_buckets")
     register("numeric", NumericEncoder, params=NumericParams,

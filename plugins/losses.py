@@ -5,6 +5,9 @@ Learning to rank within request groups (``[loss.ranking]``): BPR (Rendle et al. 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -21,7 +24,9 @@ from rankengine import (
 
 
 @hookimpl
-def rankengine_register_losses(register: Register) -> None:
+def rankengine_register_losses(
+    register: Register[Callable[[Any], PointwiseLoss | RankingLoss]],
+) -> None:
     register("bce", BCELoss, default=True,
              help="binary cross-entropy, computed in log space (binary tasks; their default)")
     register("mse", SquaredError, default=True,

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from rankengine import Register, hookimpl
 
 
 @hookimpl
-def rankengine_register_task_graphs(register: Register) -> None:
+def rankengine_register_task_graphs(
+    register: Register[Mapping[str, Mapping[str, Any]]],
+) -> None:
     register("ctr_cvr", {
         "click": {"label": "click"},
         "purchase": {"label": "purchase", "after": "click"},

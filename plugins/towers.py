@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from pydantic import Field
 from torch import nn
@@ -10,7 +12,7 @@ from rankengine import Activation, Params, Register, Width, hookimpl, mlp
 
 
 @hookimpl
-def rankengine_register_towers(register: Register) -> None:
+def rankengine_register_towers(register: Register[Callable[..., nn.Module]]) -> None:
     register("mlp", build_mlp_tower, params=MLPTowerParams, default=True,
              help="MLP ending in one output")
 

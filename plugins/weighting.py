@@ -7,7 +7,7 @@ Pareto-efficient weighting in the spirit of PE-LTR (Lin et al., RecSys 2019).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,9 @@ from rankengine import (
 
 
 @hookimpl
-def rankengine_register_loss_weightings(register: Register) -> None:
+def rankengine_register_loss_weightings(
+    register: Register[Callable[[TaskGraph, Any], LossWeighting]],
+) -> None:
     register("fixed", FixedWeighting, params=FixedParams, default=True,
              help="constant weights: [loss.weighting] weights, else each task's `weight`")
     register("uncertainty", UncertaintyWeighting, params=UncertaintyParams,
@@ -44,7 +46,9 @@ def rankengine_register_loss_weightings(register: Register) -> None:
 
 
 @hookimpl
-def rankengine_register_sample_weightings(register: Register) -> None:
+def rankengine_register_sample_weightings(
+    register: Register[Callable[[TaskGraph, Any], SampleWeighting]],
+) -> None:
     register("none", NoSampleWeighting, default=True, help="every row counts once")
     register("label_weight", LabelWeighting, params=LabelWeightParams,
              help="positives of a task count `weights[task]` times (e.g. pay more than click)")
@@ -77,6 +81,7 @@ class FixedWeighting(LossWeighting):
         super().__init__(graph, params)
         values = _task_vector(graph, params.weights, [n.spec.weight for n in graph.nodes],
                               "weights")
+        self.weights: torch.Tensor
         self.register_buffer("weights", values, persistent=False)
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
@@ -106,6 +111,7 @@ class UncertaintyWeighting(LossWeighting):
         super().__init__(graph, params)
         self.log_variance = nn.Parameter(torch.full((len(graph),), params.init_log_variance))
         scale = [(0.5 if n.type == "regression" else 1.0) * n.spec.weight for n in graph.nodes]
+        self.scale: torch.Tensor
         self.register_buffer("scale", torch.tensor(scale), persistent=False)
 
     def combine(self, losses: torch.Tensor) -> torch.Tensor:
@@ -126,9 +132,13 @@ class DynamicWeightAverage(LossWeighting):
     the mean training loss ratio of the last two epochs; ``prior_k`` is the task's declared
     ``weight``, which is also the weight of the first two epochs."""
 
+    params: DWAParams
+
     def __init__(self, graph: TaskGraph, params: DWAParams) -> None:
         super().__init__(graph, params)
         prior = torch.tensor([n.spec.weight for n in graph.nodes])
+        self.prior: torch.Tensor
+        self.weights: torch.Tensor
         self.register_buffer("prior", prior, persistent=False)
         self.register_buffer("weights", prior.clone(), persistent=False)
         self.epoch_losses: list[torch.Tensor] = []
@@ -184,10 +194,13 @@ class GradNorm(LossWeighting):
     the tasks' declared ``weight`` values, rescaled to sum to T.
     """
 
+    params: GradNormParams
+
     def __init__(self, graph: TaskGraph, params: GradNormParams) -> None:
         super().__init__(graph, params)
         prior = torch.tensor([n.spec.weight for n in graph.nodes]).clamp(min=1e-3)
         self.weights = nn.Parameter(prior * len(graph) / prior.sum())
+        self.initial: torch.Tensor
         self.register_buffer("initial", torch.full((len(graph),), float("nan")),
                              persistent=False)
 
@@ -312,12 +325,16 @@ class ParetoWeighting(LossWeighting):
     layer (a Pareto-stationary descent direction, MGDA-style), with per-task lower bounds as
     in PE-LTR; reported and applied scaled to sum to T so that the loss scale matches fixed."""
 
+    params: ParetoParams
+
     def __init__(self, graph: TaskGraph, params: ParetoParams) -> None:
         super().__init__(graph, params)
         lower = _task_vector(graph, params.min_weights, [0.0] * len(graph), "min_weights")
         if (lower < 0).any() or float(lower.sum()) > 1.0:
             raise ValueError(f"min_weights must be >= 0 and sum to at most 1, found "
                              f"{params.min_weights}")
+        self.lower: torch.Tensor
+        self.weights: torch.Tensor
         self.register_buffer("lower", lower, persistent=False)
         self.register_buffer("weights", torch.ones(len(graph)), persistent=False)
         self.steps = 0
@@ -381,6 +398,8 @@ def _task_mask(graph: TaskGraph, tasks: Sequence[str]) -> torch.Tensor:
 class _OneColumnWeighting(SampleWeighting):
     """Weights read from ``params.column``: finite and >= 0, checked once per split."""
 
+    params: ColumnWeightParams | DwellTimeParams
+
     def columns(self) -> list[str]:
         return [self.params.column]
 
@@ -403,6 +422,8 @@ class ColumnWeightParams(Params):
 class ColumnWeighting(_OneColumnWeighting):
     """The row's value of ``column`` (finite, >= 0) for the chosen tasks, 1 for the others."""
 
+    params: ColumnWeightParams
+
     def __init__(self, graph: TaskGraph, params: ColumnWeightParams) -> None:
         super().__init__(graph, params)
         self.mask = _task_mask(graph, params.tasks)
@@ -424,6 +445,8 @@ class DwellTimeParams(Params):
 class DwellTimeWeighting(_OneColumnWeighting):
     """``1 + scale · min(log1p(seconds), cap)`` on a chosen task's positive rows, 1 elsewhere
     (a click followed by a long visit says more than a bounce)."""
+
+    params: DwellTimeParams
 
     def __init__(self, graph: TaskGraph, params: DwellTimeParams) -> None:
         super().__init__(graph, params)
