@@ -34,11 +34,11 @@ import orjson
 import pyarrow.parquet as pq
 import torch
 
+from rankengine.backend import backend_class
 from rankengine.config import load_config
 from rankengine.export import export, input_names
 from rankengine.registry import RegistryStore
 from rankengine.registry.artifacts import load_version, register
-from rankengine.serve.holder import torch_predictor
 from rankengine.serve.process import retain_freed_memory, usable_cores
 from rankengine.simulate import SimulationConfig, write_funnel
 from rankengine.train import train
@@ -174,7 +174,7 @@ def model_only(loaded, session, body: dict, n: int,  # type: ignore[no-untyped-d
     cols = {**{k: [v] * n for k, v in body["context"].items()},
             **{k: [c[k] for c in body["candidates"]] for k in body["candidates"][0] if k != "id"}}
     cat, dense, seqs = loaded.pipeline.transform(pa.table(cols))
-    predict = torch_predictor(loaded)  # what the server runs per request
+    predict = backend_class(loaded.engine)(loaded)  # what the server runs per request
     threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads)  # the server's budget per inference thread
     times, onnx_times = [], []

@@ -5,6 +5,20 @@ This module is the public API. Plugins (built-in ones included) import only from
 
 from rankengine.backend import ServingBackend
 from rankengine.components import Component, NoParams, Params, Register
+from rankengine.config import EngineConfig, FeatureSpec, TaskSpec, Width, load_config
+from rankengine.data.batching import ModelInput
+from rankengine.data.source import DataSource
+from rankengine.errors import (
+    ArtifactError,
+    ConfigError,
+    DataError,
+    GraphError,
+    PluginError,
+    RankEngineError,
+    suggest,
+)
+from rankengine.graph import TaskGraph
+from rankengine.hookspecs import HOOK_API_VERSION, hookimpl
 from rankengine.interfaces import (
     Backbone,
     Cascade,
@@ -24,20 +38,6 @@ from rankengine.interfaces import (
     sample_pairs,
     undefined,
 )
-from rankengine.config import EngineConfig, FeatureSpec, TaskSpec, Width, load_config
-from rankengine.data.source import DataSource
-from rankengine.errors import (
-    ArtifactError,
-    ConfigError,
-    DataError,
-    GraphError,
-    PluginError,
-    RankEngineError,
-    suggest,
-)
-from rankengine.data.batching import ModelInput
-from rankengine.graph import TaskGraph
-from rankengine.hookspecs import HOOK_API_VERSION, hookimpl
 from rankengine.layers import Activation, CrossNetwork, ExpertBank, mlp
 
 __version__ = "0.1.0"

@@ -23,15 +23,15 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rankengine.interfaces import Fusion
 from rankengine.config import EngineConfig, TaskSpec, parse_config
 from rankengine.data.pipeline import FeaturePipeline
 from rankengine.errors import ArtifactError, PluginError, RankEngineError, one_line
 from rankengine.files import fsync_directory
 from rankengine.graph import TaskGraph
+from rankengine.interfaces import Fusion
 from rankengine.model.assembly import RankingModel, build_model
-from rankengine.pluginmanager import Engine, check_model_plugins, load_engine
 from rankengine.plan import build_fusion
+from rankengine.pluginmanager import Engine, check_model_plugins, load_engine
 from rankengine.train import Trained
 
 FORMAT_VERSION = 1

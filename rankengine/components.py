@@ -20,6 +20,7 @@ from rankengine.errors import (
     UnknownComponentError,
     unknown_name_message,
 )
+
 if TYPE_CHECKING:
     from rankengine.interfaces import (
         BackboneFactory,

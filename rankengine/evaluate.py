@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from rankengine.components import Component, ComponentTable
-from rankengine.interfaces import Metric
 from rankengine.data.batching import TensorData, iterate_batches
 from rankengine.data.dataset import EncodedData
 from rankengine.errors import DataError
 from rankengine.graph import TaskGraph
+from rankengine.interfaces import Metric
 from rankengine.model.assembly import RankingModel
 
 #: task → metric → value (NaN where undefined), plus ``"undefined"``: metric → reason
@@ -182,24 +182,28 @@ def _oracle(oracle: Any, data: EncodedData, y: np.ndarray, sub: np.ndarray, give
             result: dict[str, Any], why: dict[str, str]) -> None:
     if oracle is None:
         return
-    every = np.ones(len(y), dtype=bool)
     # Every per-row binary metric is also computed for the simulator's oracle, side by side.
     for metric in metrics:
-        fn, name = metric.factory.fn, metric.name
-        if metric.factory.task_type != "binary" or metric.factory.needs_group:
-            continue
-        if oracle.p:
-            _record(result, why, f"oracle_{name}", every, "",
-                    lambda fn=fn: fn(y, data.extras[oracle.p], None))
-        if oracle.p_cond and sub.any():
-            _record(result, why, f"oracle_{name}_cond", sub, given,
-                    lambda fn=fn: fn(y[sub], data.extras[oracle.p_cond][sub], None))
-        if oracle.label_cond:
-            # Counterfactual labels exist for every impression (simulated data), so the
-            # conditional model can be judged on the entire space: the selection-bias test.
-            cf = data.extras[oracle.label_cond]
-            _record(result, why, f"{name}_cond_entire", every, "",
-                    lambda fn=fn, cf=cf: fn(cf, pred_cond, None))
-            if oracle.p_cond:
-                _record(result, why, f"oracle_{name}_cond_entire", every, "",
-                        lambda fn=fn, cf=cf: fn(cf, data.extras[oracle.p_cond], None))
+        if metric.factory.task_type == "binary" and not metric.factory.needs_group:
+            _oracle_metric(metric.name, metric.factory.fn, oracle, data, y, sub, given,
+                           pred_cond, result, why)
+
+
+def _oracle_metric(name: str, fn: Callable[[np.ndarray, np.ndarray, None], float],
+                   oracle: Any, data: EncodedData, y: np.ndarray, sub: np.ndarray, given: str,
+                   pred_cond: np.ndarray, result: dict[str, Any], why: dict[str, str]) -> None:
+    every = np.ones(len(y), dtype=bool)
+    if oracle.p:
+        _record(result, why, f"oracle_{name}", every, "",
+                lambda: fn(y, data.extras[oracle.p], None))
+    if oracle.p_cond and sub.any():
+        _record(result, why, f"oracle_{name}_cond", sub, given,
+                lambda: fn(y[sub], data.extras[oracle.p_cond][sub], None))
+    if oracle.label_cond:
+        # Counterfactual labels exist for every impression (simulated data), so the
+        # conditional model can be judged on the entire space: the selection-bias test.
+        cf = data.extras[oracle.label_cond]
+        _record(result, why, f"{name}_cond_entire", every, "", lambda: fn(cf, pred_cond, None))
+        if oracle.p_cond:
+            _record(result, why, f"oracle_{name}_cond_entire", every, "",
+                    lambda: fn(cf, data.extras[oracle.p_cond], None))

@@ -30,10 +30,10 @@ import pluggy
 
 if TYPE_CHECKING:
     import click
-
     from pydantic import BaseModel
 
     from rankengine.components import Register
+    from rankengine.config import EngineConfig, TaskSpec
     from rankengine.interfaces import (
         BackboneFactory,
         CascadeFactory,
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
         TaskGraphTemplate,
         TowerFactory,
     )
-    from rankengine.config import EngineConfig, TaskSpec
     from rankengine.train import TrainContext, TrainResult
 
 PROJECT = "rankengine"

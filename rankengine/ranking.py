@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from rankengine.interfaces import CascadeOutput, Fusion, RankingLoss
 from rankengine.config import EngineConfig, resolve_component
 from rankengine.data.batching import Batch
 from rankengine.errors import ConfigError
 from rankengine.graph import TaskGraph
+from rankengine.interfaces import CascadeOutput, Fusion, RankingLoss
 from rankengine.pluginmanager import Engine
 
 FUSED = "fused"

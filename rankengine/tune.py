@@ -391,10 +391,11 @@ def _read(loaded: LoadedModel, data: Path, group: str,
     import pyarrow.compute as pc
 
     from rankengine.data.dataset import group_ids, raw_label
-    from rankengine.data.io import open_dataset, read_table
+    from rankengine.data.io import open_source, read_table
 
     cfg, graph = loaded.config, loaded.graph
-    available = open_dataset(data, format=cfg.data.format, csv=cfg.data.csv).schema.names
+    available = open_source(data, loaded.engine.components.sources, format=cfg.data.format,
+                            csv=cfg.data.csv).schema().names
     if group not in available:
         raise DataError(f"{data}: no group column '{group}' (--group) to compute NDCG per "
                         f"request{suggest(group, available)}; columns present: "
@@ -410,7 +411,8 @@ def _read(loaded: LoadedModel, data: Path, group: str,
     label_cols = [c for n in needed for c in graph.node(n).spec.label_columns]
     table = read_table(data, list(dict.fromkeys([*loaded.pipeline.source_columns,
                                                  *label_cols, group])),
-                       format=cfg.data.format, csv=cfg.data.csv)
+                       format=cfg.data.format, csv=cfg.data.csv,
+                       sources=loaded.engine.components.sources)
     rows_read = table.num_rows
     zeros = np.zeros(table.num_rows)
     raw = {n.name: raw_label(table, n.name, n.spec, str(data)) if n.name in needed else zeros

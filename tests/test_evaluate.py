@@ -129,9 +129,9 @@ def test_gate_on_an_undefined_metric_fails_in_one_line(tmp_path: Path, funnel_di
 def test_node_metrics_never_call_a_metric_on_no_rows_and_survive_a_failing_one(
         engine: Engine) -> None:
     from rankengine.components import Component
-    from rankengine.interfaces import Metric
     from rankengine.config import TaskSpec
     from rankengine.evaluate import undefined_reason
+    from rankengine.interfaces import Metric
 
     graph = TaskGraph({"click": TaskSpec(label="click"),
                        "order": TaskSpec(label="order", after="click")})

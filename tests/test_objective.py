@@ -8,7 +8,7 @@ import torch
 
 from rankengine import NoParams
 from rankengine.config import TaskSpec
-from rankengine.data.batching import Batch
+from rankengine.data.batching import Batch, ModelInput
 from rankengine.graph import TaskGraph
 from rankengine.pluginmanager import Engine
 from rankengine.train import Objective
@@ -36,7 +36,7 @@ def objective(engine: Engine, cascade: str, sample: str = "none", **params: obje
 
 
 def batch() -> Batch:
-    return Batch(torch.zeros(4, 0, dtype=torch.long), torch.zeros(4, 0), [], LABELS, {})
+    return Batch(ModelInput(torch.zeros(4, 0, dtype=torch.long), torch.zeros(4, 0), []), LABELS, {})
 
 
 def bce(p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -162,7 +162,7 @@ def test_search_front_on_a_trained_model(reg: Setup, method: str) -> None:
     assert result.points[0] == {"click": 1.0, "order": 1.0, "pay": 0.0}
     assert {"click": 0.0, "order": 0.0, "pay": 1.0} in result.points
     # Every reported value is what scoring with those weights gives, by the reference NDCG.
-    table = read_table(data)
+    table = read_table(data, sources=loaded.engine.components.sources)
     groups = table.column("request_id").to_pylist()
     labels = {t: np.asarray(table.column(t).to_numpy(), dtype=float) for t in tasks}
     labels["order"] *= labels["click"]
@@ -245,7 +245,7 @@ def test_write_serves_the_recommended_weights(reg: Setup) -> None:
     path = path_of(before.artifact_uri or "")
     files = {p.name: p.read_bytes() for p in path.iterdir()}
     _, old = load_version(store, "demo@champion")
-    test = read_table(reg.funnel / "test.parquet")
+    test = read_table(reg.funnel / "test.parquet", sources=old.engine.components.sources)
     old_scores = score_table(old, test)["score"]
 
     data = reg.funnel / "valid.parquet"

@@ -14,9 +14,9 @@ import numpy as np
 import pyarrow as pa
 
 from rankengine.components import ComponentTable
-from rankengine.interfaces import EncoderFactory, FeatureEncoder
 from rankengine.config import FeatureSpec, resolve_component
 from rankengine.errors import ArtifactError, DataError
+from rankengine.interfaces import EncoderFactory, FeatureEncoder
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,6 @@ class FeaturePipeline:
         return np.ascontiguousarray(cat), np.ascontiguousarray(den), sequences
 
     def layout(self) -> list[FeatureLayout]:
-        out: list[FeatureLayout] = []
         return feature_layout(self.features, self.encoders)
 
     def state(self) -> dict[str, Any]:

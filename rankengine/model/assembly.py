@@ -7,15 +7,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from rankengine.interfaces import Backbone, Cascade, CascadeOutput, SharedParameters
 from rankengine.config import EngineConfig, resolve_component
 from rankengine.data.batching import ModelInput
 from rankengine.data.pipeline import FeatureLayout
 from rankengine.errors import ConfigError
 from rankengine.graph import TaskGraph
+from rankengine.interfaces import Backbone, Cascade, CascadeOutput, SharedParameters
 from rankengine.layers import mlp
-from rankengine.pluginmanager import Engine
 from rankengine.plan import build_losses
+from rankengine.pluginmanager import Engine
 
 
 class FeatureEmbedder(nn.Module):

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 
 from rankengine.artifact import MANIFEST, LoadedModel, json_safe, load_artifact, save_artifact
 from rankengine.config import EngineConfig
-from rankengine.data.io import open_dataset, shard_files
+from rankengine.data.source import SourceTable, open_source
 from rankengine.errors import ArtifactError, RankEngineError, one_line
 from rankengine.fusion import FUSION_WEIGHTS_TAG as FUSION_WEIGHTS_TAG  # named here too
 from rankengine.fusion import apply_fusion_weights
@@ -104,7 +104,8 @@ def digest(path: Path) -> tuple[str, int]:
     return hashlib.sha256(manifest.read_bytes()).hexdigest(), size
 
 
-def data_fingerprint(config: EngineConfig, rows: dict[str, int]) -> dict[str, Any]:
+def data_fingerprint(config: EngineConfig, rows: dict[str, int],
+                     sources_table: SourceTable) -> dict[str, Any]:
     """Paths, sizes, row counts and a hash of the schema of every data source."""
     sources: dict[str, Any] = {}
     for split in ("train", "valid", "test"):
@@ -112,8 +113,8 @@ def data_fingerprint(config: EngineConfig, rows: dict[str, int]) -> dict[str, An
         if not raw:
             continue
         path = config.resolve_path(raw)
-        files = shard_files(path) if path.is_dir() else [path]
-        schema = open_dataset(path, format=config.data.format, csv=config.data.csv).schema
+        source = open_source(path, sources_table, format=config.data.format, csv=config.data.csv)
+        files, schema = source.files(), source.schema()
         sources[split] = {
             "path": str(path.resolve()), "files": len(files),
             "bytes": sum(f.stat().st_size for f in files),
@@ -140,7 +141,8 @@ def register(store: RegistryStore, root: Path, trained: Trained, model: str, *,
     version = store.create_version(
         model, config=trained.config.resolved_dict(), task_graph=trained.graph.to_dict(),
         plugins=trained.engine.plugin_versions(),
-        data_fingerprint=data_fingerprint(trained.config, result.rows),
+        data_fingerprint=data_fingerprint(trained.config, result.rows,
+                                          trained.engine.components.sources),
         parent_version=parent_version, tags=tags,
     )
     written: Path | None = None

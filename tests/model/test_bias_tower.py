@@ -131,10 +131,10 @@ def test_bias_logit_joins_training_only_and_position_is_optional(tmp_path: Path,
     net.eval()
     with torch.no_grad():
         serving = net(batch)
-        moved = batch.categorical.clone()
+        moved = batch.inputs.ids.clone()
         position = next(f.column for f in model.pipeline.layout() if f.name == "position")
         moved[:, position] = torch.randint(0, 5, (200,))
-        batch.categorical = moved
+        batch.inputs.ids = moved
         serving_moved = net(batch)
     assert not torch.allclose(training.log_p[:, 0], serving.log_p[:, 0])  # click: + bias
     assert torch.allclose(serving.log_p, serving_moved.log_p)  # position is not read
@@ -171,12 +171,13 @@ def test_bias_tower_config_errors(tmp_path: Path, logged: Path) -> None:
 
 def test_serving_does_not_need_the_bias_features(tmp_path: Path, logged: Path) -> None:
     from rankengine.artifact import load_artifact, save_artifact
-    from rankengine.serve.holder import Served, torch_predictor
+    from rankengine.backend import backend_class
+    from rankengine.serve.holder import Served
     from rankengine.serve.scoring import column, score
 
     loaded = load_artifact(save_artifact(trained(tmp_path, logged, "tower", bias_tower=True),
                                          tmp_path / "artifact"))
-    served = Served("m", 1, loaded, torch_predictor(loaded), loaded)
+    served = Served("m", 1, loaded, backend_class(loaded.engine)(loaded), loaded)
     rows = pq.read_table(logged / "test.parquet").slice(0, 20).to_pydict()
     context = {k: column(k, [rows[k][0]]) for k in ("user_segment", "device")}
     items = {k: column(k, rows[k]) for k in ("item_category", "item_brand", "item_price")}

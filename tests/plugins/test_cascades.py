@@ -112,7 +112,11 @@ def test_regression_node_expectation(engine: Engine) -> None:
     graph = TaskGraph({"click": spec(), "gmv": spec(type="regression", after="click",
                                                     loss="log_mse")})
     model = cascade(engine, "esmm", graph)
-    out = model.compose([torch.tensor([0.0]), torch.log1p(torch.tensor([9.0]))])
+    # the loss's link (log_mse: expm1) turns the head output into the value before compose
+    link = engine.components.losses.get("log_mse").factory(None).to_value
+    model.links = [lambda x: x, link]
+    towers = [torch.nn.Identity(), torch.nn.Identity()]
+    out = model([torch.tensor([0.0]), torch.log1p(torch.tensor([9.0]))], towers)
     assert torch.allclose(out.conditional(graph)[:, 1], torch.tensor([9.0]), atol=1e-5)
     # Entire-space expectation: p(click) · E[gmv | click] = 0.5 · 9.
     assert torch.allclose(out.entire(graph)[:, 1], torch.tensor([4.5]), atol=1e-5)

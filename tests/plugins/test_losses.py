@@ -118,7 +118,7 @@ def test_group_batches_keep_every_request_together() -> None:
         assert g is not None
         change = (g[1:] != g[:-1]).sum().item()
         assert change == len(g.unique()) - 1  # contiguous
-        seen += batch.categorical[:, 0].tolist()
+        seen += batch.inputs.ids[:, 0].tolist()
     assert sorted(seen) == list(range(n))  # every row exactly once
     owners = [set(b.groups.tolist()) for b in batches]
     assert all(not (a & b) for a, b in itertools.combinations(owners, 2))  # whole groups

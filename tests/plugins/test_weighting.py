@@ -15,7 +15,7 @@ from torch import nn
 
 from rankengine import DataError, SharedParameters
 from rankengine.config import TaskSpec, load_config
-from rankengine.data.batching import Batch
+from rankengine.data.batching import Batch, ModelInput
 from rankengine.graph import TaskGraph
 from rankengine.pluginmanager import Engine
 from rankengine.train import Objective, train
@@ -216,7 +216,8 @@ def objective_losses(engine: Engine, weighting, labels, logits, extras):  # type
     losses = [engine.components.losses.get("bce").factory(None) for _ in GRAPH.nodes]
     objective = Objective(GRAPH, types.SimpleNamespace(cascade=model_cascade), losses, weighting)
     n = labels.shape[0]
-    batch = Batch(torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, 0), [], labels, extras)
+    batch = Batch(ModelInput(torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, 0), []), labels,
+                  extras)
     return objective(model_cascade.compose(logits), batch)
 
 

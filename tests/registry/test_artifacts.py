@@ -117,7 +117,7 @@ def test_a_crafted_pickle_in_place_of_weights_is_never_executed(project: Path) -
 KILLER = """
 import sys, time, safetensors.torch as st
 from rankengine.config import load_config
-from rankengine.registry import RegistryStore
+from rankengine.registry import RegistryStore, resolve_url
 from rankengine.registry.artifacts import register
 from rankengine.train import train
 
@@ -133,7 +133,7 @@ import rankengine.artifact as art
 art.save_file = slow_save
 config = load_config(sys.argv[1])
 trained = train(config, progress=False)
-store = RegistryStore(config.registry_url())
+store = RegistryStore(resolve_url(None, config))
 register(store, config.resolve_path(config.registry.artifacts), trained, "demo")
 """
 
