@@ -28,8 +28,9 @@ def objective(engine: Engine, cascade: str, sample: str = "none", **params: obje
     model_cascade = comp.factory(GRAPH, comp.parse_params(params))
     sw = engine.components.sample_weightings.get(sample)
     weights = {"weights": {"buy": 3.0}} if sample == "label_weight" else {}
-    losses = [engine.components.losses.get(n.spec.loss_name).factory(NoParams())
-              for n in GRAPH.nodes]
+    losses = [engine.components.losses.get(
+        n.spec.loss.kind if n.spec.loss else ("bce" if n.type == "binary" else "mse")
+    ).factory(NoParams()) for n in GRAPH.nodes]
     obj = Objective(GRAPH, types.SimpleNamespace(cascade=model_cascade), losses,
                     sw.factory(GRAPH, sw.parse_params(weights)))
     return obj, model_cascade.compose(LOGITS)
