@@ -561,11 +561,11 @@ def validate_components(config: EngineConfig, engine: Engine) -> None:
             source=src, what=f"settings of plugin table '{table.name}'")
     for name, task in config.tasks.items():
         key = f"tasks.{name}.loss"
-        name = c.losses.get(task.loss.kind, key=key, source=src).name if task.loss \
+        loss = c.losses.get(task.loss.kind, key=key, source=src).name if task.loss \
             else default_loss(c.losses, task.type, key=key, source=src)
         params = task.loss.params if task.loss else {}
-        resolve_component(c.losses, name, params, key=key, source=src)
-        task.loss = ComponentRef(kind=name, **params)
+        resolve_component(c.losses, loss, params, key=key, source=src)
+        task.loss = ComponentRef(kind=loss, **params)
     for metric in config.evaluate.metrics or []:
         c.metrics.get(metric, key="evaluate.metrics", source=src)
     if config.task_graph.template is not None:

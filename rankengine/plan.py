@@ -42,11 +42,12 @@ def build_losses(config: EngineConfig, engine: Engine, graph: TaskGraph) -> list
                                             ref.params if ref else {}, key=key,
                                             source=config.source)
         pointwise = construct(factory, key, config, params)
-        if isinstance(pointwise, RankingLoss) or not isinstance(pointwise, PointwiseLoss):
-            what = "a ranking loss; use it in [loss.ranking] and give the task a pointwise " \
-                "loss" if isinstance(pointwise, RankingLoss) else \
-                f"a {type(pointwise).__name__}, not a rankengine.PointwiseLoss"
-            raise ConfigError(f"'{name}' is {what}", source=config.source, key=key)
+        if isinstance(pointwise, RankingLoss):
+            raise ConfigError(f"'{name}' is a ranking loss; use it in [loss.ranking] and give "
+                              f"the task a pointwise loss", source=config.source, key=key)
+        if not isinstance(pointwise, PointwiseLoss):
+            raise ConfigError(f"'{name}' is a {type(pointwise).__name__}, not a "
+                              f"rankengine.PointwiseLoss", source=config.source, key=key)
         if node.type not in pointwise.task_types:
             default = default_loss(engine.components.losses, node.type, key=key,
                                    source=config.source)
@@ -55,5 +56,3 @@ def build_losses(config: EngineConfig, engine: Engine, graph: TaskGraph) -> list
                               f"loss is '{default}')", source=config.source, key=key)
         losses.append(pointwise)
     return losses
-
-

@@ -396,12 +396,13 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     encoded, sources = splits.encoded, splits.sources
     tensors = {name: TensorData(data) for name, data in encoded.items()}
 
-    model = build_model(config, engine, graph, pipeline.layout())
+    losses = build_losses(config, engine, graph)
+    model = build_model(config, engine, graph, pipeline.layout(),
+                        links=[loss.to_value for loss in losses])
     lw_factory, lw_params = resolve_component(
         engine.components.loss_weightings, config.loss.weighting.kind,
         config.loss.weighting.params, key="loss.weighting", source=config.source)
     weighting: LossWeighting = construct(lw_factory, "loss.weighting", config, graph, lw_params)
-    losses = build_losses(config, engine, graph)
     ranking = RankingObjective(config, engine, graph) if config.loss.ranking else None
     metric_components = select_metrics(engine.components.metrics, config.evaluate.metrics)
     stopper = EarlyStopper(config, graph, metric_components)
@@ -837,7 +838,7 @@ def check_buildable(config: EngineConfig, engine: Engine, graph: TaskGraph,
     """
     check_saved_config(config, engine)
     build_fusion(config, engine, graph)
-    build_losses(config, engine, graph)
+    links = [loss.to_value for loss in build_losses(config, engine, graph)]
     with torch.random.fork_rng(devices=[]):  # the real model's initialisation is unchanged
         factory, params = resolve_component(
             engine.components.loss_weightings, config.loss.weighting.kind,
@@ -849,16 +850,19 @@ def check_buildable(config: EngineConfig, engine: Engine, graph: TaskGraph,
                                                    config.evaluate.metrics))
         try:
             build_model(config, engine, graph,
-                        feature_layout(pipeline.features, pipeline.encoders, cardinality=2))
+                        feature_layout(pipeline.features, pipeline.encoders, cardinality=2),
+                        links=links)
         except (ValueError, GraphError) as exc:
             raise ConfigError(str(exc), source=config.source, key="model") from None
 
 
 def check_saved_config(config: EngineConfig, engine: Engine) -> None:
     """The config must read back from the JSON saved with the model as the same config: no
-    NaN or infinity (JSON writes them as null), nothing that validates differently."""
+    NaN or infinity (JSON writes them as null), nothing that validates differently. The
+    config's defaults are filled first (as they are before the model saves it)."""
     from rankengine.config import parse_config
 
+    validate_components(config, engine)
     raw = config.resolved_dict()
     leaves = flat_keys(raw, lists=True)
     for key, value in leaves.items():

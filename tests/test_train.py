@@ -59,7 +59,7 @@ def test_gate_statistics_say_which_experts_each_task_uses(trained) -> None:
     total, rows = torch.zeros(2, dtype=torch.float64), 0
     with torch.inference_mode():
         for batch in iterate_batches(data, 4096, shuffle=False):
-            model(batch)
+            model(batch.inputs)
             total += model.backbone.gate_weights()[1][:, head].double().sum(0)
             rows += len(batch)
     assert stats["click"]["weights"] == pytest.approx((total / rows).tolist(), abs=1e-6)

@@ -87,7 +87,8 @@ def prepare(seed: int) -> dict[str, Any]:
     from rankengine.config import resolve_component
     from rankengine.data.dataset import oracle_columns
     from rankengine.data.pipeline import FeaturePipeline
-    from rankengine.train import _construct, _encoded_splits, build_graph, engine_for
+    from rankengine.plan import construct
+    from rankengine.train import _encoded_splits, build_graph, engine_for
 
     out = data_path(seed)
     meta_path = out.with_suffix(".json")
@@ -100,7 +101,7 @@ def prepare(seed: int) -> dict[str, Any]:
     factory, params = resolve_component(
         engine.components.sample_weightings, config.loss.sample_weighting.kind,
         config.loss.sample_weighting.params, key="loss.sample_weighting", source=config.source)
-    weighting = _construct(factory, "loss.sample_weighting", config, graph, params)
+    weighting = construct(factory, "loss.sample_weighting", config, graph, params)
     extras = [*oracle_columns(graph), *weighting.columns()]  # what train() asks the cache for
     encoded, _ = _encoded_splits(config, graph, pipeline, extras, print)
     layout = pipeline.layout()

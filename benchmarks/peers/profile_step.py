@@ -129,9 +129,9 @@ class Setup:
         from rankengine.data.pipeline import FeaturePipeline
         from rankengine.evaluate import select_metrics
         from rankengine.model.assembly import build_model
+        from rankengine.plan import build_losses, construct
         from rankengine.train import (
             Objective,
-            _construct,
             _encoded_splits,
             _optimizer,
             build_graph,
@@ -150,19 +150,16 @@ class Setup:
             engine.components.sample_weightings, config.loss.sample_weighting.kind,
             config.loss.sample_weighting.params, key="loss.sample_weighting",
             source=config.source)
-        sample_weighting = _construct(factory, "loss.sample_weighting", config, graph, params)
+        sample_weighting = construct(factory, "loss.sample_weighting", config, graph, params)
         extras = [*oracle_columns(graph), *sample_weighting.columns()]
-        self.encoded, _ = _encoded_splits(config, graph, pipeline, extras, lambda _m: None)
+        self.encoded, _ = _encoded_splits(config, engine, graph, pipeline, extras, lambda _m: None)
         self.tensors = {k: TensorData(v) for k, v in self.encoded.items()}
         self.model = build_model(config, engine, graph, pipeline.layout())
         factory, params = resolve_component(
             engine.components.loss_weightings, config.loss.weighting.kind,
             config.loss.weighting.params, key="loss.weighting", source=config.source)
-        self.weighting = _construct(factory, "loss.weighting", config, graph, params)
-        losses = []
-        for node in graph.nodes:
-            loss = engine.components.losses.get(node.spec.loss_name)
-            losses.append(loss.factory(loss.parse_params({})))
+        self.weighting = construct(factory, "loss.weighting", config, graph, params)
+        losses = build_losses(config, engine, graph)
         self.objective = Objective(graph, self.model, losses, sample_weighting)
         self.params = list(self.model.parameters()) + list(self.weighting.parameters())
         self.shared = self.model.shared_parameters()
@@ -181,7 +178,7 @@ class Setup:
 
     def step(self, batch: Any) -> None:
         """The body of train()'s inner loop (no ranking loss, no progress bar)."""
-        out = self.model(batch)
+        out = self.model(batch.inputs)
         task_losses = self.objective(out, batch)
         self.optimizer.zero_grad(set_to_none=True)
         total = self.weighting.backward(task_losses, self.shared) \
@@ -213,7 +210,7 @@ class Setup:
             t0 = time.perf_counter()
             batch = next(batches)
             t1 = time.perf_counter()
-            out = model(batch)
+            out = model(batch.inputs)
             t2 = time.perf_counter()
             task_losses = self.objective(out, batch)
             t3 = time.perf_counter()
@@ -308,7 +305,7 @@ class Setup:
         def loss_pass() -> None:
             with torch.inference_mode():
                 for batch in iterate_batches(valid, size, shuffle=False):
-                    self.objective(model(batch), batch)
+                    self.objective(model(batch.inputs), batch)
 
         def whole() -> None:
             _evaluate_split(model, self.objective, self.weighting, valid, self.encoded["valid"],
@@ -373,7 +370,7 @@ class Setup:
         def gather_forward(batch: Any) -> torch.Tensor:
             parts = []
             for t, table in enumerate(embedder.tables):
-                ids = batch.categorical.index_select(1, getattr(embedder, f"columns_{t}")) \
+                ids = batch.ids.index_select(1, getattr(embedder, f"columns_{t}")) \
                     + getattr(embedder, f"offsets_{t}")
                 parts.append(table.weight.index_select(0, ids.reshape(-1))
                              .view(ids.shape[0], -1))

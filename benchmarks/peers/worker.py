@@ -118,7 +118,7 @@ def run_rankengine(args: argparse.Namespace) -> dict[str, Any]:
 
     def forward() -> None:
         for batch in batches:
-            model(batch)
+            model(batch.inputs)
 
     model.eval()
     result.update(timed_inference(lambda: predict_arrays(model, test, S["batch_size"]),
@@ -148,28 +148,26 @@ class training_step:  # noqa: N801  (used like a function)
 
     def __init__(self, trained: Any) -> None:
         from rankengine.config import resolve_component
-        from rankengine.train import Objective, _construct
+        from rankengine.plan import build_losses, construct
+        from rankengine.train import Objective
 
         config, engine, graph = trained.config, trained.engine, trained.graph
         factory, params = resolve_component(
             engine.components.sample_weightings, config.loss.sample_weighting.kind,
             config.loss.sample_weighting.params, key="loss.sample_weighting",
             source=config.source)
-        sample_weighting = _construct(factory, "loss.sample_weighting", config, graph, params)
-        losses = []
-        for node in graph.nodes:
-            loss = engine.components.losses.get(node.spec.loss_name)
-            losses.append(loss.factory(loss.parse_params({})))
+        sample_weighting = construct(factory, "loss.sample_weighting", config, graph, params)
+        losses = build_losses(config, engine, graph)
         factory, params = resolve_component(
             engine.components.loss_weightings, config.loss.weighting.kind,
             config.loss.weighting.params, key="loss.weighting", source=config.source)
-        self.weighting = _construct(factory, "loss.weighting", config, graph, params)
+        self.weighting = construct(factory, "loss.weighting", config, graph, params)
         self.model = trained.model
         self.objective = Objective(graph, self.model, losses, sample_weighting)
         self.shared = self.model.shared_parameters()
 
     def forward_backward(self, batch: Any) -> torch.Tensor:
-        out = self.model(batch)
+        out = self.model(batch.inputs)
         task_losses = self.objective(out, batch)
         total: torch.Tensor = self.weighting.backward(task_losses, self.shared)
         return total

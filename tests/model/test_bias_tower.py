@@ -127,15 +127,15 @@ def test_bias_logit_joins_training_only_and_position_is_optional(tmp_path: Path,
     net = model.model
     net.train()
     with torch.no_grad():
-        training = net(batch)
+        training = net(batch.inputs)
     net.eval()
     with torch.no_grad():
-        serving = net(batch)
+        serving = net(batch.inputs)
         moved = batch.inputs.ids.clone()
         position = next(f.column for f in model.pipeline.layout() if f.name == "position")
         moved[:, position] = torch.randint(0, 5, (200,))
         batch.inputs.ids = moved
-        serving_moved = net(batch)
+        serving_moved = net(batch.inputs)
     assert not torch.allclose(training.log_p[:, 0], serving.log_p[:, 0])  # click: + bias
     assert torch.allclose(serving.log_p, serving_moved.log_p)  # position is not read
     assert model.config.model.bias_only_features(model.config.features) == ["position"]
