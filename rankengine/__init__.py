@@ -40,7 +40,7 @@ from rankengine.interfaces import (
 )
 from rankengine.layers import Activation, CrossNetwork, ExpertBank, mlp
 
-__version__ = "0.1.0"
+from rankengine.version import __version__
 
 __all__ = [
     "HOOK_API_VERSION",

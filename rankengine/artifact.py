@@ -102,7 +102,7 @@ def save_artifact(trained: Trained, destination: str | Path, *, overwrite: bool 
         }
         for name, payload in files.items():
             _write(tmp / name, to_json(payload))
-        from rankengine import __version__
+        from rankengine.version import __version__
 
         manifest = {
             "format_version": FORMAT_VERSION,

@@ -292,19 +292,6 @@ class EngineConfig(Section):
             seen.add(feature.name)
         return features
 
-    def registry_url(self, override: str | None = None) -> str:
-        """``--registry`` beats RANKENGINE_REGISTRY_URL beats [registry] url beats the default;
-        a relative SQLite path is relative to this file's directory."""
-        import os
-
-        url = override or os.environ.get("RANKENGINE_REGISTRY_URL") or self.registry.url \
-            or "sqlite:///rankengine.db"
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:////") and \
-                url != "sqlite:///:memory:" and not (override or os.environ.get(
-                    "RANKENGINE_REGISTRY_URL")):
-            return "sqlite:///" + str(self.resolve_path(url.removeprefix("sqlite:///")))
-        return url
-
     def plugin_settings(self, name: str) -> Any:
         """The validated ``[plugins.NAME]`` table (the registered model's defaults when the
         file has none); only after :func:`validate_components`."""

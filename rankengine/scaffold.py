@@ -169,7 +169,7 @@ def test_unknown_task_in_weights_is_an_error(rankengine_engine: Callable[..., En
 def plugin_files(name: str) -> dict[str, str]:
     """Relative path → text of the package for plugin ``name``."""
     check_name(name)
-    from rankengine import __version__
+    from rankengine.version import __version__
 
     package = f"rankengine_{name}"
     values = {

@@ -12,7 +12,7 @@ import click
 from rankengine.cli.common import URL_HELP, open_store
 from rankengine.errors import RankEngineError
 from rankengine.registry.store import RegistryStore
-from rankengine.report import MAX_ROWS
+from rankengine.report.limits import MAX_ROWS
 
 
 @click.command()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rankengine.registry.store import RegistryStore
 
-MAX_ROWS = 200_000  # rows of the evaluation split scored for the curves
+from rankengine.report.limits import MAX_ROWS
 
 
 def build_report(store: RegistryStore, ref: str, *, max_rows: int = MAX_ROWS) -> str:

@@ -22,7 +22,7 @@ from rankengine.artifact import MANIFEST, LoadedModel, read_manifest, sha256_fil
 from rankengine.errors import ArtifactError, RankEngineError
 from rankengine.registry.artifacts import digest, load_version, path_of
 from rankengine.registry.store import ModelVersion, RegistryError, RegistryStore
-from rankengine.report import MAX_ROWS
+from rankengine.report.limits import MAX_ROWS
 
 if TYPE_CHECKING:
     from rankengine.pluginmanager import Engine

@@ -166,7 +166,7 @@ def write_html(text: str, path: Path) -> Path:
 
 def _page(title: str, heading: str, meta: list[tuple[str, str]],
           sections: list[tuple[str, str, str]], data: dict[str, Any]) -> str:
-    from rankengine import __version__
+    from rankengine.version import __version__
 
     payload = json.dumps(json_safe(data), default=str, allow_nan=False)
     payload = payload.replace("</", "<\\/")  # never closes the script element early

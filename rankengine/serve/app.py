@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rankengine import __version__
+from rankengine.version import __version__
 from rankengine.serve import tensors
 from rankengine.serve.holder import ModelHolder, Served
 from rankengine.serve.schema import INFER_REQUEST, INFER_RESPONSE, RANK_REQUEST, RANK_RESPONSE

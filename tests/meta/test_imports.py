@@ -17,17 +17,6 @@ PACKAGE = "rankengine"
 
 #: Import edges that still close a cycle, each with what removes it. The cycle test ignores
 #: them; test_known_cycle_edges_still_exist fails once one is gone, so the list only shrinks.
-KNOWN_CYCLE_EDGES = {
-    ("rankengine.artifact", "rankengine"):
-        "artifact.py imports rankengine.__version__ (function level) while rankengine/__init__ "
-        "imports backend → export → artifact; read the version from importlib.metadata or a "
-        "leaf rankengine/version.py",
-    ("rankengine.report.build", "rankengine.report"):
-        "report/build.py imports MAX_ROWS from the report package, whose __init__ imports "
-        "build; MAX_ROWS belongs in build.py (re-exported by the package)",
-}
-
-
 def module_names(root: Path) -> dict[str, Path]:
     """Dotted module name → file, for every module of the package (packages by __init__)."""
     out = {}
@@ -164,17 +153,9 @@ def a_cycle(graph: dict[str, set[str]], component: list[str]) -> list[str]:
 
 def test_no_import_cycles() -> None:
     graph = import_graph()
-    for source, target in KNOWN_CYCLE_EDGES:
-        graph.get(source, set()).discard(target)
     problems = [" → ".join(a_cycle(graph, c)) + f"  (component: {', '.join(c)})"
                 for c in cycles(graph)]
     assert not problems, "import cycles in rankengine/:\n" + "\n".join(problems)
-
-
-def test_known_cycle_edges_still_exist() -> None:
-    graph = import_graph()
-    gone = [f"{a} → {b}" for a, b in KNOWN_CYCLE_EDGES if b not in graph.get(a, set())]
-    assert not gone, f"fixed, remove from KNOWN_CYCLE_EDGES: {', '.join(gone)}"
 
 
 def test_only_the_cli_imports_the_cli() -> None:
