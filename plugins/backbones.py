@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 from rankengine import (
     Activation,
     Backbone,
+    BackboneFactory,
     CrossNetwork,
     ExpertBank,
     Params,
@@ -23,7 +23,7 @@ from rankengine import (
 
 
 @hookimpl
-def rankengine_register_backbones(register: Register[Callable[..., Backbone]]) -> None:
+def rankengine_register_backbones(register: Register[BackboneFactory]) -> None:
     register("shared_bottom", build_shared_bottom, params=SharedBottomParams,
              help="one MLP shared by every head")
     register("omoe", build_omoe, params=MoEParams, help="experts mixed by one shared gate")

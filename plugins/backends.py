@@ -15,7 +15,7 @@ from rankengine import RankEngineError, Register, ServingBackend, hookimpl
 
 
 @hookimpl
-def rankengine_register_backends(register: Register[Any]) -> None:
+def rankengine_register_backends(register: Register[type[ServingBackend]]) -> None:
     register("torch", TorchBackend, default=True,
              help="the torch model, one forward pass per request")
     register("onnxruntime", OnnxRuntimeBackend,

@@ -7,8 +7,7 @@ Everything is composed in log space so losses stay finite: for a node with paren
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,17 +15,17 @@ from pydantic import Field
 
 from rankengine import (
     Cascade,
+    CascadeFactory,
     CascadeOutput,
     HeadSpec,
     Params,
     Register,
-    TaskGraph,
     hookimpl,
 )
 
 
 @hookimpl
-def rankengine_register_cascades(register: Register[Callable[[TaskGraph, Any], Cascade]]) -> None:
+def rankengine_register_cascades(register: Register[CascadeFactory]) -> None:
     register("independent", IndependentCascade, params=IndependentParams,
              help="one head per task; conditional tasks trained on the parent-positive subspace "
                   "(space='parent') or directly on the entire space (space='entire')")

@@ -7,7 +7,7 @@ out-of-vocabulary id (0 for categorical, 1 for sequences, where 0 is padding).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -16,12 +16,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
-from rankengine import DataError, FeatureEncoder, FeatureSpec, Params, Register, hookimpl
+from rankengine import (
+    DataError,
+    EncoderFactory,
+    FeatureEncoder,
+    FeatureSpec,
+    Params,
+    Register,
+    hookimpl,
+)
 
 
 @hookimpl
 def rankengine_register_encoders(
-    register: Register[Callable[[FeatureSpec, Any], FeatureEncoder]],
+    register: Register[EncoderFactory],
 ) -> None:
     register("categorical", CategoricalEncoder, params=CategoricalParams,
              help="vocabulary with min_count and an OOV id, or hash_buckets")

@@ -9,18 +9,18 @@ that cannot be served.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import torch
 from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
-from rankengine import Fusion, Params, Register, hookimpl, suggest
+from rankengine import Fusion, FusionFactory, Params, Register, hookimpl, suggest
 
 
 @hookimpl
-def rankengine_register_fusions(register: Register[Callable[[list[str], Any], Fusion]]) -> None:
+def rankengine_register_fusions(register: Register[FusionFactory]) -> None:
     register("weighted_sum", WeightedSum, params=FusionWeights, default=True, help="Σ w_k · p_k")
     register("weighted_product", WeightedProduct, params=FusionWeights,
              help="Π p_k ^ w_k (computed as exp Σ w_k log p_k)")

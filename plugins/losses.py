@@ -5,14 +5,12 @@ Learning to rank within request groups (``[loss.ranking]``): BPR (Rendle et al. 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from rankengine import (
+    LossFactory,
     NodePrediction,
     PairwiseLoss,
     Params,
@@ -25,7 +23,7 @@ from rankengine import (
 
 @hookimpl
 def rankengine_register_losses(
-    register: Register[Callable[[Any], PointwiseLoss | RankingLoss]],
+    register: Register[LossFactory],
 ) -> None:
     register("bce", BCELoss, default=True,
              help="binary cross-entropy, computed in log space (binary tasks; their default)")

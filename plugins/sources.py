@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,7 +24,7 @@ from rankengine import DataError, DataSource, Params, Register, hookimpl
 
 
 @hookimpl
-def rankengine_register_sources(register: Register[Any]) -> None:
+def rankengine_register_sources(register: Register[type[DataSource]]) -> None:
     register("csv", CsvSource, params=CsvParams,
              help="CSV files or directories of CSV shards (.csv, .csv.gz, .csv.bz2, .tsv, .txt); "
                   "options in [data.csv]")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from rankengine import Register, hookimpl
+from rankengine import Register, TaskGraphTemplate, hookimpl
 
 
 @hookimpl
 def rankengine_register_task_graphs(
-    register: Register[Mapping[str, Mapping[str, Any]]],
+    register: Register[TaskGraphTemplate],
 ) -> None:
     register("ctr_cvr", {
         "click": {"label": "click"},

@@ -8,7 +8,7 @@ the available ones and a close match. The interfaces the registered components i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -22,6 +22,8 @@ from rankengine.errors import (
 )
 
 if TYPE_CHECKING:
+    from rankengine.backend import ServingBackend
+    from rankengine.data.source import DataSource
     from rankengine.interfaces import (
         BackboneFactory,
         CascadeFactory,
@@ -181,9 +183,9 @@ class Components:
             "sample_weightings", "sample weighting")
         self.fusions: ComponentTable[FusionFactory] = ComponentTable("fusions", "fusion")
         self.metrics: ComponentTable[Metric] = ComponentTable("metrics", "metric")
-        self.sources: ComponentTable[Callable[..., Any]] = ComponentTable(
+        self.sources: ComponentTable[type[DataSource]] = ComponentTable(
             "sources", "data source")
-        self.backends: ComponentTable[Callable[..., Any]] = ComponentTable(
+        self.backends: ComponentTable[type[ServingBackend]] = ComponentTable(
             "backends", "serving back end")
         self.config_tables: ComponentTable[type[BaseModel]] = ComponentTable(
             "config_tables", "plugin config table")

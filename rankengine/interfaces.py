@@ -287,9 +287,6 @@ class PointwiseLoss(ABC):
         return value
 
 
-LossFactory = Callable[[Any], PointwiseLoss]
-
-
 @dataclass(frozen=True)
 class SharedParameters:
     """What gradient-level weightings look at: every parameter that all tasks share (the
@@ -336,6 +333,10 @@ def sample_pairs(relevance: torch.Tensor, groups: torch.Tensor, max_pairs_per_gr
     first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
     keep = by_group[(torch.arange(len(by_group)) - first) < max_pairs_per_group]
     return i[keep], j[keep]
+
+
+LossFactory = Callable[[Any], "PointwiseLoss | RankingLoss"]
+"""Called as ``factory(params)``; a loss is pointwise (per task) or ranking (per request)."""
 
 
 class PairwiseLoss(RankingLoss):

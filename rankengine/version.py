@@ -1,3 +1,3 @@
-"""The rankengine release (a leaf module, so any layer can name it without importing the package)."""
+"""The rankengine release: a leaf module, so any layer can name it without a cycle."""
 
 __version__ = "0.1.0"

@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -178,7 +178,7 @@ class DataSource(ABC):
 
 
 Fragment = DataSource.Fragment
-SourceTable = ComponentTable[Callable[..., Any]]
+SourceTable = ComponentTable[type[DataSource]]
 
 
 def _describe(sources: SourceTable) -> str:

@@ -38,12 +38,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rankengine.version import __version__
 from rankengine.serve import tensors
 from rankengine.serve.holder import ModelHolder, Served
 from rankengine.serve.schema import INFER_REQUEST, INFER_RESPONSE, RANK_REQUEST, RANK_RESPONSE
 from rankengine.serve.schema import body as body_schema
 from rankengine.serve.scoring import BadRequestError, column, row_label, score
+from rankengine.version import __version__
 
 REFUSED_BODY_GRACE = 1 << 20  # bytes past --max-body-bytes read (and dropped) before closing
 CLOSE = {"Connection": "close"}
