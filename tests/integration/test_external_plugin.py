@@ -1,10 +1,14 @@
 """The example third-party plugin (examples/ranktools) as a user gets it: wheels in a fresh venv.
 
 ``test_wheels_in_a_fresh_venv_train_serve_and_list`` builds non-editable wheels of rankengine
-and of the plugin, installs them into a new virtual environment next to ``torch==2.13.0``
-(the CPU build; an unpinned torch would pull CUDA), enables the plugin in a copy of the
-repository's engine.toml, trains and registers a model, serves one /v1/rank request with it
-and lists the plugin. Nothing from this checkout is importable in that environment.
+and of the plugin, installs them (rankengine with its ``export`` extra) into a new virtual
+environment next to ``torch==2.13.0`` (the CPU build; an unpinned torch would pull CUDA), and
+uses every kind of component the plugin contributes: it converts the simulated log to JSON
+Lines and trains from it with the plugin's ``jsonl`` data source, its learnable
+``gated_transfer`` cascade, its ``smoothed_product`` fusion and its ``ndcg_10`` metric;
+registers the model, exports it to ONNX (checked against rankengine by the export command),
+serves one /v1/rank request with the plugin's ``torch_checked`` back end and lists the plugin.
+Nothing from this checkout is importable in that environment.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import onnx
+import pyarrow.parquet as pq
 import pytest
 
 import rankengine
@@ -63,11 +69,14 @@ def copy_sources(destination: Path) -> Path:
 
 
 def adapt_engine_toml(data: Path) -> str:
-    """The repository's engine.toml with the plugin enabled, tiny model, one epoch."""
+    """The repository's engine.toml with the plugin enabled, JSON Lines data read by its source,
+    its cascade, tiny model, one epoch."""
     text = (REPO / "engine.toml").read_text()
     replacements = [
         (r'plugins = \["builtin"\]', 'plugins = ["builtin", "ranktools"]'),
-        (r"data/funnel/", f"{data.as_posix()}/"),
+        (r'"data/funnel/(\w+)\.parquet"', rf'"{data.as_posix()}/\1.jsonl"'),
+        (r"\[data\]\n", '[data]\nformat = "jsonl"\n'),
+        (r'cascade = "esm2"', 'cascade = { kind = "gated_transfer", gate_bias = -1.0 }'),
         (r"backbone = \{[^}]*\}",
          'backbone = { kind = "mmoe", experts = 2, expert_hidden = [16] }'),
         (r"tower = \{[^}]*\}", 'tower = { kind = "mlp", hidden = [8] }'),
@@ -82,6 +91,16 @@ def adapt_engine_toml(data: Path) -> str:
         text, count = re.subn(pattern, replacement, text)
         assert count >= 1, f"engine.toml no longer has {pattern!r}; update this test"
     return text
+
+
+def to_json_lines(data: Path) -> None:
+    """The simulator's Parquet splits as JSON Lines files (one object per row); the Parquet
+    files are removed, so training can only read the JSON."""
+    for parquet in sorted(data.glob("*.parquet")):
+        rows = pq.read_table(parquet).to_pylist()
+        with parquet.with_suffix(".jsonl").open("w") as out:
+            out.writelines(json.dumps(row) + "\n" for row in rows)
+        parquet.unlink()
 
 
 def free_port() -> int:
@@ -129,7 +148,7 @@ def test_wheels_in_a_fresh_venv_train_serve_and_list(
     env = clean_env()
     wheels = tmp_path / "wheels"
     # Build with this environment's setuptools (no isolated build env: saves two installs).
-    build = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+    build: list[str | Path] = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
              "--no-build-isolation", "-w", wheels]
     run(*build, copy_sources(tmp_path / "src" / "rankengine"), env=env)
     plugin_src = tmp_path / "src" / "ranktools"
@@ -144,9 +163,11 @@ def test_wheels_in_a_fresh_venv_train_serve_and_list(
     run(sys.executable, "-m", "venv", venv, env=env)
     bin_dir = venv / "bin"
     # --no-compile: byte-compiling torch's ~20k files would take longer than the whole test.
-    pip = [bin_dir / "python", "-m", "pip", "install", "--quiet", "--no-compile"]
+    pip: list[str | Path] = [bin_dir / "python", "-m", "pip", "install", "--quiet",
+                             "--no-compile"]
     run(*pip, "torch==2.13.0", env=env)
-    run(*pip, *sorted(wheels.iterdir()), env=env)
+    core, plugin = sorted(wheels.iterdir())
+    run(*pip, f"{core}[export]", plugin, env=env)  # [export]: onnx, onnxruntime, onnxscript
     lap("fresh venv + install")
     where = run(bin_dir / "python", "-c",
                 "import rankengine, rankengine_ranktools; print(rankengine.__file__); "
@@ -158,25 +179,46 @@ def test_wheels_in_a_fresh_venv_train_serve_and_list(
     rankengine_cli = bin_dir / "rankengine"
     run(rankengine_cli, "simulate", "--requests", "2000", "-o", project / "data",
         cwd=project, env=env)
+    to_json_lines(project / "data")
+    files = sorted(p.name for p in (project / "data").iterdir())
+    assert files == ["simulation.json", "test.jsonl", "train.jsonl", "valid.jsonl"], files
     (project / "engine.toml").write_text(adapt_engine_toml(project / "data"))
     out = run(rankengine_cli, "train", "-c", "engine.toml", "--quiet", "--promote", "champion",
               cwd=project, env=env)
     assert "registered demo/1 (ready)" in out, out
-    lap("simulate + train + register")
+    lap("simulate + JSON Lines + train + register")
 
     registry = f"sqlite:///{(project / 'rankengine.db').as_posix()}"
     shown = json.loads(run(rankengine_cli, "models", "show", "demo@champion", "--json",
                            "--registry", registry, cwd=project, env=env))
     assert shown["plugins"]["ranktools"] == "0.1.0"
-    assert shown["config"]["fusion"]["kind"] == "smoothed_product"
+    config = shown["config"]
+    assert config["fusion"]["kind"] == "smoothed_product"
+    assert config["data"]["format"] == "jsonl"
+    assert config["data"]["train"].endswith("train.jsonl")
+    assert config["model"]["cascade"] == {"kind": "gated_transfer", "gate_bias": -1.0}
     metrics = shown["metrics"]["splits"]["test"]
     assert 0.0 < metrics["click"]["ndcg_10"] <= 1.0  # the plugin's metric was computed
+    assert metrics["click"]["auc"] > 0.55  # trained from the JSON Lines rows
+
+    # ONNX: the export command checks the file against rankengine with onnxruntime; the
+    # cascade's learned layers are in the graph.
+    exported = tmp_path / "demo.onnx"
+    out = run(rankengine_cli, "export", "demo@champion", "--format", "onnx", "-o", exported,
+              "--registry", registry, cwd=project, env=env)
+    diff = re.search(r"max \|diff\| (\S+?)[;)]", out)
+    assert out.startswith(f"wrote {exported}") and diff and float(diff[1]) <= 1e-5, out
+    weights = {i.name for i in onnx.load(str(exported)).graph.initializer}
+    for layer in ("gate", "transfer"):
+        assert any(f"cascade.{layer}." in name for name in weights), sorted(weights)
+    lap("export to ONNX")
 
     port = free_port()
     with (tmp_path / "serve.log").open("w") as log:  # the child keeps its own descriptor
         server_process.append(subprocess.Popen(
             [str(rankengine_cli), "serve", "demo@champion", "--port", str(port), "--registry",
-             registry, "--threads", "1"], cwd=project, env=env, stdout=log,
+             registry, "--threads", "1", "--backend", "torch_checked"], cwd=project, env=env,
+            stdout=log,
             stderr=subprocess.STDOUT, text=True))
     base = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=base, timeout=10) as client:
@@ -208,15 +250,24 @@ def test_wheels_in_a_fresh_venv_train_serve_and_list(
     assert scores == sorted(scores, reverse=True)
     for r in ranked:  # the server fused with the third-party smoothed_product
         assert r["score"] == pytest.approx(smoothed_product(r["p"]), rel=1e-4)
+        p = r["p"]  # the cascade keeps every task below its parent
+        assert p["pay"] <= p["order"] <= p["click"] and p["favorite"] <= p["click"], p
     server_process[0].terminate()
     assert server_process[0].wait(timeout=20) is not None
+    log_text = (tmp_path / "serve.log").read_text()
+    assert "torch_checked back end" in log_text, log_text
+    # The plugin's back end answered the request and, when the server let go of it, said so.
+    assert re.search(r"torch_checked: model \S+: 1 request\(s\), 3 row\(s\) checked, 0 "
+                     r"refused", log_text), log_text
     lap("serve one request")
 
     listing = run(rankengine_cli, "plugins", "-c", "engine.toml", cwd=project,
                   env={**env, "COLUMNS": "200"})
     row = next(line for line in listing.splitlines() if "ranktools" in line)
     assert re.search(r"ranktools\s*│\s*0\.1\.0\s*│\s*third-party", row), listing
-    assert "fusion:smoothed_product" in listing and "metric:ndcg_10" in listing
+    for component in ("fusion:smoothed_product", "metric:ndcg_10", "cascade:gated_transfer",
+                      "source:jsonl", "end:torch_checked"):  # cells wrap at spaces
+        assert component in listing, listing
     assert re.search(r"fusion\s*│\s*0\.1\.0\s*│\s*built-in", listing), listing
     lap("rankengine plugins")
     print("timings:", {k: round(v, 1) for k, v in timings.items()})
@@ -234,7 +285,7 @@ def test_example_plugin_own_tests_pass_when_installed(tmp_path: Path) -> None:
     shutil.rmtree(source / "src")
     out = run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", cwd=source,
               env={**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"})
-    assert re.search(r"\b8 passed\b", out), out
+    assert re.search(r"\b26 passed\b", out), out
 
 
 def test_example_plugin_imports_only_the_public_api() -> None:
