@@ -4,6 +4,7 @@ This module is the public API. Plugins (built-in ones included) import only from
 """
 
 from rankengine.backend import ServingBackend
+from rankengine.bundle import ModelBundle, TrainContext, TrainResult
 from rankengine.components import Component, NoParams, Params, Register
 from rankengine.config import EngineConfig, FeatureSpec, TaskSpec, Width, load_config
 from rankengine.data.batching import ModelInput
@@ -77,6 +78,7 @@ __all__ = [
     "LossWeighting",
     "LossWeightingFactory",
     "Metric",
+    "ModelBundle",
     "ModelInput",
     "NoParams",
     "NodePrediction",
@@ -95,6 +97,8 @@ __all__ = [
     "TaskGraphTemplate",
     "TaskSpec",
     "TowerFactory",
+    "TrainContext",
+    "TrainResult",
     "Undefined",
     "Width",
     "__version__",

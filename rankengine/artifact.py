@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,13 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from rankengine.config import EngineConfig, TaskSpec, parse_config
-from rankengine.data.pipeline import FeaturePipeline
+from rankengine.bundle import ModelBundle
+from rankengine.config import TaskSpec, parse_config
 from rankengine.errors import ArtifactError, PluginError, RankEngineError, one_line
 from rankengine.files import fsync_directory
 from rankengine.graph import TaskGraph
-from rankengine.interfaces import Fusion
-from rankengine.model.assembly import RankingModel, build_model
-from rankengine.plan import build_fusion
+from rankengine.plan import make_plan
 from rankengine.pluginmanager import Engine, check_model_plugins, load_engine
-from rankengine.train import Trained
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -74,7 +70,8 @@ def _write(path: Path, text: str) -> None:
         os.fsync(fh.fileno())
 
 
-def save_artifact(trained: Trained, destination: str | Path, *, overwrite: bool = False) -> Path:
+def save_artifact(trained: ModelBundle, destination: str | Path, *,
+                  overwrite: bool = False) -> Path:
     """Write the trained model to ``destination`` atomically; returns the directory."""
     destination = Path(destination)
     if destination.exists() and not overwrite:
@@ -86,7 +83,7 @@ def save_artifact(trained: Trained, destination: str | Path, *, overwrite: bool 
         save_file(state, str(tmp / WEIGHTS))
         with (tmp / WEIGHTS).open("rb") as fh:
             os.fsync(fh.fileno())
-        result = trained.result
+        result = trained.trained
         files = {
             "config.json": trained.config.resolved_dict(),
             "tasks.json": {n.name: n.spec.model_dump(mode="json") for n in trained.graph.nodes},
@@ -128,21 +125,6 @@ def save_artifact(trained: Trained, destination: str | Path, *, overwrite: bool 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return destination
-
-
-@dataclass
-class LoadedModel:
-    """A model read back from an artifact, ready to score."""
-
-    path: Path
-    config: EngineConfig
-    engine: Engine
-    graph: TaskGraph
-    pipeline: FeaturePipeline
-    model: RankingModel
-    fusion: Fusion
-    manifest: dict[str, Any]
-    metrics: dict[str, Any]
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -214,7 +196,7 @@ def verify_artifact(path: Path, manifest: dict[str, Any]) -> None:
             )
 
 
-def load_artifact(path: str | Path, *, engine: Engine | None = None) -> LoadedModel:
+def load_artifact(path: str | Path, *, engine: Engine | None = None) -> ModelBundle:
     """Read an artifact, verify its checksums and rebuild the model with the same plugins."""
     path = Path(path)
     manifest = read_manifest(path)
@@ -242,7 +224,10 @@ def load_artifact(path: str | Path, *, engine: Engine | None = None) -> LoadedMo
         graph = TaskGraph(tasks)
     except RankEngineError as exc:
         raise ArtifactError(f"{path / 'tasks.json'}: {exc}") from None
-    pipeline = FeaturePipeline(config.features, engine.components.encoders, source=config.source)
+    # A ConfigError naming config.json and the key (a fusion weight that names no task, from a
+    # model trained before fusions were built ahead of training), never a raw ValueError.
+    plan = make_plan(config, engine, graph=graph)
+    pipeline = plan.pipeline
     pipeline_state = read_json(path / "pipeline.json")
     try:
         pipeline.load_state(pipeline_state)
@@ -252,7 +237,7 @@ def load_artifact(path: str | Path, *, engine: Engine | None = None) -> LoadedMo
         # a plugin's load_state reading a damaged state: name the file, not the Python error
         raise ArtifactError(f"{path / 'pipeline.json'}: fitted feature state does not load "
                             f"({type(exc).__name__}: {exc}); the artifact is corrupted") from None
-    model = build_model(config, engine, graph, pipeline.layout())
+    model = plan.build_model(pipeline.layout())
     try:
         state = load_file(str(path / WEIGHTS))
         expected = model.state_dict()
@@ -275,11 +260,8 @@ def load_artifact(path: str | Path, *, engine: Engine | None = None) -> LoadedMo
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     model.eval()
-    # A ConfigError naming config.json and the key (a fusion weight that names no task, from a
-    # model trained before fusions were built ahead of training), never a raw ValueError.
-    fusion = build_fusion(config, engine, graph)
-    metrics = read_json(path / "metrics.json")
-    return LoadedModel(path, config, engine, graph, pipeline, model, fusion, manifest, metrics)
+    return ModelBundle(plan, model, path=path, manifest=manifest,
+                       metrics=read_json(path / "metrics.json"))
 
 
 

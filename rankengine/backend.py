@@ -18,7 +18,7 @@ import numpy as np
 from rankengine.errors import PluginError
 
 if TYPE_CHECKING:
-    from rankengine.artifact import LoadedModel
+    from rankengine.bundle import ModelBundle
     from rankengine.components import Component
     from rankengine.data.batching import ModelInput
     from rankengine.pluginmanager import Engine
@@ -32,7 +32,7 @@ class ServingBackend(ABC):
     """Turns a loaded model into a predictor, within a thread budget.
 
     The core constructs one per served model version as ``BackendClass(loaded, threads=N)``
-    (``loaded`` is the :class:`rankengine.artifact.LoadedModel`; ``threads`` the intra-op
+    (``loaded`` is the :class:`rankengine.ModelBundle`; ``threads`` the intra-op
     threads one request may use), then calls it per request with the *encoded* model input:
 
     - ``ids``: int64 ``[N, C]``, one column per ``ids`` feature;
@@ -53,7 +53,7 @@ class ServingBackend(ABC):
     #: The ``rankengine export`` format whose files :meth:`run_exported` runs, if any.
     reads: ClassVar[str | None] = None
 
-    def __init__(self, loaded: LoadedModel, *, threads: int = 1) -> None:
+    def __init__(self, loaded: ModelBundle, *, threads: int = 1) -> None:
         self.loaded = loaded
         self.threads = threads
         self.setup()

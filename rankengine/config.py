@@ -1,8 +1,9 @@
 """engine.toml → validated :class:`EngineConfig`.
 
 Two stages: the file is parsed with tomllib and validated against the models below (shape and
-types); then, once plugins are loaded, :func:`resolve_components` checks every ``kind`` against
-the component tables and validates its parameters against the component's own ``Params`` model.
+types); then, once plugins are loaded, :func:`complete_config` names each family's default and
+:func:`rankengine.plan.make_plan` resolves every ``kind`` against the component tables, validating
+its parameters against the component's own ``Params`` model as it builds it.
 Every failure names the file, the key path, what was expected and what was found.
 """
 
@@ -294,7 +295,7 @@ class EngineConfig(Section):
 
     def plugin_settings(self, name: str) -> Any:
         """The validated ``[plugins.NAME]`` table (the registered model's defaults when the
-        file has none); only after :func:`validate_components`."""
+        file has none); only after :func:`complete_config`."""
         settings = self._plugin_settings.get(name)
         if settings is None:
             raise KeyError(f"no plugin config table '{name}' is registered (or the config was "
@@ -515,10 +516,11 @@ def default_loss(table: ComponentTable[Any], task_type: str, *, key: str, source
     return fits[0]
 
 
-def validate_components(config: EngineConfig, engine: Engine) -> None:
-    """Check every component name and parameter table in ``config`` against the plugins, and
-    write each family's registered default where the config names none (``"default"``), so
-    the config saved with a model records the components it really used."""
+def complete_config(config: EngineConfig, engine: Engine) -> None:
+    """Write each family's registered default where ``config`` names none (``"default"``, or
+    no loss for a task), so the config saved with a model records the components it really
+    used, and validate the plugin-owned ``[plugins.NAME]`` tables. Component parameters are
+    validated where the components are built, once (:func:`rankengine.plan.make_plan`)."""
     c, src = engine.components, config.source
     refs: list[tuple[Any, str, Any, str]] = [
         (config.model, "backbone", c.backbones, "model.backbone"),
@@ -532,28 +534,17 @@ def validate_components(config: EngineConfig, engine: Engine) -> None:
         name = table.get(ref.kind, key=f"{key}.kind", source=src).name
         if name != ref.kind:
             setattr(owner, attr, ComponentRef(kind=name, **ref.params))
-        resolve_component(table, name, ref.params, key=key, source=src)
     fusion = c.fusions.get(config.fusion.kind, key="fusion.kind", source=src).name
     if fusion != config.fusion.kind:
         config.fusion = FusionSection(kind=fusion, **config.fusion.params)
-    resolve_component(c.fusions, fusion, config.fusion.params, key="fusion", source=src)
-    for i, feature in enumerate(config.features):
-        resolve_component(c.encoders, feature.kind, feature.params, key=f"features[{i}]",
-                          source=src)
+    for name, task in config.tasks.items():
+        key = f"tasks.{name}.loss"
+        loss = c.losses.get(task.loss.kind, key=f"{key}.kind", source=src).name if task.loss \
+            else default_loss(c.losses, task.type, key=key, source=src)
+        task.loss = ComponentRef(kind=loss, **(task.loss.params if task.loss else {}))
     for name in config.plugins:
         c.config_tables.get(name, key=f"plugins.{name}", source=src)
     for table in c.config_tables:
         config._plugin_settings[table.name] = validate_table(
             table.factory, config.plugins.get(table.name, {}), key=f"plugins.{table.name}",
             source=src, what=f"settings of plugin table '{table.name}'")
-    for name, task in config.tasks.items():
-        key = f"tasks.{name}.loss"
-        loss = c.losses.get(task.loss.kind, key=key, source=src).name if task.loss \
-            else default_loss(c.losses, task.type, key=key, source=src)
-        params = task.loss.params if task.loss else {}
-        resolve_component(c.losses, loss, params, key=key, source=src)
-        task.loss = ComponentRef(kind=loss, **params)
-    for metric in config.evaluate.metrics or []:
-        c.metrics.get(metric, key="evaluate.metrics", source=src)
-    if config.task_graph.template is not None:
-        c.task_graphs.get(config.task_graph.template, key="task_graph.template", source=src)

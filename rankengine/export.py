@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rankengine.artifact import LoadedModel
+from rankengine.bundle import ModelBundle
 from rankengine.data.batching import ModelInput
 from rankengine.errors import ArtifactError, RankEngineError
 from rankengine.files import os_reason
@@ -27,7 +27,7 @@ class ScoringModule(nn.Module):
     """``forward(ids, dense, *id_lists) -> [B, T + 1]``: every task's entire-space prediction,
     then the fused score."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: ModelBundle) -> None:
         super().__init__()
         self.model = loaded.model.eval()
         self.fusion = loaded.fusion
@@ -46,7 +46,7 @@ class PredictionModule(nn.Module):
     that per-request fusion weights keep working.
     """
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: ModelBundle) -> None:
         super().__init__()
         self.model = loaded.model.eval()
         self.graph = loaded.graph
@@ -57,7 +57,7 @@ class PredictionModule(nn.Module):
         return out.entire(self.graph), out.conditional(self.graph)
 
 
-def _id_list_features(loaded: LoadedModel) -> list[tuple[str, int]]:
+def _id_list_features(loaded: ModelBundle) -> list[tuple[str, int]]:
     """Name and length (ids per row, asked of its encoder) of each ``id_list`` feature, in
     layout order."""
     pipeline = loaded.pipeline
@@ -66,7 +66,7 @@ def _id_list_features(loaded: LoadedModel) -> list[tuple[str, int]]:
             for f in sorted(pipeline.layout(), key=lambda f: f.column) if f.output == "id_list"]
 
 
-def example_inputs(loaded: LoadedModel, rows: int = 4) -> tuple[torch.Tensor, ...]:
+def example_inputs(loaded: ModelBundle, rows: int = 4) -> tuple[torch.Tensor, ...]:
     """Zeros shaped like the model's input ``(ids, dense, *id_lists)`` with ``rows`` rows."""
     layout = loaded.pipeline.layout()
     n_ids = sum(1 for f in layout if f.output == "ids")
@@ -76,7 +76,7 @@ def example_inputs(loaded: LoadedModel, rows: int = 4) -> tuple[torch.Tensor, ..
     return (torch.zeros(rows, n_ids, dtype=torch.long), torch.zeros(rows, n_dense), *id_lists)
 
 
-def input_names(loaded: LoadedModel) -> list[str]:
+def input_names(loaded: ModelBundle) -> list[str]:
     """The exported graph's input names: ``ids``, ``dense``, then each ``id_list`` feature's
     name."""
     names = ["ids", "dense", *(name for name, _ in _id_list_features(loaded))]
@@ -88,7 +88,7 @@ def input_names(loaded: LoadedModel) -> list[str]:
     return names
 
 
-def export(loaded: LoadedModel, output: Path, fmt: str, *,
+def export(loaded: ModelBundle, output: Path, fmt: str, *,
            module: nn.Module | None = None, output_names: tuple[str, ...] = ("predictions",)
            ) -> Path:
     """Write ``module`` (default: :class:`ScoringModule`) to ``output``, atomically."""
@@ -126,7 +126,7 @@ def external_data(output: Path) -> Path:
     return output.with_name(f"{output.name}.data")
 
 
-def _write(module: nn.Module, inputs: tuple[torch.Tensor, ...], loaded: LoadedModel, tmp: Path,
+def _write(module: nn.Module, inputs: tuple[torch.Tensor, ...], loaded: ModelBundle, tmp: Path,
            fmt: str, output_names: tuple[str, ...]) -> None:
     # torch warns that jit.trace is deprecated and that the fusion weights become constants;
     # both are expected here, and callers running with -W error must not fail on them.
@@ -147,7 +147,7 @@ def _write(module: nn.Module, inputs: tuple[torch.Tensor, ...], loaded: LoadedMo
             raise RankEngineError(f"unknown export format '{fmt}'; expected onnx or torchscript")
 
 
-def reference_outputs(loaded: LoadedModel, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
+def reference_outputs(loaded: ModelBundle, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
     with torch.inference_mode():
         result: np.ndarray = ScoringModule(loaded)(*inputs).numpy()
     return result

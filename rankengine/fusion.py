@@ -8,7 +8,6 @@ the version's own fusion kind, validated exactly like ``[fusion] weights``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from rankengine.errors import ArtifactError, ConfigError
 
 if TYPE_CHECKING:
-    from rankengine.artifact import LoadedModel
+    from rankengine.bundle import ModelBundle
     from rankengine.config import EngineConfig
     from rankengine.graph import TaskGraph
     from rankengine.interfaces import Fusion
@@ -80,11 +79,11 @@ def fusion_with_weights(config: EngineConfig, engine: Engine, graph: TaskGraph, 
     return changed.model_copy(update={"source": config.source}), fusion
 
 
-def apply_fusion_weights(loaded: LoadedModel, raw: Any, *, where: str) -> LoadedModel:
+def apply_fusion_weights(loaded: ModelBundle, raw: Any, *, where: str) -> ModelBundle:
     """The loaded model with its fusion rebuilt from the same kind and these weights."""
     config, fusion = fusion_with_weights(loaded.config, loaded.engine, loaded.graph, raw,
                                          where=where)
-    return dataclasses.replace(loaded, config=config, fusion=fusion)
+    return loaded.replace(config=config, fusion=fusion)
 
 
 __all__ = [

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import click
     from pydantic import BaseModel
 
+    from rankengine.bundle import TrainContext, TrainResult
     from rankengine.components import Register
     from rankengine.config import EngineConfig, TaskSpec
     from rankengine.interfaces import (
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
         TaskGraphTemplate,
         TowerFactory,
     )
-    from rankengine.train import TrainContext, TrainResult
 
 PROJECT = "rankengine"
 #: Version of this hook API; plugins built against another major version are refused.

@@ -1,58 +1,250 @@
-"""Planning: turn a validated config into built components, each plugin ``ValueError``
-becoming a config error that names the key."""
+"""Planning: one step turns a config into every component it names, each built exactly once.
+
+:func:`make_plan` loads nothing from data: it completes the config (each family's registered
+default written in, plugin-owned tables validated), builds the task graph, and resolves and
+builds the feature encoders, each task's loss, the sample weighting, the loss weighting, the
+ranking objective, the fusion and the metric list. The model needs the *fitted* features
+(vocabulary sizes), so the plan holds its cascade, backbone and tower resolved and builds it
+with :meth:`Plan.build_model` once a feature layout exists. Training, loading an artifact and
+the checks before training all start here, so a config means the same thing everywhere.
+
+Every ``ValueError`` (or :class:`GraphError`) a plugin's factory raises becomes a
+:class:`ConfigError` naming the config key the component was named under.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from rankengine.config import EngineConfig, default_loss, resolve_component
-from rankengine.errors import ConfigError, GraphError
+from pydantic import ValidationError
+
+from rankengine.components import Component, ComponentTable
+from rankengine.config import (
+    ComponentRef,
+    EngineConfig,
+    TaskSpec,
+    complete_config,
+    default_loss,
+    validate_table,
+)
+from rankengine.data.pipeline import FeatureLayout, FeaturePipeline
+from rankengine.errors import ConfigError, GraphError, PluginError, one_line
 from rankengine.graph import TaskGraph
-from rankengine.interfaces import Fusion, PointwiseLoss, RankingLoss
-from rankengine.pluginmanager import Engine
+from rankengine.interfaces import (
+    BackboneFactory,
+    CascadeFactory,
+    Fusion,
+    LossWeighting,
+    Metric,
+    PointwiseLoss,
+    RankingLoss,
+    SampleWeighting,
+    TowerFactory,
+)
+from rankengine.pluginmanager import Engine, load_engine
+from rankengine.ranking import RankingObjective
+
+if TYPE_CHECKING:
+    from rankengine.model.assembly import RankingModel
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def construct(factory: Any, key: str, config: EngineConfig, *args: Any) -> Any:
+@dataclass(frozen=True)
+class Resolved(Generic[F]):
+    """A component the config names: the registered name, its factory, its validated params,
+    and the config key it was named under (for errors)."""
+
+    key: str
+    name: str
+    factory: F
+    params: Any
+
+    def build(self, config: EngineConfig, *args: Any, **kwargs: Any) -> Any:
+        """``factory(*args, **kwargs)``; a plugin's ``ValueError`` becomes a config error."""
+        return construct(self.factory, self.key, config, *args, **kwargs)
+
+
+def resolve(table: ComponentTable[F], ref: ComponentRef | str, params: Any = None, *,
+            key: str, config: EngineConfig) -> Resolved[F]:
+    """Look ``ref`` up in ``table`` and validate its parameters against the component's model."""
+    kind, raw = (ref, params or {}) if isinstance(ref, str) else (ref.kind, ref.params)
+    component = table.get(kind, key=f"{key}.kind", source=config.source)
+    parsed = validate_table(component.params, raw, key=key, source=config.source,
+                            what=f"parameters of {table.singular} '{component.name}'")
+    return Resolved(key, component.name, component.factory, parsed)
+
+
+def construct(factory: Callable[..., Any], key: str, config: EngineConfig, *args: Any,
+              **kwargs: Any) -> Any:
     try:
-        return factory(*args)
+        return factory(*args, **kwargs)
     except (ValueError, GraphError) as exc:
-        raise ConfigError(str(exc), source=config.source, key=key) from None
+        raise ConfigError(one_line(str(exc)), source=config.source, key=key) from None
+
+
+@dataclass
+class Plan:
+    """Everything a config names, built once (see the module docstring)."""
+
+    config: EngineConfig
+    engine: Engine
+    graph: TaskGraph
+    #: the feature encoders, not fitted yet (training fits them; loading loads their state)
+    pipeline: FeaturePipeline
+    cascade: Resolved[CascadeFactory]
+    backbone: Resolved[BackboneFactory]
+    tower: Resolved[TowerFactory]
+    #: each task's pointwise loss, in graph order
+    losses: list[PointwiseLoss]
+    sample_weighting: SampleWeighting
+    loss_weighting: LossWeighting
+    ranking: RankingObjective | None
+    fusion: Fusion
+    metrics: list[Component[Metric]]
+
+    def build_model(self, layout: Sequence[FeatureLayout]) -> RankingModel:
+        """The model on ``layout`` (the fitted pipeline's, or a stand-in to check the config);
+        regression heads map to values through their losses' links."""
+        from rankengine.model.assembly import build_model
+
+        try:
+            return build_model(self, layout)
+        except (ValueError, GraphError) as exc:  # e.g. a cascade's build() refusing the widths
+            raise ConfigError(one_line(str(exc)), source=self.config.source, key="model") \
+                from None
+
+
+def engine_for(config: EngineConfig) -> Engine:
+    """Load the plugins the config enables."""
+    try:
+        return load_engine(config.engine.plugins, config.engine.disable)
+    except PluginError as exc:
+        raise ConfigError(str(exc), source=config.source, key="engine.plugins") from exc
+
+
+def make_plan(config: EngineConfig, engine: Engine | None = None, *,
+              graph: TaskGraph | None = None) -> Plan:
+    """Complete ``config`` (in place) and build every component it names, once. ``graph``:
+    the task graph as saved with a model (default: built from the config, template and
+    ``rankengine_modify_task_graph``)."""
+    engine = engine or engine_for(config)
+    complete_config(config, engine)
+    c = engine.components
+    encoders = [resolve(c.encoders, feature.kind, feature.params, key=f"features[{i}]",
+                        config=config) for i, feature in enumerate(config.features)]
+    pipeline = FeaturePipeline(config.features, [
+        r.build(config, feature, r.params) for r, feature in zip(encoders, config.features,
+                                                                   strict=True)])
+    graph = graph or build_graph(config, engine)
+    fusion = build_fusion(config, engine, graph)
+    metric_key = "evaluate.metrics"
+    metrics = [c.metrics.get(n, key=metric_key, source=config.source)
+               for n in config.evaluate.metrics] if config.evaluate.metrics is not None \
+        else list(c.metrics)
+    sample_weighting = resolve(c.sample_weightings, config.loss.sample_weighting,
+                               key="loss.sample_weighting", config=config)
+    loss_weighting = resolve(c.loss_weightings, config.loss.weighting, key="loss.weighting",
+                             config=config)
+    return Plan(
+        config=config, engine=engine, graph=graph, pipeline=pipeline,
+        cascade=resolve(c.cascades, config.model.cascade, key="model.cascade", config=config),
+        backbone=resolve(c.backbones, config.model.backbone, key="model.backbone",
+                         config=config),
+        tower=resolve(c.towers, config.model.tower, key="model.tower", config=config),
+        losses=build_losses(config, engine, graph),
+        sample_weighting=sample_weighting.build(config, graph, sample_weighting.params),
+        loss_weighting=loss_weighting.build(config, graph, loss_weighting.params),
+        ranking=build_ranking(config, engine, graph, fusion),
+        fusion=fusion, metrics=metrics,
+    )
+
+
+def build_graph(config: EngineConfig, engine: Engine) -> TaskGraph:
+    """Template (if any) + ``[tasks]``, edited by ``rankengine_modify_task_graph``, validated."""
+    specs: dict[str, TaskSpec] = {}
+    if config.task_graph.template is not None:
+        template = engine.components.task_graphs.get(
+            config.task_graph.template, key="task_graph.template", source=config.source
+        ).factory
+        for name, table in template.items():
+            merged = {**table, **config.tasks[name].model_dump(exclude_unset=True)} \
+                if name in config.tasks else dict(table)
+            specs[name] = TaskSpec.model_validate(merged)
+    for name, spec in config.tasks.items():
+        specs.setdefault(name, spec)
+    engine.hooks.modify_task_graph(specs, config)
+    for name, spec in specs.items():  # a hook's model_copy(update=...) skips validation
+        try:
+            specs[name] = TaskSpec.model_validate(dict(spec))
+        except ValidationError as exc:
+            raise ConfigError(f"after rankengine_modify_task_graph: {one_line(str(exc))}",
+                              source=config.source, key=f"tasks.{name}") from None
+    try:
+        return TaskGraph(specs)
+    except GraphError as exc:
+        raise GraphError(f"{config.source}: [tasks] {exc}") from None
 
 
 def build_fusion(config: EngineConfig, engine: Engine, graph: TaskGraph) -> Fusion:
-    """The configured fusion over the graph's tasks (training, loading and serving build it
-    here). Its ``Params`` model validates the values; its constructor, given the task names,
-    refuses what names no task: that ``ValueError`` becomes a :class:`ConfigError` on
-    ``[fusion]``, whichever plugin registered the fusion."""
-    factory, params = resolve_component(engine.components.fusions, config.fusion.kind,
-                                        config.fusion.params, key="fusion", source=config.source)
-    fusion: Fusion = construct(factory, "fusion", config, list(graph.names), params)
-    return fusion
+    """The configured fusion over the graph's tasks. Its ``Params`` model validates the
+    values; its constructor, given the task names, refuses what names no task: that
+    ``ValueError`` becomes a :class:`ConfigError` on ``[fusion]``, whichever plugin
+    registered the fusion. (Also used to rebuild a fusion with other weights.)"""
+    fusion = resolve(engine.components.fusions, config.fusion.kind, config.fusion.params,
+                     key="fusion", config=config)
+    built: Fusion = fusion.build(config, list(graph.names), fusion.params)
+    return built
 
 
 def build_losses(config: EngineConfig, engine: Engine, graph: TaskGraph) -> list[PointwiseLoss]:
-    """Each task's pointwise loss, in graph order."""
+    """Each task's pointwise loss, in graph order (a template's tasks included)."""
+    table = engine.components.losses
     losses = []
     for node in graph.nodes:
         key = f"tasks.{node.name}.loss"
-        ref = node.spec.loss
-        name = ref.kind if ref else default_loss(engine.components.losses, node.type, key=key,
-                                                 source=config.source)
-        factory, params = resolve_component(engine.components.losses, name,
-                                            ref.params if ref else {}, key=key,
-                                            source=config.source)
-        pointwise = construct(factory, key, config, params)
+        ref = node.spec.loss or default_loss(table, node.type, key=key, source=config.source)
+        resolved = resolve(table, ref, key=key, config=config)
+        pointwise = resolved.build(config, resolved.params)
         if isinstance(pointwise, RankingLoss):
-            raise ConfigError(f"'{name}' is a ranking loss; use it in [loss.ranking] and give "
-                              f"the task a pointwise loss", source=config.source, key=key)
+            raise ConfigError(f"'{resolved.name}' is a ranking loss; use it in [loss.ranking] "
+                              f"and give the task a pointwise loss", source=config.source,
+                              key=key)
         if not isinstance(pointwise, PointwiseLoss):
-            raise ConfigError(f"'{name}' is a {type(pointwise).__name__}, not a "
+            raise ConfigError(f"'{resolved.name}' is a {type(pointwise).__name__}, not a "
                               f"rankengine.PointwiseLoss", source=config.source, key=key)
         if node.type not in pointwise.task_types:
-            default = default_loss(engine.components.losses, node.type, key=key,
-                                   source=config.source)
-            raise ConfigError(f"loss '{name}' is for {' / '.join(pointwise.task_types)} "
-                              f"tasks, but '{node.name}' is a {node.type} task (its default "
-                              f"loss is '{default}')", source=config.source, key=key)
+            default = default_loss(table, node.type, key=key, source=config.source)
+            raise ConfigError(f"loss '{resolved.name}' is for "
+                              f"{' / '.join(pointwise.task_types)} tasks, but '{node.name}' is "
+                              f"a {node.type} task (its default loss is '{default}')",
+                              source=config.source, key=key)
         losses.append(pointwise)
     return losses
+
+
+def build_ranking(config: EngineConfig, engine: Engine, graph: TaskGraph,
+                  fusion: Fusion) -> RankingObjective | None:
+    """``[loss.ranking]``'s objective (None without one); it scores with the plan's fusion."""
+    spec = config.loss.ranking
+    if spec is None:
+        return None
+    if not config.data.group:
+        raise ConfigError("a ranking loss needs request groups: set [data] group (e.g. "
+                          "\"request_id\")", source=config.source, key="loss.ranking")
+    resolved = resolve(engine.components.losses, spec.kind, spec.params, key="loss.ranking",
+                       config=config)
+    loss = resolved.build(config, resolved.params)
+    if not isinstance(loss, RankingLoss):
+        what = "a pointwise loss" if isinstance(loss, PointwiseLoss) \
+            else f"a {type(loss).__name__}"
+        raise ConfigError(f"'{resolved.name}' is {what}; [loss.ranking] needs a ranking loss "
+                          f"(a rankengine.RankingLoss; `rankengine plugins` lists the losses)",
+                          source=config.source, key="loss.ranking.kind")
+    return RankingObjective(config, graph, loss, fusion)
+
+
+__all__ = ["Plan", "Resolved", "build_fusion", "build_graph", "build_losses", "construct",
+           "engine_for", "make_plan", "resolve"]

@@ -30,8 +30,8 @@ from rankengine.errors import PluginError, suggest
 if TYPE_CHECKING:
     import click
 
+    from rankengine.bundle import TrainContext, TrainResult
     from rankengine.config import EngineConfig, TaskSpec
-    from rankengine.train import TrainContext, TrainResult
 
 BUILTIN_DISTRIBUTION = "rankengine"
 BUILTIN_ALIAS = "builtin"

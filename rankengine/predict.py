@@ -12,7 +12,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import torch
 
-from rankengine.artifact import LoadedModel
+from rankengine.bundle import ModelBundle
 from rankengine.data.batching import TensorData
 from rankengine.data.dataset import EncodedData
 from rankengine.errors import DataError
@@ -20,7 +20,7 @@ from rankengine.evaluate import entire_outputs, predict_arrays, require_finite
 from rankengine.files import os_reason, umask
 
 
-def score_table(loaded: LoadedModel, table: pa.Table, *, where: str = "data",
+def score_table(loaded: ModelBundle, table: pa.Table, *, where: str = "data",
                 batch_size: int = 16384) -> dict[str, np.ndarray]:
     """``p_<task>`` (entire space), ``pc_<task>`` (given the parent) and ``score`` (fused).
 

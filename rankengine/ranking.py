@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from rankengine.config import EngineConfig, resolve_component
+from rankengine.config import EngineConfig
 from rankengine.data.batching import Batch
 from rankengine.errors import ConfigError
 from rankengine.graph import TaskGraph
 from rankengine.interfaces import CascadeOutput, Fusion, RankingLoss
-from rankengine.pluginmanager import Engine
 
 FUSED = "fused"
 
@@ -22,22 +21,13 @@ FUSED = "fused"
 class RankingObjective:
     """``weight · loss(scores, relevance, groups)`` for one batch."""
 
-    def __init__(self, config: EngineConfig, engine: Engine, graph: TaskGraph) -> None:
+    def __init__(self, config: EngineConfig, graph: TaskGraph, loss: RankingLoss,
+                 fusion: Fusion) -> None:
+        """``loss`` is the built ``[loss.ranking]`` loss; ``fusion`` the plan's, scored when the
+        target is ``"fused"``. Checks the rest of ``[loss.ranking]`` against the graph."""
         spec = config.loss.ranking
         assert spec is not None
         src = config.source
-        if not config.data.group:
-            raise ConfigError("a ranking loss needs request groups: set [data] group (e.g. "
-                              "\"request_id\")", source=src, key="loss.ranking")
-        component = engine.components.losses.get(spec.kind, key="loss.ranking.kind", source=src)
-        try:
-            loss: object = component.factory(component.parse_params(spec.params))
-        except ValueError as exc:
-            raise ConfigError(str(exc), source=src, key="loss.ranking") from None
-        if not isinstance(loss, RankingLoss):
-            raise ConfigError(f"'{spec.kind}' is a pointwise loss; [loss.ranking] needs a "
-                              f"ranking loss such as bpr, ranknet, pairwise_hinge or listwise",
-                              source=src, key="loss.ranking.kind")
         self.loss = loss
         self.weight = spec.weight
         self.max_pairs = spec.max_pairs_per_group
@@ -46,9 +36,7 @@ class RankingObjective:
         self.fusion: Fusion | None = None
         self.task = -1
         if spec.target == FUSED:
-            factory, params = resolve_component(engine.components.fusions, config.fusion.kind,
-                                                config.fusion.params, key="fusion", source=src)
-            self.fusion = factory(list(graph.names), params)
+            self.fusion = fusion
         elif spec.target in binary:
             self.task = graph.index(spec.target)
         else:

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from rankengine.bundle import ModelBundle
     from rankengine.pluginmanager import Engine
     from rankengine.registry import RegistryStore
-    from rankengine.train import Trained
 
 __all__ = [
     "TINY_FEATURES",
@@ -176,7 +176,7 @@ def make_engine(*plugins: Any, enabled: Sequence[str] = ("builtin",),
     return load_engine(enabled, disabled, extra=extra)
 
 
-def train_tiny(config_path: str | Path, engine: Engine | None = None) -> Trained:
+def train_tiny(config_path: str | Path, engine: Engine | None = None) -> ModelBundle:
     """Train the model ``config_path`` describes (no progress bar) and return it."""
     from rankengine.config import load_config
     from rankengine.train import train

@@ -47,7 +47,7 @@ from numpy.typing import NDArray
 from rankengine.errors import DataError, suggest
 
 if TYPE_CHECKING:
-    from rankengine.artifact import LoadedModel
+    from rankengine.bundle import ModelBundle
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
@@ -377,14 +377,14 @@ class TuneResult:
 # -- scoring a file and searching -------------------------------------------------------------
 
 
-def _effective_weights(loaded: LoadedModel) -> dict[str, float]:
+def _effective_weights(loaded: ModelBundle) -> dict[str, float]:
     raw = dict(getattr(loaded.fusion.params, "weights", {}) or {})
     names = loaded.graph.names
     default = 0.0 if raw else 1.0  # the built-in weighted fusions' convention
     return {t: float(raw.get(t, default)) for t in names}
 
 
-def _read(loaded: LoadedModel, data: Path, group: str,
+def _read(loaded: ModelBundle, data: Path, group: str,
           tasks: list[str]) -> tuple[Any, Ints, Floats, int]:
     """(the table, group codes, gains [N, len(tasks)], rows read) with the label policy applied."""
     import pyarrow as pa
@@ -437,7 +437,7 @@ def _read(loaded: LoadedModel, data: Path, group: str,
     return table, group_ids(table, group), gains, rows_read
 
 
-def run_search(loaded: LoadedModel, data: Path, *, group: str, tasks: list[str], k: int,
+def run_search(loaded: ModelBundle, data: Path, *, group: str, tasks: list[str], k: int,
                method: str, trials: int, seed: int, priority: dict[str, float],
                log: Callable[[str], None] = lambda _: None) -> TuneResult:
     """Score ``data`` once, then search the fusion weights of ``tasks``."""

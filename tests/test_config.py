@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from rankengine.config import load_config, parse_config, validate_components
+from rankengine.config import load_config, parse_config
 from rankengine.errors import ConfigError, UnknownComponentError
+from rankengine.plan import make_plan
 from rankengine.pluginmanager import Engine
 
 from .conftest import REPO
@@ -32,14 +33,14 @@ def write(tmp_path: Path, text: str) -> Path:
 @pytest.mark.parametrize("path", ["engine.toml", "examples/census/engine.toml"])
 def test_shipped_configs_are_valid(path: str, engine: Engine) -> None:
     config = load_config(REPO / path)
-    validate_components(config, engine)
+    make_plan(config, engine)
     assert config.features and config.tasks
 
 
 def test_minimal_config_gets_defaults(tmp_path: Path, engine: Engine) -> None:
     config = load_config(write(tmp_path, MINIMAL))
     assert config.model.backbone.kind == "default"  # until the plugins say which
-    validate_components(config, engine)
+    make_plan(config, engine)
     assert config.model.backbone.kind == "mmoe"
     assert config.model.cascade.kind == "esmm"
     assert config.engine.plugins == ["builtin"]
@@ -105,7 +106,7 @@ def test_duplicate_feature_names(tmp_path: Path) -> None:
 def test_unknown_backbone_lists_available_and_suggests(tmp_path: Path, engine: Engine) -> None:
     config = load_config(write(tmp_path, MINIMAL + '\n[model]\nbackbone = "mmeo"\n'))
     with pytest.raises(UnknownComponentError) as info:
-        validate_components(config, engine)
+        make_plan(config, engine)
     message = str(info.value)
     assert "[model.backbone.kind]" in message
     assert "unknown backbone 'mmeo'" in message
@@ -117,7 +118,7 @@ def test_backbone_parameter_typo(tmp_path: Path, engine: Engine) -> None:
     config = load_config(write(
         tmp_path, MINIMAL + '\n[model]\nbackbone = { kind = "mmoe", expert = 4 }\n'))
     with pytest.raises(ConfigError) as info:
-        validate_components(config, engine)
+        make_plan(config, engine)
     message = str(info.value)
     assert "[model.backbone.expert]" in message
     assert "did you mean 'experts'?" in message
@@ -128,25 +129,26 @@ def test_backbone_parameter_wrong_type(tmp_path: Path, engine: Engine) -> None:
     config = load_config(write(
         tmp_path, MINIMAL + '\n[model]\nbackbone = { kind = "mmoe", experts = "four" }\n'))
     with pytest.raises(ConfigError, match=r"\[model\.backbone\.experts\].*'four' \(str\)"):
-        validate_components(config, engine)
+        make_plan(config, engine)
 
 
 def test_encoder_parameter_typo_names_the_feature_index(tmp_path: Path, engine: Engine) -> None:
     text = MINIMAL.replace('kind = "categorical"', 'kind = "categorical"\nhash_bucket = 10')
     config = load_config(write(tmp_path, text))
     with pytest.raises(ConfigError) as info:
-        validate_components(config, engine)
+        make_plan(config, engine)
     assert "[features[0].hash_bucket]" in str(info.value)
     assert "did you mean 'hash_buckets'?" in str(info.value)
 
 
 def test_unknown_task_loss_and_metric(tmp_path: Path, engine: Engine) -> None:
     text = MINIMAL.replace('{ label = "click" }', '{ label = "click", loss = "bec" }')
-    with pytest.raises(UnknownComponentError, match=r"\[tasks\.click\.loss\].*did you mean 'bce'"):
-        validate_components(load_config(write(tmp_path, text)), engine)
+    with pytest.raises(UnknownComponentError,
+                       match=r"\[tasks\.click\.loss\.kind\].*did you mean 'bce'"):
+        make_plan(load_config(write(tmp_path, text)), engine)
     text = MINIMAL + '\n[evaluate]\nmetrics = ["acu"]\n'
     with pytest.raises(UnknownComponentError, match="did you mean 'auc'"):
-        validate_components(load_config(write(tmp_path, text)), engine)
+        make_plan(load_config(write(tmp_path, text)), engine)
 
 
 def test_resolved_config_round_trips() -> None:
@@ -190,7 +192,7 @@ def test_plugin_owned_table_is_validated_by_the_plugin_model(tmp_path: Path) -> 
 
     engine = load_engine(extra=[("audit", _Owner())])
     config = load_config(write(tmp_path, MINIMAL + '\n[plugins.audit]\nsink = "file"\n'))
-    validate_components(config, engine)
+    make_plan(config, engine)
     assert config.plugin_settings("audit").sink == "file"
     assert config.plugin_settings("audit").every == 1
     assert config.plugin_settings("epoch_log").metrics == ["auc"]  # a built-in's own table
@@ -198,10 +200,10 @@ def test_plugin_owned_table_is_validated_by_the_plugin_model(tmp_path: Path) -> 
     bad = load_config(write(tmp_path, MINIMAL + "\n[plugins.audit]\nevry = 2\n"))
     with pytest.raises(ConfigError, match=r"\[plugins\.audit\.evry\]: unknown key 'evry'; "
                                           r"expected one of: every, sink; did you mean 'every'"):
-        validate_components(bad, engine)
+        make_plan(bad, engine)
     wrong = load_config(write(tmp_path, MINIMAL + '\n[plugins.audit]\nevery = "often"\n'))
     with pytest.raises(ConfigError, match=r"\[plugins\.audit\.every\]: .*found 'often'"):
-        validate_components(wrong, engine)
+        make_plan(wrong, engine)
 
 
 def test_table_no_plugin_owns_is_an_error_naming_the_owned_ones(tmp_path: Path,
@@ -209,13 +211,13 @@ def test_table_no_plugin_owns_is_an_error_naming_the_owned_ones(tmp_path: Path,
     config = load_config(write(tmp_path, MINIMAL + "\n[plugins.epoch_lg]\nquiet = true\n"))
     with pytest.raises(UnknownComponentError, match=r"\[plugins\.epoch_lg\]: unknown plugin "
                                                     r"config table 'epoch_lg'.*'epoch_log'"):
-        validate_components(config, engine)
+        make_plan(config, engine)
 
 
 def test_left_out_components_become_the_registered_defaults(tmp_path: Path,
                                                             engine: Engine) -> None:
     config = load_config(write(tmp_path, MINIMAL))
-    validate_components(config, engine)
+    make_plan(config, engine)
     tables = engine.components
     assert config.model.backbone.kind == tables.backbones.default().name
     assert config.fusion.kind == tables.fusions.default().name

@@ -320,7 +320,8 @@ click = { label = "click" }
 def test_early_stopping_does_not_judge_an_epoch_whose_metric_is_undefined(
         tmp_path: Path, funnel_dir: Path, engine) -> None:
     from rankengine.evaluate import select_metrics
-    from rankengine.train import EarlyStopper, build_graph
+    from rankengine.plan import build_graph
+    from rankengine.train import EarlyStopper
 
     text = tiny_config_text(funnel_dir).replace(
         "progress = false", "progress = false\nearly_stopping = { metric = \"auc:order\", "

@@ -377,7 +377,7 @@ def test_cli_errors(reg: Setup, tmp_path: Path) -> None:
 def test_fusion_weights_tags_are_validated_like_the_config(tmp_path: Path, engine) -> None:
     """A tag replaces [fusion] weights at every load: the same checks, naming the tag."""
     from rankengine.fusion import fusion_with_weights
-    from rankengine.train import build_graph
+    from rankengine.plan import build_graph
 
     (tmp_path / "engine.toml").write_text(tiny_config_text(tmp_path))
     config = load_config(tmp_path / "engine.toml")

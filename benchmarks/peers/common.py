@@ -84,28 +84,18 @@ def data_path(seed: int) -> Path:
 def prepare(seed: int) -> dict[str, Any]:
     """Encode the census splits with rankengine's pipeline (filling its data cache) and write
     the same arrays for the peers; returns the layout (feature names, vocabulary sizes)."""
-    from rankengine.config import resolve_component
-    from rankengine.data.dataset import oracle_columns
-    from rankengine.data.pipeline import FeaturePipeline
-    from rankengine.plan import construct
-    from rankengine.train import _encoded_splits, build_graph, engine_for
+    from rankengine.plan import make_plan
+    from rankengine.train.data import encoded_splits
 
     out = data_path(seed)
     meta_path = out.with_suffix(".json")
     if out.exists() and meta_path.exists():
         return json.loads(meta_path.read_text())
-    config = rankengine_config("mmoe", seed=seed, epochs=1, threads=1)
-    engine = engine_for(config)
-    graph = build_graph(config, engine)
-    pipeline = FeaturePipeline(config.features, engine.components.encoders, source=config.source)
-    factory, params = resolve_component(
-        engine.components.sample_weightings, config.loss.sample_weighting.kind,
-        config.loss.sample_weighting.params, key="loss.sample_weighting", source=config.source)
-    weighting = construct(factory, "loss.sample_weighting", config, graph, params)
-    extras = [*oracle_columns(graph), *weighting.columns()]  # what train() asks the cache for
-    encoded, _ = _encoded_splits(config, graph, pipeline, extras, print)
+    plan = make_plan(rankengine_config("mmoe", seed=seed, epochs=1, threads=1))
+    graph, pipeline = plan.graph, plan.pipeline
+    encoded, _ = encoded_splits(plan, print)  # what train() reads, so its cache is filled
     layout = pipeline.layout()
-    categorical = sorted((f for f in layout if f.output == "categorical"), key=lambda f: f.column)
+    categorical = sorted((f for f in layout if f.output == "ids"), key=lambda f: f.column)
     dense = sorted((f for f in layout if f.output == "dense"), key=lambda f: f.column)
     if any(f.dim != 1 for f in dense) or len(dense) != encoded["train"].dense.shape[1]:
         raise RuntimeError("expected one float per dense feature")

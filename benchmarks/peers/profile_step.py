@@ -123,48 +123,26 @@ class Setup:
     """What `train()` builds for the census MMoE, step by step (same calls, same order)."""
 
     def __init__(self, seed: int, threads: int) -> None:
-        from rankengine.config import resolve_component
         from rankengine.data.batching import TensorData
-        from rankengine.data.dataset import oracle_columns
-        from rankengine.data.pipeline import FeaturePipeline
-        from rankengine.evaluate import select_metrics
-        from rankengine.model.assembly import build_model
-        from rankengine.plan import build_losses, construct
-        from rankengine.train import (
-            Objective,
-            _encoded_splits,
-            _optimizer,
-            build_graph,
-            engine_for,
-            seed_everything,
-        )
+        from rankengine.plan import make_plan
+        from rankengine.train import Objective, seed_everything
+        from rankengine.train.data import encoded_splits
+        from rankengine.train.loop import optimizer_for
 
         config = common.rankengine_config("mmoe", seed=seed, epochs=3, threads=threads)
         self.config = config
-        engine = engine_for(config)
         self.generator = seed_everything(seed)
-        graph = build_graph(config, engine)
-        pipeline = FeaturePipeline(config.features, engine.components.encoders,
-                                   source=config.source)
-        factory, params = resolve_component(
-            engine.components.sample_weightings, config.loss.sample_weighting.kind,
-            config.loss.sample_weighting.params, key="loss.sample_weighting",
-            source=config.source)
-        sample_weighting = construct(factory, "loss.sample_weighting", config, graph, params)
-        extras = [*oracle_columns(graph), *sample_weighting.columns()]
-        self.encoded, _ = _encoded_splits(config, engine, graph, pipeline, extras, lambda _m: None)
+        plan = make_plan(config)
+        graph = plan.graph
+        self.encoded, _ = encoded_splits(plan, lambda _m: None)
         self.tensors = {k: TensorData(v) for k, v in self.encoded.items()}
-        self.model = build_model(config, engine, graph, pipeline.layout())
-        factory, params = resolve_component(
-            engine.components.loss_weightings, config.loss.weighting.kind,
-            config.loss.weighting.params, key="loss.weighting", source=config.source)
-        self.weighting = construct(factory, "loss.weighting", config, graph, params)
-        losses = build_losses(config, engine, graph)
-        self.objective = Objective(graph, self.model, losses, sample_weighting)
+        self.model = plan.build_model(plan.pipeline.layout())
+        self.weighting = plan.loss_weighting
+        self.objective = Objective(graph, self.model, plan.losses, plan.sample_weighting)
         self.params = list(self.model.parameters()) + list(self.weighting.parameters())
         self.shared = self.model.shared_parameters()
-        self.optimizer = _optimizer(config, self.params)
-        self.metrics = select_metrics(engine.components.metrics, config.evaluate.metrics)
+        self.optimizer = optimizer_for(config, self.params)
+        self.metrics = plan.metrics
         self.graph = graph
         self.width = self.model.embedder.output_dim
         self.model.train()
@@ -297,7 +275,7 @@ class Setup:
     def validation_times(self) -> dict[str, float]:
         from rankengine.data.batching import iterate_batches
         from rankengine.evaluate import predict_arrays
-        from rankengine.train import _evaluate_split
+        from rankengine.train.evaluation import evaluate_split
 
         model, valid = self.model, self.tensors["valid"]
         size = self.config.train.eval_batch_size
@@ -308,7 +286,7 @@ class Setup:
                     self.objective(model(batch.inputs), batch)
 
         def whole() -> None:
-            _evaluate_split(model, self.objective, self.weighting, valid, self.encoded["valid"],
+            evaluate_split(model, self.objective, self.weighting, valid, self.encoded["valid"],
                             self.config, self.metrics)
 
         def predict() -> None:

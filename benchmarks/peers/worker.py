@@ -147,23 +147,12 @@ class training_step:  # noqa: N801  (used like a function)
     """The loss and backward pass of rankengine's training loop for a trained model."""
 
     def __init__(self, trained: Any) -> None:
-        from rankengine.config import resolve_component
-        from rankengine.plan import build_losses, construct
         from rankengine.train import Objective
 
-        config, engine, graph = trained.config, trained.engine, trained.graph
-        factory, params = resolve_component(
-            engine.components.sample_weightings, config.loss.sample_weighting.kind,
-            config.loss.sample_weighting.params, key="loss.sample_weighting",
-            source=config.source)
-        sample_weighting = construct(factory, "loss.sample_weighting", config, graph, params)
-        losses = build_losses(config, engine, graph)
-        factory, params = resolve_component(
-            engine.components.loss_weightings, config.loss.weighting.kind,
-            config.loss.weighting.params, key="loss.weighting", source=config.source)
-        self.weighting = construct(factory, "loss.weighting", config, graph, params)
+        plan = trained.plan
+        self.weighting = plan.loss_weighting
         self.model = trained.model
-        self.objective = Objective(graph, self.model, losses, sample_weighting)
+        self.objective = Objective(plan.graph, self.model, plan.losses, plan.sample_weighting)
         self.shared = self.model.shared_parameters()
 
     def forward_backward(self, batch: Any) -> torch.Tensor:

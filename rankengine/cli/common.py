@@ -16,7 +16,7 @@ from rich.table import Table
 from rankengine.registry.store import RegistryStore, resolve_url
 
 if TYPE_CHECKING:
-    from rankengine.artifact import LoadedModel
+    from rankengine.bundle import ModelBundle
     from rankengine.config import EngineConfig
     from rankengine.pluginmanager import Engine
 
@@ -63,7 +63,7 @@ def open_store(url: str | None, config: EngineConfig | None = None, *, create: b
     return store
 
 
-def load_model(model: str, registry: str | None) -> LoadedModel:
+def load_model(model: str, registry: str | None) -> ModelBundle:
     """An artifact directory, or a registry reference NAME@ALIAS / NAME/VERSION / NAME."""
     if Path(model).is_dir():
         from rankengine.artifact import load_artifact

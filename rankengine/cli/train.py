@@ -76,7 +76,7 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
     engine = None
     if "fusion_weights" in tag_map:  # replaces the fusion's weights at every load: check now
         from rankengine.fusion import fusion_with_weights
-        from rankengine.train import build_graph, engine_for
+        from rankengine.plan import build_graph, engine_for
 
         engine = engine_for(config)
         fusion_with_weights(config, engine, build_graph(config, engine),
@@ -116,7 +116,7 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
         shutdown()
     if not main_rank:
         return
-    result = trained.result
+    result = trained.trained
     split = "test" if "test" in result.metrics else "valid"
     print_metrics(result.metrics[split], f"{split} metrics (best epoch {result.best_epoch})",
                   trained.engine)

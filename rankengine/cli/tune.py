@@ -26,7 +26,7 @@ from rankengine.tune import (
 )
 
 if TYPE_CHECKING:
-    from rankengine.artifact import LoadedModel
+    from rankengine.bundle import ModelBundle
     from rankengine.registry.store import ModelVersion, RegistryStore
 
 
@@ -65,7 +65,7 @@ def _parse_priority(items: Sequence[str], tasks: list[str]) -> dict[str, float]:
 
 
 def _load(model: str, registry: str | None
-          ) -> tuple[RegistryStore | None, ModelVersion | None, LoadedModel]:
+          ) -> tuple[RegistryStore | None, ModelVersion | None, ModelBundle]:
     if Path(model).is_dir():
         from rankengine.artifact import load_artifact
 

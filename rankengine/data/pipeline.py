@@ -13,10 +13,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from rankengine.components import ComponentTable
-from rankengine.config import FeatureSpec, resolve_component
+from rankengine.config import FeatureSpec
 from rankengine.errors import ArtifactError, DataError
-from rankengine.interfaces import EncoderFactory, FeatureEncoder
+from rankengine.interfaces import FeatureEncoder
 
 
 @dataclass(frozen=True)
@@ -66,17 +65,13 @@ def feature_layout(features: Sequence[FeatureSpec], encoders: Sequence[FeatureEn
 class FeaturePipeline:
     """Encoders for the configured features, in config order."""
 
-    def __init__(
-        self, features: Sequence[FeatureSpec], encoders: ComponentTable[EncoderFactory],
-        *, source: str = "<config>",
-    ) -> None:
+    def __init__(self, features: Sequence[FeatureSpec], encoders: Sequence[FeatureEncoder]) -> None:
+        """``encoders[i]`` encodes ``features[i]`` (built by :func:`rankengine.plan.make_plan`)."""
+        if len(encoders) != len(features):
+            raise ValueError(f"expected one encoder per feature ({len(features)}), found "
+                             f"{len(encoders)}")
         self.features = list(features)
-        self.encoders: list[FeatureEncoder] = []
-        for i, spec in enumerate(self.features):
-            factory, params = resolve_component(
-                encoders, spec.kind, spec.params, key=f"features[{i}]", source=source
-            )
-            self.encoders.append(factory(spec, params))
+        self.encoders: list[FeatureEncoder] = list(encoders)
         self.fitted = False
 
     @property

@@ -1,5 +1,5 @@
 """Model assembly: encoders → feature groups → backbone → one tower per head → cascade."""
 
-from rankengine.model.assembly import FeatureEmbedder, RankingModel, build_cascade, build_model
+from rankengine.model.assembly import FeatureEmbedder, RankingModel, build_model
 
-__all__ = ["FeatureEmbedder", "RankingModel", "build_cascade", "build_model"]
+__all__ = ["FeatureEmbedder", "RankingModel", "build_model"]

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from rankengine.config import EngineConfig, resolve_component
 from rankengine.data.batching import ModelInput
 from rankengine.data.pipeline import FeatureLayout
 from rankengine.errors import ConfigError
-from rankengine.graph import TaskGraph
 from rankengine.interfaces import Backbone, Cascade, CascadeOutput, SharedParameters
 from rankengine.layers import mlp
-from rankengine.plan import build_losses
-from rankengine.pluginmanager import Engine
+
+if TYPE_CHECKING:
+    from rankengine.plan import Plan
 
 
 class FeatureEmbedder(nn.Module):
@@ -192,22 +192,11 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def build_cascade(config: EngineConfig, engine: Engine, graph: TaskGraph) -> Cascade:
-    factory, params = resolve_component(
-        engine.components.cascades, config.model.cascade.kind, config.model.cascade.params,
-        key="model.cascade", source=config.source,
-    )
-    cascade: Cascade = factory(graph, params)
-    return cascade
-
-
-def build_model(
-    config: EngineConfig, engine: Engine, graph: TaskGraph, layout: Sequence[FeatureLayout],
-    links: Sequence[Callable[[torch.Tensor], torch.Tensor]] | None = None,
-) -> RankingModel:
-    """The model; ``links`` (one per graph node, default: each task's loss's ``to_value``)
-    turn regression heads' outputs into values."""
-    components, src = engine.components, config.source
+def build_model(plan: Plan, layout: Sequence[FeatureLayout]) -> RankingModel:
+    """The model of ``plan`` on ``layout``: the plan's cascade, backbone and towers; regression
+    heads map their outputs to values through their tasks' loss links."""
+    config, graph = plan.config, plan.graph
+    src = config.source
     embedder = FeatureEmbedder(layout)
     known_groups = {g for f in layout for g in f.groups}
 
@@ -231,22 +220,13 @@ def build_model(
         backbone_columns = embedder.columns_of([f.name for f in layout
                                                 if f.name not in bias_only])
     input_dim = embedder.output_dim if backbone_columns is None else len(backbone_columns)
-    cascade = build_cascade(config, engine, graph)
+    cascade: Cascade = plan.cascade.build(config, graph, plan.cascade.params)
     heads = cascade.heads()
-    if links is None:
-        links = [loss.to_value for loss in build_losses(config, engine, graph)]
     index = {name: i for i, name in enumerate(graph.names)}
-    cascade.links = [links[index[h.node]] if graph.node(h.node).type == "regression"
-                     else _identity for h in heads]
-    b_factory, b_params = resolve_component(
-        components.backbones, config.model.backbone.kind, config.model.backbone.params,
-        key="model.backbone", source=src,
-    )
-    backbone: Backbone = b_factory(b_params, input_dim=input_dim, num_outputs=len(heads))
-    t_factory, t_params = resolve_component(
-        components.towers, config.model.tower.kind, config.model.tower.params,
-        key="model.tower", source=src,
-    )
+    cascade.links = [plan.losses[index[h.node]].to_value
+                     if graph.node(h.node).type == "regression" else _identity for h in heads]
+    backbone: Backbone = plan.backbone.build(config, plan.backbone.params, input_dim=input_dim,
+                                             num_outputs=len(heads))
     tower_columns: list[list[int]] = []
     for head in heads:
         groups = graph.node(head.node).spec.tower_groups
@@ -257,7 +237,8 @@ def build_model(
         raise ConfigError(f"cascade '{config.model.cascade.kind}' returned {len(dims)} tower "
                           f"input widths from build(); expected one per head ({len(heads)})",
                           source=src, key="model.cascade")
-    towers: list[nn.Module] = [t_factory(t_params, input_dim=dim) for dim in dims]
+    towers: list[nn.Module] = [plan.tower.build(config, plan.tower.params, input_dim=dim)
+                               for dim in dims]
     bias = None
     spec = config.model.bias_tower
     if spec is not None:

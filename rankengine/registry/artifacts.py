@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from rankengine.artifact import MANIFEST, LoadedModel, json_safe, load_artifact, save_artifact
+from rankengine.artifact import MANIFEST, json_safe, load_artifact, save_artifact
+from rankengine.bundle import ModelBundle
 from rankengine.config import EngineConfig
 from rankengine.data.source import SourceTable, open_source
 from rankengine.errors import ArtifactError, RankEngineError, one_line
@@ -30,7 +31,6 @@ from rankengine.fusion import apply_fusion_weights
 from rankengine.pluginmanager import IN_PROCESS
 from rankengine.registry.errors import RegistryError
 from rankengine.registry.store import ModelVersion, RegistryStore, check_model_name
-from rankengine.train import Trained
 
 
 def inside(root: Path, path: Path, *, what: str = "artifact path") -> Path:
@@ -123,7 +123,7 @@ def data_fingerprint(config: EngineConfig, rows: dict[str, int],
     return {"sources": sources, "rows": rows}
 
 
-def register(store: RegistryStore, root: Path, trained: Trained, model: str, *,
+def register(store: RegistryStore, root: Path, trained: ModelBundle, model: str, *,
              tags: dict[str, Any] | None = None,
              parent_version: int | None = None) -> ModelVersion:
     """Record a pending version, write its artifact atomically, load it back, mark it ready.
@@ -137,7 +137,7 @@ def register(store: RegistryStore, root: Path, trained: Trained, model: str, *,
     model = check_model_name(model)
     root = Path(root)
     artifact_dir(root, model, 1)  # an unusable root fails before a version is recorded
-    result = trained.result
+    result = trained.trained
     version = store.create_version(
         model, config=trained.config.resolved_dict(), task_graph=trained.graph.to_dict(),
         plugins=trained.engine.plugin_versions(),
@@ -249,7 +249,7 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def load_version(store: RegistryStore, ref: str, *,
-                 apply_tags: bool = True) -> tuple[ModelVersion, LoadedModel]:
+                 apply_tags: bool = True) -> tuple[ModelVersion, ModelBundle]:
     """Resolve ``NAME@ALIAS`` / ``NAME/VERSION`` / ``NAME`` and load its verified artifact.
 
     With ``apply_tags`` a ``fusion_weights`` tag replaces the artifact's fusion weights.

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from rankengine.artifact import MANIFEST, LoadedModel, read_manifest, sha256_file
+from rankengine.artifact import MANIFEST, read_manifest, sha256_file
+from rankengine.bundle import ModelBundle
 from rankengine.errors import ArtifactError, RankEngineError
 from rankengine.registry.artifacts import digest, load_version, path_of
 from rankengine.registry.store import ModelVersion, RegistryError, RegistryStore
@@ -168,7 +169,7 @@ def gather_report(store: RegistryStore, ref: str, *, max_rows: int = MAX_ROWS,
     return report
 
 
-def _located(loaded: LoadedModel, version: ModelVersion) -> LoadedModel:
+def _located(loaded: ModelBundle, version: ModelVersion) -> ModelBundle:
     """The loaded model with its data paths as training read them.
 
     Versions trained since data paths are saved absolute need nothing; older ones saved the
@@ -185,7 +186,7 @@ def _located(loaded: LoadedModel, version: ModelVersion) -> LoadedModel:
     if not paths:
         return loaded
     config = loaded.config.model_copy(update={"data": data.model_copy(update=paths)})
-    return dataclasses.replace(loaded, config=config)
+    return loaded.replace(config=config)
 
 
 def gather_compare(store: RegistryStore, a: str, b: str, *,
@@ -258,7 +259,7 @@ def _split_of(report: VersionReport) -> str:
 # -- curves -----------------------------------------------------------------------------------
 
 
-def score_curves(loaded: LoadedModel, split: str, *, max_rows: int = MAX_ROWS,
+def score_curves(loaded: ModelBundle, split: str, *, max_rows: int = MAX_ROWS,
                  seed: int = 0) -> CurveSet:
     """Score ``split`` of the loaded model's data (as its config names it) and build curves."""
     from rankengine.data.batching import TensorData
@@ -292,7 +293,7 @@ def score_curves(loaded: LoadedModel, split: str, *, max_rows: int = MAX_ROWS,
     return out
 
 
-def _read_split(loaded: LoadedModel, split: str, columns: list[str], max_rows: int,
+def _read_split(loaded: ModelBundle, split: str, columns: list[str], max_rows: int,
                 seed: int) -> tuple[pa.Table, str, int]:
     """The split's rows (a seeded sample of ``max_rows`` when larger), a description, total."""
     from rankengine.data.io import open_source, read_table
@@ -317,7 +318,7 @@ def _read_split(loaded: LoadedModel, split: str, columns: list[str], max_rows: i
         source = str(path)
     else:
         # Carved out of another file at training time: redo the same seeded split.
-        from rankengine.train import read_splits
+        from rankengine.train.splits import read_splits
 
         splits = read_splits(loaded.config, columns, loaded.config.engine.seed, loaded.engine)
         chosen = splits.test if split == "test" else splits.valid

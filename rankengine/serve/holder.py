@@ -8,8 +8,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from rankengine.artifact import LoadedModel
 from rankengine.backend import Predictor, ServingBackend, backend_class
+from rankengine.bundle import ModelBundle
 from rankengine.errors import RankEngineError
 from rankengine.pluginmanager import Engine, load_engine
 from rankengine.registry.artifacts import FUSION_WEIGHTS_TAG, load_version
@@ -28,13 +28,13 @@ class Served:
 
     name: str
     version: int
-    loaded: LoadedModel
+    loaded: ModelBundle
     predict: Predictor
-    artifact: LoadedModel
+    artifact: ModelBundle
     fusion_tag: Any = None  # the tag as stored: "task=w,..." or an object
 
 
-def with_fusion_tag(artifact: LoadedModel, tag: Any, where: str) -> LoadedModel:
+def with_fusion_tag(artifact: ModelBundle, tag: Any, where: str) -> ModelBundle:
     if not tag:
         return artifact
     from rankengine.fusion import apply_fusion_weights

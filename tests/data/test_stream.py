@@ -12,12 +12,12 @@ import torch
 
 from rankengine.config import load_config
 from rankengine.data import stream
-from rankengine.data.pipeline import FeaturePipeline
 from rankengine.data.source import Fragment
 from rankengine.data.stream import EncodeChunk, StreamingData, read_fragments, sample_fragments
 from rankengine.errors import ConfigError, DataError
+from rankengine.plan import make_plan
 from rankengine.pluginmanager import Engine, load_engine
-from rankengine.train import build_graph, train
+from rankengine.train import train
 
 from ..conftest import tiny_config_text
 
@@ -55,8 +55,8 @@ def test_streamed_epochs_see_every_row_once_in_bounded_chunks(
     path = tmp_path / "engine.toml"
     path.write_text(tiny_config_text(funnel_dir))
     config = load_config(path)
-    graph = build_graph(config, engine)
-    pipeline = FeaturePipeline(config.features, engine.components.encoders)
+    plan = make_plan(config, engine)
+    graph, pipeline = plan.graph, plan.pipeline
     fragments = list_fragments(shards)
     columns = [*{c for f in config.features for c in [f.source]},
                "click", "favorite", "order", "pay", "dwell_time", "request_id"]

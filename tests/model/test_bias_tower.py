@@ -10,13 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from rankengine.bundle import ModelBundle
 from rankengine.config import load_config
 from rankengine.data.batching import TensorData
 from rankengine.data.dataset import encode_table
 from rankengine.errors import ConfigError
 from rankengine.evaluate import predict_arrays
 from rankengine.simulate import SimulationConfig, write_funnel
-from rankengine.train import Trained, train
+from rankengine.train import train
 
 POSITION_BIAS = 1.0
 
@@ -95,13 +96,13 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def trained(tmp_path: Path, data: Path, name: str, **kw: bool) -> Trained:
+def trained(tmp_path: Path, data: Path, name: str, **kw: bool) -> ModelBundle:
     path = tmp_path / f"{name}.toml"
     path.write_text(config_text(data, **kw))
     return train(load_config(path), progress=False)
 
 
-def click_logits(model: Trained, table) -> np.ndarray:  # type: ignore[no-untyped-def]
+def click_logits(model: ModelBundle, table) -> np.ndarray:  # type: ignore[no-untyped-def]
     data = TensorData(encode_table(table, model.pipeline, model.graph,
                                    policy=model.config.data.inconsistent))
     entire, _ = predict_arrays(model.model, data, 8192)

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from rankengine import PluginError, Register, ServingBackend, hookimpl
-from rankengine.artifact import LoadedModel, load_artifact, save_artifact
+from rankengine.artifact import load_artifact, save_artifact
 from rankengine.backend import backend_class, backend_component, reader_of
+from rankengine.bundle import ModelBundle
 from rankengine.config import load_config
 from rankengine.errors import UnknownComponentError
 from rankengine.export import ScoringModule, example_inputs, export, input_names
@@ -22,7 +23,7 @@ from ..conftest import tiny_config_text
 
 
 @pytest.fixture(scope="module")
-def loaded(tmp_path_factory: pytest.TempPathFactory, funnel_dir: Path) -> LoadedModel:
+def loaded(tmp_path_factory: pytest.TempPathFactory, funnel_dir: Path) -> ModelBundle:
     root = tmp_path_factory.mktemp("backends")
     (root / "engine.toml").write_text(
         tiny_config_text(funnel_dir).replace("[train]\nepochs = 2", "[train]\nepochs = 1"))
@@ -30,7 +31,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory, funnel_dir: Path) -> Loaded
     return load_artifact(save_artifact(trained, root / "artifact"))
 
 
-def random_inputs(loaded: LoadedModel, rows: int = 32) -> list[np.ndarray]:
+def random_inputs(loaded: ModelBundle, rows: int = 32) -> list[np.ndarray]:
     generator = torch.Generator().manual_seed(0)
     out = []
     for t in example_inputs(loaded, rows):
@@ -70,7 +71,7 @@ def test_a_back_end_that_is_not_a_serving_backend_class_is_refused() -> None:
         backend_component(engine, "lambda")
 
 
-def test_exported_inputs_are_named_ids_dense_and_the_id_list_features(loaded: LoadedModel
+def test_exported_inputs_are_named_ids_dense_and_the_id_list_features(loaded: ModelBundle
                                                                      ) -> None:
     assert input_names(loaded) == ["ids", "dense", "user_hist_categories"]
     ids, dense, history = example_inputs(loaded, 3)
@@ -82,7 +83,7 @@ def test_exported_inputs_are_named_ids_dense_and_the_id_list_features(loaded: Lo
     assert dense.shape == (3, sum(f.dim for f in layout if f.output == "dense"))
 
 
-def test_the_torch_back_end_is_the_model(loaded: LoadedModel) -> None:
+def test_the_torch_back_end_is_the_model(loaded: ModelBundle) -> None:
     backend = backend_class(loaded.engine)(loaded, threads=1)
     ids, dense, history = random_inputs(loaded)
     entire, conditional = backend(ids, dense, [history])
@@ -94,7 +95,7 @@ def test_the_torch_back_end_is_the_model(loaded: LoadedModel) -> None:
     backend.close()
 
 
-def test_the_onnxruntime_back_end_matches_the_torch_one(loaded: LoadedModel) -> None:
+def test_the_onnxruntime_back_end_matches_the_torch_one(loaded: ModelBundle) -> None:
     pytest.importorskip("onnxruntime")
     table = loaded.engine.components.backends
     by_torch = table.get("torch").factory(loaded, threads=1)
@@ -106,7 +107,7 @@ def test_the_onnxruntime_back_end_matches_the_torch_one(loaded: LoadedModel) -> 
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_the_onnx_reader_runs_an_exported_file(loaded: LoadedModel, tmp_path: Path) -> None:
+def test_the_onnx_reader_runs_an_exported_file(loaded: ModelBundle, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     path = export(loaded, tmp_path / "m.onnx", "onnx")
     reader = reader_of(loaded.engine, "onnx")

@@ -68,9 +68,8 @@ def test_a_third_party_fusion_refusing_the_graph_is_a_config_error(tmp_path: Pat
                                                                    funnel_dir: Path) -> None:
     """The core, not each plugin, turns a constructor's ValueError into a ConfigError."""
     from rankengine import Fusion, Params
-    from rankengine.plan import build_fusion
+    from rankengine.plan import build_fusion, build_graph
     from rankengine.pluginmanager import load_engine
-    from rankengine.train import build_graph
 
     class Picky(Fusion):
         def __init__(self, tasks: list[str], params: Params) -> None:

@@ -474,7 +474,6 @@ def test_curves_of_a_model_trained_with_relative_data_paths(tmp_path: Path, funn
         store.close()
     assert version.config["data"]["test"] == curves["source"]
     # Versions registered before saved relative paths: the data fingerprint's paths stand in.
-    import dataclasses
 
     from rankengine.registry.artifacts import load_version
     from rankengine.report.build import _located
@@ -486,7 +485,7 @@ def test_curves_of_a_model_trained_with_relative_data_paths(tmp_path: Path, funn
         store.close()
     relative = loaded.config.data.model_copy(update={"train": "data/funnel/train.parquet",
                                                      "test": "data/funnel/test.parquet"})
-    old = dataclasses.replace(loaded, config=loaded.config.model_copy(update={"data": relative}))
+    old = loaded.replace(config=loaded.config.model_copy(update={"data": relative}))
     assert _located(old, version).config.data.test == curves["source"]
     assert _located(loaded, version) is loaded
     shutil.move(project / "data", tmp_path / "moved")

@@ -1,0 +1,76 @@
+"""Evaluation during training: a split's loss and metrics, and the gates' expert usage."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from rankengine.components import Component
+from rankengine.config import EngineConfig
+from rankengine.data.batching import TensorData, iterate_batches
+from rankengine.data.dataset import EncodedData
+from rankengine.evaluate import Metrics, node_metrics
+from rankengine.interfaces import LossWeighting, Metric
+from rankengine.model.assembly import RankingModel
+from rankengine.train.objective import Objective
+
+
+@torch.inference_mode()
+def gate_statistics(model: RankingModel, data: TensorData, batch_size: int,
+                    max_rows: int = 200_000) -> dict[str, dict[str, list[Any]]]:
+    """Mean gate weight per expert for each task's main head (the MMoE paper's analysis of
+    which experts each task uses); empty for backbones without gates."""
+    model.eval()
+    names: list[str] = []
+    sums: torch.Tensor | None = None
+    rows = 0
+    for batch in iterate_batches(data, batch_size, shuffle=False):
+        if rows >= max_rows:
+            break
+        model(batch.inputs)
+        gates = model.backbone.gate_weights()
+        if gates is None:
+            return {}
+        names, weights = gates
+        total = weights.double().sum(dim=0)  # [heads, E]
+        sums = total if sums is None else sums + total
+        rows += len(batch)
+    if sums is None:
+        return {}
+    heads = model.cascade.heads()
+    stats = {}
+    for node in model.graph.nodes:
+        index = next((i for i, h in enumerate(heads) if h.node == node.name and h.role == "main"),
+                     next((i for i, h in enumerate(heads) if h.node == node.name), None))
+        if index is not None:
+            stats[node.name] = {"experts": names, "weights": (sums[index] / rows).tolist()}
+    return stats
+
+
+
+@torch.inference_mode()
+def evaluate_split(model: RankingModel, objective: Objective, weighting: LossWeighting,
+                    tensors: TensorData, data: EncodedData, config: EngineConfig,
+                    metrics: list[Component[Metric]]) -> tuple[dict[str, float], Metrics]:
+    model.eval()
+    graph = model.graph
+    sums = torch.zeros(len(graph))
+    rows = 0
+    entire, conditional = [], []
+    for batch in iterate_batches(tensors, config.train.eval_batch_size, shuffle=False):
+        out = model(batch.inputs)  # one forward for the loss and the predictions
+        sums += objective(out, batch) * len(batch)
+        rows += len(batch)
+        entire.append(out.entire(graph))
+        conditional.append(out.conditional(graph))
+    if rows == 0:  # no loss exists on no rows (and 0 would look like a perfect epoch)
+        loss = dict.fromkeys([*graph.names, "total"], math.nan)
+        empty = np.zeros((0, len(graph)))
+        return loss, node_metrics(graph, data, empty, empty, metrics)
+    loss = dict(zip(graph.names, (sums / rows).tolist(), strict=True))
+    loss["total"] = float(weighting.combine(sums / rows))
+    return loss, node_metrics(graph, data, torch.cat(entire).double().numpy(),
+                              torch.cat(conditional).double().numpy(), metrics)

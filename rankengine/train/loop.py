@@ -1,0 +1,322 @@
+"""The training loop: plan, prepare the data, then epochs of steps, evaluation and checkpoints.
+
+The hot loop is tensor code only: batches are gathered column-wise, every task's loss is
+computed from the cascade's log-space outputs and combined by the loss-weighting plugin.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rankengine.bundle import ModelBundle, TrainContext, TrainResult
+from rankengine.checkpoint import Position, module_state, rng_state, set_rng_state
+from rankengine.config import EngineConfig
+from rankengine.data.batching import Batch, TensorData
+from rankengine.distributed import DistContext, context_from_env
+from rankengine.errors import ConfigError, TrainingError
+from rankengine.evaluate import Metrics
+from rankengine.plan import Plan, make_plan
+from rankengine.pluginmanager import Engine
+from rankengine.train.checkpoints import Checkpoints
+from rankengine.train.checks import check_buildable, check_directory
+from rankengine.train.data import PreparedData, prepare_data
+from rankengine.train.evaluation import evaluate_split, gate_statistics
+from rankengine.train.objective import Objective
+from rankengine.train.splits import absolute_data_paths
+from rankengine.train.stopping import EarlyStopper
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool | None = None,
+          log: Callable[[str], None] | None = None, resume: bool = False) -> ModelBundle:
+    """Run a full training job as configured; returns the trained bundle (its ``result``
+    holds the metrics).
+
+    Under ``torchrun`` every rank calls this: each trains on its share of the data and the
+    gradients are averaged after every step (see :mod:`rankengine.distributed`). With
+    ``resume``, training continues from the newest intact checkpoint in
+    ``[train] checkpoint_dir``.
+    """
+    if config.engine.threads:
+        torch.set_num_threads(config.engine.threads)
+    generator = seed_everything(config.engine.seed)
+    with torch.random.fork_rng(devices=[]):  # planning draws nothing the model's init sees
+        plan = make_plan(config, engine)
+        check_buildable(plan)  # in seconds, before any data is read
+    return Trainer(plan, generator, progress=progress, log=log, resume=resume).run()
+
+
+def optimizer_for(config: EngineConfig,
+                  params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    t = config.train
+    # fused: one kernel for every parameter's update (the step's Adam cost drops ~5x on CPU)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
+    return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay, momentum=0.9)
+
+
+class Trainer:
+    """One training run of a plan: its data, model, optimiser, stopper and checkpoints."""
+
+    def __init__(self, plan: Plan, generator: torch.Generator, *, progress: bool | None,
+                 log: Callable[[str], None] | None, resume: bool) -> None:
+        config = plan.config
+        self.plan, self.config, self.graph = plan, config, plan.graph
+        self.generator = generator
+        self.dist: DistContext = context_from_env()
+        self.say: Callable[[str], None] = (log or (lambda _msg: None)) if self.dist.is_main \
+            else (lambda _msg: None)
+        if resume and not config.train.checkpoint_dir:
+            raise ConfigError("--resume needs [train] checkpoint_dir", source=config.source,
+                              key="train.checkpoint_dir")
+        # Folders this run writes into must fail now, not after the data is read or an epoch ran.
+        for key, folder in (("train.checkpoint_dir", config.train.checkpoint_dir),
+                            ("data.cache_dir", config.data.cache_dir)):
+            if folder:
+                check_directory(config.resolve_path(folder), config, key)
+        self.stopper = EarlyStopper(config, plan.graph, plan.metrics)
+
+        self.data: PreparedData = prepare_data(plan, self.dist, self.say)
+        self.tensors = {name: TensorData(data) for name, data in self.data.encoded.items()}
+        self.model = plan.build_model(plan.pipeline.layout())
+        self.bundle = ModelBundle(plan, self.model)
+        self.weighting, self.ranking = plan.loss_weighting, plan.ranking
+        self.checkpoints = Checkpoints(config, self.dist) if config.train.checkpoint_dir \
+            else None
+        self.history: list[dict[str, Any]] = []
+        self.best_epoch, self.seen, self.elapsed_before = 0, 0, 0.0
+        self.position = Position(1, 0)
+        self.restored: dict[str, Any] | None = None
+        if self.checkpoints is not None and resume:
+            found = self.checkpoints.latest(self.say)
+            if found is not None:
+                self.position, self.restored = found
+                self._restore_training_state(self.restored)
+        self.objective = Objective(plan.graph, self.model, plan.losses, plan.sample_weighting)
+        self.params = list(self.model.parameters()) + list(self.weighting.parameters())
+        self.dist.broadcast_parameters(self.params)  # identical replicas whatever the init
+        self.shared = self.model.shared_parameters()
+        self.optimizer = optimizer_for(config, self.params)
+        self.best_state = copy.deepcopy(self.model.state_dict())
+        if self.restored is not None:
+            assert self.checkpoints is not None
+            self.checkpoints.restore_optimizer(self.restored, self.optimizer)
+            self.best_state = self.restored["best_state"]
+        encoded = self.data.encoded
+        self.context = TrainContext(
+            self.bundle, {"train": len(self.data.train),
+                          **{k: len(v) for k, v in encoded.items() if k != "train"}},
+            rank=self.dist.rank, world_size=self.dist.world_size)
+        if log is not None:
+            self.context.log = log
+        self.show = (config.train.progress if progress is None else progress) \
+            and self.dist.is_main
+        self.started = 0.0
+
+    def _restore_training_state(self, state: dict[str, Any]) -> None:
+        assert self.checkpoints is not None
+        self.checkpoints.restore(state, self.model, self.weighting, self.stopper,
+                                 tasks=len(self.graph),
+                                 ranking_generator=self.ranking.generator if self.ranking
+                                 else None)
+        self.history = state["history"]
+        self.best_epoch, self.seen = state["best_epoch"], state["seen"]
+        self.elapsed_before = state["elapsed"]
+        if state.get("stopped"):  # early stopping had ended the run: nothing left to train
+            self.position = Position(self.config.train.epochs + 1, 0)
+
+    def snapshot(self, epoch_generator: torch.Tensor, epoch_sums: torch.Tensor,
+                 epoch_rank_sum: float, stopped: bool = False) -> dict[str, Any]:
+        """Everything a resumed run needs; the epoch_* entries say where in the epoch it is."""
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "weighting": module_state(self.weighting),
+            "stopper": {"best": self.stopper.best, "bad_epochs": self.stopper.bad_epochs},
+            "history": self.history,
+            "best_epoch": self.best_epoch, "best_state": self.best_state, "seen": self.seen,
+            "elapsed": self.elapsed_before + time.perf_counter() - self.started,
+            "epoch_generator": epoch_generator, "epoch_sums": epoch_sums,
+            "epoch_rank_sum": epoch_rank_sum, "rng": rng_state(),
+            "ranking_generator": self.ranking.generator.get_state() if self.ranking else None,
+            "stopped": stopped,
+        }
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self) -> ModelBundle:
+        engine, config = self.plan.engine, self.config
+        engine.hooks.before_train(self.context)
+        self.started = time.perf_counter()
+        for epoch in range(self.position.epoch, config.train.epochs + 1):
+            stop = self.run_epoch(epoch)
+            if stop:
+                break
+        elapsed = self.elapsed_before + time.perf_counter() - self.started
+        seen = int(self.dist.sum(torch.tensor([float(self.seen)])).item())
+        self.model.load_state_dict(self.best_state)
+
+        metrics: dict[str, Metrics] = {}
+        for split in ("valid", "test"):
+            if split in self.data.encoded:
+                metrics[split] = self.evaluate(split)[1]
+        encoded = self.data.encoded
+        result = TrainResult(
+            best_epoch=self.best_epoch, epochs_run=len(self.history), history=self.history,
+            metrics=metrics, train_seconds=elapsed,
+            samples_per_second=seen / elapsed if elapsed else 0.0,
+            label_reports={k: v.report.as_dict() for k, v in encoded.items() if v.report},
+            data_sources=self.data.sources, loss_weights=self.weighting.current_weights(),
+            rows={"train": len(self.data.train), **{k: len(v) for k, v in encoded.items()}},
+            gate_stats=gate_statistics(self.model, self.tensors["valid"],
+                                       config.train.eval_batch_size),
+        )
+        engine.hooks.after_train(self.context, result)
+        # The saved config names its data by absolute paths: an artifact does not live where
+        # engine.toml does, and the report reads the evaluation split back from them.
+        self.plan.config = absolute_data_paths(config)
+        self.bundle.result = result
+        return self.bundle
+
+    def evaluate(self, split: str) -> tuple[dict[str, float], Metrics]:
+        return evaluate_split(self.model, self.objective, self.weighting, self.tensors[split],
+                              self.data.encoded[split], self.config, self.plan.metrics)
+
+    def run_epoch(self, epoch: int) -> bool:
+        """One epoch of steps, then validation, early stopping and the epoch's checkpoint;
+        returns whether to stop."""
+        config, graph, dist = self.config, self.graph, self.dist
+        resuming = self.restored is not None and epoch == self.position.epoch
+        state = self.restored
+        if resuming:
+            assert state is not None
+            self.generator.set_state(state["epoch_generator"])
+        epoch_generator = self.generator.get_state()
+        self.model.train()
+        sums = torch.zeros(len(graph))
+        rank_sum = 0.0
+        steps = 0  # this rank's batches
+        global_steps = 0  # steps every rank took together
+        bar = tqdm(total=len(self.data.train), unit="rows", unit_scale=True,
+                   disable=not self.show, desc=f"epoch {epoch}/{config.train.epochs}",
+                   leave=False)
+        batches: Iterator[Batch] = self.data.train.batches(
+            config.train.batch_size, self.generator, self.ranking is not None)
+        if resuming:
+            assert state is not None
+            for _ in range(self.position.batches):  # replay the data order to the checkpoint
+                if next(batches, None) is not None:
+                    steps += 1
+            global_steps = self.position.batches
+            sums, rank_sum = state["epoch_sums"], state["epoch_rank_sum"]
+            set_rng_state(state["rng"])
+        while True:
+            batch = next(batches, None)
+            if batch is None and not dist.active:
+                break
+            task_losses, rank_loss, total = self.step(batch, epoch, steps)
+            if not dist.average_gradients(self.params, batch is not None):
+                break  # every rank has run out of data
+            self.optimizer.step()
+            global_steps += 1
+            if batch is not None:
+                sums += task_losses.detach()
+                rank_sum += rank_loss
+                steps += 1
+                self.seen += len(batch)
+                if self.show:
+                    bar.update(len(batch))
+                    if steps % 20 == 0:
+                        bar.set_postfix(loss=f"{total:.4f}")
+            if self.checkpoints is not None and self.checkpoints.due(global_steps):
+                self.checkpoints.save(Position(epoch, global_steps),
+                                      self.snapshot(epoch_generator, sums.clone(), rank_sum))
+        bar.close()
+        return self.end_epoch(epoch, sums, steps, rank_sum)
+
+    def step(self, batch: Batch | None, epoch: int, steps: int,
+             ) -> tuple[torch.Tensor, float, float]:
+        """Forward and backward of one batch (None: this rank has no batch left but others
+        do; it still joins the gradient averaging). Returns the per-task losses, the ranking
+        loss and the step's total loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if batch is None:
+            return torch.zeros(len(self.graph)), 0.0, 0.0
+        out = self.model(batch.inputs)
+        task_losses = self.objective(out, batch)
+        rank_value = 0.0
+        rank_loss = None
+        if self.ranking is not None:  # its gradient first; the weighting's backward adds
+            rank_loss = self.ranking(out, batch)
+            if torch.isfinite(rank_loss):
+                rank_loss.backward(retain_graph=True)  # type: ignore[no-untyped-call]
+            rank_value = float(rank_loss.detach())
+        # a learnable cascade's own loss (a calibrator penalty, a regulariser)
+        auxiliary = self.model.cascade.auxiliary_loss()
+        if auxiliary is not None and torch.isfinite(auxiliary):
+            auxiliary.backward(retain_graph=True)  # type: ignore[no-untyped-call]
+        total = self.weighting.backward(task_losses, self.shared) \
+            if torch.isfinite(task_losses).all() else task_losses.sum()
+        if rank_loss is not None:
+            total = total.detach() + rank_loss.detach()
+        if auxiliary is not None:
+            total = total.detach() + auxiliary.detach()
+        if not torch.isfinite(total):
+            raise TrainingError(
+                f"epoch {epoch}, step {steps + 1}: loss became {total.item()} (per task: "
+                f"{dict(zip(self.graph.names, task_losses.tolist(), strict=True))}); "
+                f"lower [train] lr or check the inputs"
+            )
+        return task_losses, rank_value, float(total.detach())
+
+    def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, rank_sum: float) -> bool:
+        """Average the epoch's losses over ranks, validate, judge, checkpoint; True: stop."""
+        config, graph = self.config, self.graph
+        totals = self.dist.sum(torch.cat([sums, torch.tensor([float(steps), rank_sum])]))
+        mean_losses = totals[:len(graph)] / max(float(totals[-2]), 1.0)
+        train_loss = dict(zip(graph.names, mean_losses.tolist(), strict=True))
+        self.weighting.after_epoch(epoch, train_loss)
+        valid_loss, valid_metrics = self.evaluate("valid")
+        record = {
+            "epoch": epoch, "train_loss": train_loss,
+            "train_loss_total": float(self.weighting.combine(mean_losses).detach()),
+            "valid_loss": valid_loss,
+            "valid": valid_metrics, "loss_weights": self.weighting.current_weights(),
+        }
+        if self.ranking is not None:
+            record["train_ranking_loss"] = float(totals[-1]) / max(float(totals[-2]), 1.0)
+        self.history.append(record)
+        self.plan.engine.hooks.after_epoch(self.context, epoch, record)
+        improved, stop = self.stopper.update(epoch, valid_loss, valid_metrics)
+        if config.train.early_stopping is not None:
+            why = self.stopper.undefined(valid_loss, valid_metrics)
+            if why:
+                self.say(f"early stopping: {config.train.early_stopping.metric} is undefined "
+                         f"at epoch {epoch} ({why}); the epoch is not judged")
+        if improved:
+            self.best_epoch = epoch
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        if self.checkpoints is not None:
+            self.checkpoints.save(Position(epoch + 1, 0),
+                                  self.snapshot(self.generator.get_state(),
+                                                torch.zeros(len(graph)), 0.0, stopped=stop))
+        if stop:
+            metric = config.train.early_stopping.metric if config.train.early_stopping else ""
+            self.say(f"early stopping after epoch {epoch}: no improvement of {metric} since "
+                     f"epoch {self.best_epoch}")
+        return stop
