@@ -11,11 +11,13 @@ from rankengine.data.batching import ModelInput
 from rankengine.data.source import DataSource
 from rankengine.errors import (
     ArtifactError,
+    BadRequestError,
     ConfigError,
     DataError,
     GraphError,
     PluginError,
     RankEngineError,
+    UnscorableError,
     suggest,
 )
 from rankengine.graph import TaskGraph
@@ -57,6 +59,7 @@ __all__ = [
     "ArtifactError",
     "Backbone",
     "BackboneFactory",
+    "BadRequestError",
     "Cascade",
     "CascadeFactory",
     "CascadeOutput",
@@ -100,6 +103,7 @@ __all__ = [
     "TrainContext",
     "TrainResult",
     "Undefined",
+    "UnscorableError",
     "Width",
     "__version__",
     "hookimpl",

@@ -96,6 +96,23 @@ class ServingBackend(ABC):
 
     # -- helpers for implementations ----------------------------------------------------------
 
+    def run_torch(self, ids: np.ndarray, dense: np.ndarray,
+                  id_lists: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The torch model's ``(entire, conditional)`` on the encoded input, as float64: what
+        the built-in torch back end answers, through the scoring path every command runs
+        (:class:`rankengine.scoring.PredictionModule`). A back end wrapping the torch model
+        calls it."""
+        import torch
+
+        from rankengine.scoring import PredictionModule
+
+        module = getattr(self, "_torch_predictions", None)
+        if module is None:  # built once; eval() walks every module (~0.2 ms per request)
+            module = self._torch_predictions = PredictionModule(self.loaded.model)
+        with torch.inference_mode():
+            entire, conditional = module.predict(self.model_input(ids, dense, id_lists))
+        return entire.double().cpu().numpy(), conditional.double().cpu().numpy()
+
     @staticmethod
     def model_input(ids: np.ndarray, dense: np.ndarray,
                     id_lists: Sequence[np.ndarray]) -> ModelInput:
@@ -114,9 +131,10 @@ class ServingBackend(ABC):
     def export_predictions(self, path: Path, fmt: str) -> Path:
         """Write the model to ``path`` in export format ``fmt`` as a graph
         ``(ids, dense, *id_lists) -> (entire, conditional)`` (outputs named so)."""
-        from rankengine.export import PredictionModule, export
+        from rankengine.export import export
+        from rankengine.scoring import PredictionModule
 
-        return export(self.loaded, path, fmt, module=PredictionModule(self.loaded),
+        return export(self.loaded, path, fmt, module=PredictionModule(self.loaded.model),
                       output_names=("entire", "conditional"))
 
 

@@ -44,6 +44,21 @@ class ArtifactError(RankEngineError):
     """A model artifact is missing, incomplete or fails its checksum."""
 
 
+class BadRequestError(RankEngineError):
+    """A client's mistake in a request to the server: answered with ``status`` (400) and this
+    message, never a 5xx."""
+
+    status = 400
+
+
+class UnscorableError(BadRequestError):
+    """A well-formed request the model cannot score: some prediction or the fused score of a
+    candidate is not a finite number (extreme feature values). Answered with 422. A serving
+    back end raises it for a candidate it refuses to score."""
+
+    status = 422
+
+
 def one_line(text: str) -> str:
     """``text`` with every run of whitespace, newlines included, as one space: errors are one
     line wherever they come from (a driver, Arrow, a plugin)."""

@@ -9,62 +9,19 @@ configured, add the AUC of the true probabilities next to the model's.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
 import numpy as np
-import torch
 
 from rankengine.components import Component, ComponentTable
-from rankengine.data.batching import TensorData, iterate_batches
 from rankengine.data.dataset import EncodedData
-from rankengine.errors import DataError
 from rankengine.graph import TaskGraph
 from rankengine.interfaces import Metric
-from rankengine.model.assembly import RankingModel
 
 #: task → metric → value (NaN where undefined), plus ``"undefined"``: metric → reason
 Metrics = dict[str, dict[str, Any]]
-
-
-@torch.inference_mode()
-def predict_arrays(
-    model: RankingModel, data: TensorData, batch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Entire-space and conditional predictions ``[N, T]`` (float64) for every row."""
-    model.eval()
-    graph = model.graph
-    entire, conditional = [], []
-    for batch in iterate_batches(data, batch_size, shuffle=False):
-        out = model(batch.inputs)
-        entire.append(out.entire(graph))
-        conditional.append(out.conditional(graph))
-    t = len(graph)
-    if not entire:
-        return np.zeros((0, t)), np.zeros((0, t))
-    return (torch.cat(entire).double().numpy(), torch.cat(conditional).double().numpy())
-
-
-def require_finite(outputs: Mapping[str, np.ndarray], label: Callable[[int], str], *,
-                   error: type[Exception] = DataError) -> None:
-    """Raise ``error`` naming the first row (``label(row)``) whose outputs (``p_click``,
-    ``score`` ...) are not all finite, and that output. A NaN from an extreme feature value
-    would otherwise be a silent NaN metric, a missing score, or a candidate ranked nowhere."""
-    if not outputs:
-        return
-    finite = np.logical_and.reduce([np.isfinite(v) for v in outputs.values()])
-    if finite.all():
-        return
-    row = int(np.flatnonzero(~finite)[0])
-    name = next(k for k, v in outputs.items() if not np.isfinite(v[row]))
-    raise error(f"{label(row)}: its {name} is {float(outputs[name][row])}, not a finite number; "
-                f"check its feature values for extreme numbers")
-
-
-def entire_outputs(entire: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """``p_<task>`` → the entire-space prediction column, as scoring names them."""
-    return {f"p_{name}": entire[:, i] for i, name in enumerate(names)}
 
 
 def select_metrics(

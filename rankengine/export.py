@@ -2,7 +2,8 @@
 
 The exported graph takes the *encoded* inputs (the artifact's ``pipeline.json`` holds the
 vocabularies and normalisers) and returns ``[B, T + 1]``: the entire-space prediction of every
-task in graph order, then the fused score. Outputs match rankengine's own within 1e-5.
+task in graph order, then the fused score (:class:`rankengine.scoring.ScoringModule`, the
+scoring path every command runs). Outputs match rankengine's own within 1e-5.
 """
 
 from __future__ import annotations
@@ -18,43 +19,9 @@ import torch
 from torch import nn
 
 from rankengine.bundle import ModelBundle
-from rankengine.data.batching import ModelInput
 from rankengine.errors import ArtifactError, RankEngineError
 from rankengine.files import os_reason
-
-
-class ScoringModule(nn.Module):
-    """``forward(ids, dense, *id_lists) -> [B, T + 1]``: every task's entire-space prediction,
-    then the fused score."""
-
-    def __init__(self, loaded: ModelBundle) -> None:
-        super().__init__()
-        self.model = loaded.model.eval()
-        self.fusion = loaded.fusion
-        self.graph = loaded.graph
-
-    def forward(self, ids: torch.Tensor, dense: torch.Tensor,
-                *id_lists: torch.Tensor) -> torch.Tensor:
-        entire = self.model(ModelInput(ids, dense, list(id_lists))).entire(self.graph)
-        return torch.cat([entire, self.fusion(entire).unsqueeze(1)], dim=1)
-
-
-class PredictionModule(nn.Module):
-    """``forward(ids, dense, *id_lists) -> (entire [B, T], conditional [B, T])``.
-
-    What serving back ends that run an exported graph run: fusion stays outside the graph so
-    that per-request fusion weights keep working.
-    """
-
-    def __init__(self, loaded: ModelBundle) -> None:
-        super().__init__()
-        self.model = loaded.model.eval()
-        self.graph = loaded.graph
-
-    def forward(self, ids: torch.Tensor, dense: torch.Tensor,
-                *id_lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(ModelInput(ids, dense, list(id_lists)))
-        return out.entire(self.graph), out.conditional(self.graph)
+from rankengine.scoring import PredictionModule, ScoringModule
 
 
 def _id_list_features(loaded: ModelBundle) -> list[tuple[str, int]]:
@@ -92,7 +59,7 @@ def export(loaded: ModelBundle, output: Path, fmt: str, *,
            module: nn.Module | None = None, output_names: tuple[str, ...] = ("predictions",)
            ) -> Path:
     """Write ``module`` (default: :class:`ScoringModule`) to ``output``, atomically."""
-    module = (module or ScoringModule(loaded)).eval()
+    module = (module or ScoringModule(loaded.model, loaded.fusion)).eval()
     inputs = example_inputs(loaded)
     if not output.name or output.name in (".", ".."):
         raise ArtifactError(f"{str(output) or repr('')}: expected a file name to export to")
@@ -149,5 +116,9 @@ def _write(module: nn.Module, inputs: tuple[torch.Tensor, ...], loaded: ModelBun
 
 def reference_outputs(loaded: ModelBundle, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
     with torch.inference_mode():
-        result: np.ndarray = ScoringModule(loaded)(*inputs).numpy()
+        result: np.ndarray = ScoringModule(loaded.model, loaded.fusion)(*inputs).numpy()
     return result
+
+
+__all__ = ["PredictionModule", "ScoringModule", "example_inputs", "export", "input_names",
+           "reference_outputs"]

@@ -32,9 +32,11 @@ if TYPE_CHECKING:
     import click
     from pydantic import BaseModel
 
+    from rankengine.backend import ServingBackend
     from rankengine.bundle import TrainContext, TrainResult
     from rankengine.components import Register
     from rankengine.config import EngineConfig, TaskSpec
+    from rankengine.data.source import DataSource
     from rankengine.interfaces import (
         BackboneFactory,
         CascadeFactory,
@@ -180,7 +182,7 @@ def rankengine_register_metrics(register: Register[Metric]) -> None:
 
 
 @hookspec
-def rankengine_register_sources(register: Register[Any]) -> None:
+def rankengine_register_sources(register: Register[type[DataSource]]) -> None:
     """Register data sources: file formats (or directories, streams) rankengine reads.
 
     The factory is a :class:`rankengine.DataSource` subclass; see its docstring for what the
@@ -193,7 +195,7 @@ def rankengine_register_sources(register: Register[Any]) -> None:
 
 
 @hookspec
-def rankengine_register_backends(register: Register[Any]) -> None:
+def rankengine_register_backends(register: Register[type[ServingBackend]]) -> None:
     """Register serving back ends (``rankengine serve --backend NAME``).
 
     The factory is a :class:`rankengine.ServingBackend` subclass, constructed once per served

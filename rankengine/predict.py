@@ -10,14 +10,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
-import torch
 
 from rankengine.bundle import ModelBundle
 from rankengine.data.batching import TensorData
 from rankengine.data.dataset import EncodedData
 from rankengine.errors import DataError
-from rankengine.evaluate import entire_outputs, predict_arrays, require_finite
 from rankengine.files import os_reason, umask
+from rankengine.scoring import PredictionModule, named_outputs
 
 
 def score_table(loaded: ModelBundle, table: pa.Table, *, where: str = "data",
@@ -31,21 +30,14 @@ def score_table(loaded: ModelBundle, table: pa.Table, *, where: str = "data",
     categorical, dense, sequences = loaded.pipeline.transform(table, where=where)
     labels = np.zeros((table.num_rows, len(loaded.graph)), dtype=np.float32)
     data = TensorData(EncodedData(categorical, dense, sequences, labels))
-    entire, conditional = predict_arrays(loaded.model, data, batch_size)
-    out = entire_outputs(entire, loaded.graph.names)
-    for i, name in enumerate(loaded.graph.names):
-        if loaded.graph.parent_index[i] >= 0:
-            out[f"pc_{name}"] = conditional[:, i]
-    with torch.inference_mode():
-        out["score"] = loaded.fusion(torch.from_numpy(entire)).numpy()
+    entire, conditional = PredictionModule(loaded.model).predict_all(data, batch_size)
 
     def label(row: int) -> str:
         item = f" (item_id {table.column('item_id')[row].as_py()})" \
             if "item_id" in table.column_names else ""
         return f"{where}: row {row}{item}"
 
-    require_finite(out, label)
-    return out
+    return named_outputs(loaded.graph, loaded.fusion, entire, conditional, label=label)
 
 
 def write_table(table: pa.Table, path: str | Path) -> Path:

@@ -90,7 +90,7 @@ def test_artifact_round_trip_gives_identical_predictions(trained, tmp_path: Path
     # Predictions from the in-memory model and from the artifact agree exactly.
     from rankengine.data.batching import TensorData
     from rankengine.data.dataset import encode_table
-    from rankengine.evaluate import predict_arrays
+    from rankengine.scoring import predict_arrays
 
     data = encode_table(table, trained.pipeline, trained.graph, policy="error")
     entire, _ = predict_arrays(trained.model, TensorData(data), 4096)

@@ -274,7 +274,7 @@ class Setup:
 
     def validation_times(self) -> dict[str, float]:
         from rankengine.data.batching import iterate_batches
-        from rankengine.evaluate import predict_arrays
+        from rankengine.scoring import predict_arrays
         from rankengine.train.evaluation import evaluate_split
 
         model, valid = self.model, self.tensors["valid"]

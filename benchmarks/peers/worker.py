@@ -94,7 +94,7 @@ def run_rankengine(args: argparse.Namespace) -> dict[str, Any]:
     import rankengine
     from rankengine.data.batching import TensorData, iterate_batches
     from rankengine.data.dataset import EncodedData
-    from rankengine.evaluate import predict_arrays
+    from rankengine.scoring import predict_arrays
     from rankengine.train import train
 
     meta = common.load_meta(args.seed)

@@ -26,13 +26,8 @@ def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -
     from rankengine.data.batching import TensorData
     from rankengine.data.dataset import encode_table, label_columns, oracle_columns
     from rankengine.data.io import read_table
-    from rankengine.evaluate import (
-        entire_outputs,
-        node_metrics,
-        predict_arrays,
-        require_finite,
-        select_metrics,
-    )
+    from rankengine.evaluate import node_metrics, select_metrics
+    from rankengine.scoring import PredictionModule, named_outputs
 
     loaded = load_model(model, registry)
     cfg, graph = loaded.config, loaded.graph
@@ -44,8 +39,10 @@ def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -
                        csv=cfg.data.csv, sources=loaded.engine.components.sources)
     data = encode_table(table, loaded.pipeline, graph, policy=cfg.data.inconsistent,
                         group=cfg.data.group, extras=extras, where=str(data_path))
-    entire, conditional = predict_arrays(loaded.model, TensorData(data), cfg.train.eval_batch_size)
-    require_finite(entire_outputs(entire, graph.names), lambda row: f"{data_path}: row {row}")
+    entire, conditional = PredictionModule(loaded.model).predict_all(
+        TensorData(data), cfg.train.eval_batch_size)
+    named_outputs(graph, loaded.fusion, entire, conditional,  # no silent NaN metric
+                  label=lambda row: f"{data_path}: row {row}")
     metrics = node_metrics(graph, data, entire, conditional,
                            select_metrics(loaded.engine.components.metrics, cfg.evaluate.metrics))
     if as_json:

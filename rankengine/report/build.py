@@ -264,7 +264,7 @@ def score_curves(loaded: ModelBundle, split: str, *, max_rows: int = MAX_ROWS,
     """Score ``split`` of the loaded model's data (as its config names it) and build curves."""
     from rankengine.data.batching import TensorData
     from rankengine.data.dataset import encode_table, label_columns
-    from rankengine.evaluate import entire_outputs, predict_arrays, require_finite
+    from rankengine.scoring import PredictionModule, named_outputs
 
     cfg, graph = loaded.config, loaded.graph
     columns = [*loaded.pipeline.source_columns, *label_columns(graph)]
@@ -274,9 +274,10 @@ def score_curves(loaded: ModelBundle, split: str, *, max_rows: int = MAX_ROWS,
     table, source, total = _read_split(loaded, split, columns, max_rows, seed)
     data = encode_table(table, loaded.pipeline, graph, policy=cfg.data.inconsistent,
                         group=cfg.data.group, where=source)
-    entire, conditional = predict_arrays(loaded.model, TensorData(data),
-                                         cfg.train.eval_batch_size)
-    require_finite(entire_outputs(entire, graph.names), lambda row: f"{source}: row {row}")
+    entire, conditional = PredictionModule(loaded.model).predict_all(
+        TensorData(data), cfg.train.eval_batch_size)
+    named_outputs(graph, loaded.fusion, entire, conditional,  # no silent NaN curve
+                  label=lambda row: f"{source}: row {row}")
     labels = data.labels.astype(np.float64)
     out = CurveSet(split, source, len(data), total)
     for i, node in enumerate(graph.nodes):

@@ -1,4 +1,7 @@
-"""Request payloads → encoded arrays → predictions, with errors that name the field."""
+"""Request payloads → encoded arrays → predictions, with errors that name the field.
+
+The predictions become outputs through :func:`rankengine.scoring.named_outputs`, as in every
+other command."""
 
 from __future__ import annotations
 
@@ -8,24 +11,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from rankengine.errors import DataError, one_line
-from rankengine.evaluate import entire_outputs, require_finite
+# BadRequestError / UnscorableError: imported from here by the server's routes
+from rankengine.errors import BadRequestError, DataError, UnscorableError, one_line
+from rankengine.scoring import named_outputs
 from rankengine.serve.holder import Served
-
-
-class BadRequestError(Exception):
-    """A client mistake: answered with ``status`` (400) and this message."""
-
-    status = 400
-
-
-class UnscorableError(BadRequestError):
-    """A well-formed request the model cannot score: some prediction or the fused score of a
-    candidate is not a finite number (extreme feature values). Answered with 422."""
-
-    status = 422
 
 
 def row_label(i: int) -> str:
@@ -207,15 +197,11 @@ def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, p
             fusion = fusion.with_weights(weights)
         except ValueError as exc:  # checked by the request parser; a plugin may refuse more
             raise BadRequestError(f"fusion_weights: {one_line(str(exc))}") from None
-    with torch.inference_mode():
-        fused = fusion(torch.from_numpy(entire)).numpy()
-    out = entire_outputs(entire, loaded.graph.names)
-    for i, name in enumerate(loaded.graph.names):
-        if loaded.graph.parent_index[i] >= 0:
-            out[f"pc_{name}"] = conditional[:, i]
-    out["score"] = fused
-    require_finite(out, label, error=UnscorableError)  # a NaN score sorts nowhere
+    # a NaN score sorts nowhere: such a candidate is a 422 naming it
+    out = named_outputs(loaded.graph, fusion, entire, conditional, label=label,
+                        error=UnscorableError)
     if timings is not None:
         timings["encode"] = encoded_at - started
         timings["model"] = time.perf_counter() - encoded_at
     return out
+

@@ -15,7 +15,7 @@ from rankengine.config import load_config
 from rankengine.data.batching import TensorData
 from rankengine.data.dataset import encode_table
 from rankengine.errors import ConfigError
-from rankengine.evaluate import predict_arrays
+from rankengine.scoring import predict_arrays
 from rankengine.simulate import SimulationConfig, write_funnel
 from rankengine.train import train
 

@@ -15,8 +15,9 @@ from rankengine.backend import backend_class, backend_component, reader_of
 from rankengine.bundle import ModelBundle
 from rankengine.config import load_config
 from rankengine.errors import UnknownComponentError
-from rankengine.export import ScoringModule, example_inputs, export, input_names
+from rankengine.export import example_inputs, export, input_names
 from rankengine.pluginmanager import Engine, load_engine
+from rankengine.scoring import ScoringModule
 from rankengine.train import train
 
 from ..conftest import tiny_config_text
@@ -90,7 +91,8 @@ def test_the_torch_back_end_is_the_model(loaded: ModelBundle) -> None:
     assert entire.dtype == conditional.dtype == np.float64
     assert entire.shape == conditional.shape == (32, len(loaded.graph))
     with torch.inference_mode():
-        scored = ScoringModule(loaded)(*map(torch.from_numpy, (ids, dense, history))).numpy()
+        scorer = ScoringModule(loaded.model, loaded.fusion)
+        scored = scorer(*map(torch.from_numpy, (ids, dense, history))).numpy()
     np.testing.assert_allclose(entire, scored[:, :-1], atol=1e-6)
     backend.close()
 
@@ -115,6 +117,6 @@ def test_the_onnx_reader_runs_an_exported_file(loaded: ModelBundle, tmp_path: Pa
     inputs = random_inputs(loaded, 8)
     got = reader.run_exported(path, dict(zip(input_names(loaded), inputs, strict=True)))[0]
     with torch.inference_mode():
-        want = ScoringModule(loaded)(*map(torch.from_numpy, inputs)).numpy()
+        want = ScoringModule(loaded.model, loaded.fusion)(*map(torch.from_numpy, inputs)).numpy()
     assert got.shape == (8, len(loaded.graph) + 1)
     np.testing.assert_allclose(got, want, atol=1e-5)

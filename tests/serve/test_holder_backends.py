@@ -124,3 +124,28 @@ def test_rankengine_serve_refuses_an_unknown_back_end_before_serving(registry: t
     assert result.exit_code == 1, result.output
     assert result.output.strip() == ("Error: demo/1: unknown serving back end 'tensorrt'; "
                                      "available: onnxruntime, torch")
+
+
+class RefusingBackend(CountingBackend):
+    """Refuses to score: a back end's own check (e.g. an out-of-range prediction)."""
+
+    def predict(self, ids: np.ndarray, dense: np.ndarray,
+                id_lists: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        from rankengine import UnscorableError
+
+        raise UnscorableError(f"row 0 of {len(ids)}: refused by the refusing back end")
+
+
+def test_a_back_end_refusing_a_candidate_is_a_422_not_a_500(
+        served: tuple, counting: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A back end signals "this candidate cannot be scored" with the public UnscorableError;
+    the client gets 422 and the back end's message, as for a non-finite score."""
+    _, store, funnel = served
+    monkeypatch.setattr(CountingPlugin, "rankengine_register_backends",
+                        hookimpl(lambda self, register: register("counting", RefusingBackend)))
+    holder = ModelHolder(store, "demo@champion", backend="counting")
+    with Server(create_app(holder, ServeSettings(max_candidates=50))) as refusing:
+        wait_ready(refusing)
+        answer = refusing.post("/v1/rank", json=rank_payload(funnel, 3))
+    assert answer.status_code == 422, answer.text
+    assert "row 0 of 3: refused by the refusing back end" in answer.text
