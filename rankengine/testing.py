@@ -115,24 +115,27 @@ cascade = "esm2"
 DEFAULT_FUSION = 'kind = "weighted_product"\nweights = { click = 1.0, order = 1.0 }'
 
 
-def make_dataset(out_dir: str | Path, *, requests: int = 1500, seed: int = 5) -> Path:
+def make_dataset(out_dir: str | Path, *, requests: int = 1500, users: int = 300,
+                 items: int = 200, seed: int = 5) -> Path:
     """Write a small simulated funnel (train / valid / test parquet) into ``out_dir``."""
     from rankengine.simulate import SimulationConfig, write_funnel
 
     out = Path(out_dir)
-    write_funnel(out, SimulationConfig(requests=requests, users=300, items=200, seed=seed))
+    write_funnel(out, SimulationConfig(requests=requests, users=users, items=items, seed=seed))
     return out
 
 
 def tiny_config_text(data_dir: str | Path, *, plugins: Sequence[str] = ("builtin",),
                      fusion: str = DEFAULT_FUSION, model: str = DEFAULT_MODEL,
-                     tasks: str = TINY_TASKS, epochs: int = 1, extra: str = "") -> str:
+                     tasks: str = TINY_TASKS, features: str = TINY_FEATURES, epochs: int = 1,
+                     batch_size: int = 128, lr: float = 1e-2, extra: str = "") -> str:
     """An engine.toml that trains in a second or two on :func:`make_dataset`'s data.
 
     One epoch of a 3k-parameter MMoE + ESM² already ranks (validation AUC around 0.7).
 
     ``fusion`` is the body of the ``[fusion]`` table, ``model`` the whole ``[model]`` table,
-    ``extra`` any further tables (``[evaluate]``, ``[loss]``, ``[registry]`` ...).
+    ``tasks`` and ``features`` the ``[tasks]`` and ``[[features]]`` tables, ``extra`` any
+    further tables (``[evaluate]``, ``[loss]``, ``[registry]`` ...).
     """
     data = Path(data_dir)
     enabled = ", ".join(f'"{p}"' for p in plugins)
@@ -149,11 +152,11 @@ def tiny_config_text(data_dir: str | Path, *, plugins: Sequence[str] = ("builtin
 
         [train]
         epochs = {epochs}
-        batch_size = 128
-        lr = 1e-2
+        batch_size = {batch_size}
+        lr = {lr}
         progress = false
         """)
-    return f"{head}\n[fusion]\n{fusion}\n{extra}\n{model}\n{tasks}\n{TINY_FEATURES}"
+    return f"{head}\n[fusion]\n{fusion}\n{extra}\n{model}\n{tasks}\n{features}"
 
 
 def make_engine(*plugins: Any, enabled: Sequence[str] = ("builtin",),

@@ -1,28 +1,29 @@
-"""Shared fixtures: a small simulated funnel on disk and a tiny engine.toml around it."""
+"""Shared fixtures: a small simulated funnel on disk and a tiny engine.toml around it.
+
+Built with rankengine.testing (what plugin authors use), with a larger funnel, id features and
+oracle columns, so the suite also checks the oracle metrics."""
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from rankengine.pluginmanager import Engine, load_engine
-from rankengine.simulate import SimulationConfig, write_funnel
+from rankengine import testing
+from rankengine.pluginmanager import Engine
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def funnel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("funnel")
-    write_funnel(out, SimulationConfig(requests=3000, users=500, items=300, seed=3))
-    return out
+    return testing.make_dataset(tmp_path_factory.mktemp("funnel"), requests=3000, users=500,
+                                items=300, seed=3)
 
 
 @pytest.fixture(scope="session")
 def engine() -> Engine:
-    return load_engine()
+    return testing.make_engine()
 
 
 TINY_FEATURES = """
@@ -90,36 +91,10 @@ weight = 0.1
 
 def tiny_config_text(funnel: Path, *, tasks: str = TINY_TASKS, model: str = "",
                      extra: str = "") -> str:
-    model = model or """
-[model]
-backbone = { kind = "mmoe", experts = 2, expert_hidden = [16] }
-tower = { kind = "mlp", hidden = [8] }
-cascade = "esm2"
-"""
-    return textwrap.dedent(f"""
-[engine]
-seed = 11
-
-[data]
-train = "{funnel / 'train.parquet'}"
-valid = "{funnel / 'valid.parquet'}"
-test = "{funnel / 'test.parquet'}"
-group = "request_id"
-
-[train]
-epochs = 2
-batch_size = 512
-lr = 3e-3
-progress = false
-
-[fusion]
-kind = "weighted_product"
-weights = {{ click = 1.0, order = 1.0 }}
-{extra}
-{model}
-{tasks}
-{TINY_FEATURES}
-""")
+    """rankengine.testing's tiny config with the suite's features and tasks, two epochs."""
+    return testing.tiny_config_text(funnel, tasks=tasks, model=model or testing.DEFAULT_MODEL,
+                                    features=TINY_FEATURES, epochs=2, batch_size=512, lr=3e-3,
+                                    extra=extra)
 
 
 @pytest.fixture

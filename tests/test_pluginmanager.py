@@ -314,7 +314,7 @@ def test_loading_a_model_whose_plugin_is_gone_says_what_to_install(
     text = tiny_config_text(funnel_dir).replace("[train]\nepochs = 2", "[train]\nepochs = 1")
     text = text.replace('kind = "weighted_product"\nweights = { click = 1.0, order = 1.0 }',
                         'kind = "first_task"')
-    text = text.replace("[engine]\n", '[engine]\nplugins = ["builtin", "ext_demo"]\n')
+    text = text.replace('plugins = ["builtin"]', 'plugins = ["builtin", "ext_demo"]')
     (tmp_path / "engine.toml").write_text(text)
     path = save_artifact(train(load_config(tmp_path / "engine.toml"), progress=False),
                          tmp_path / "model")

@@ -287,7 +287,7 @@ def test_encoded_cache_skips_reading_and_gives_the_same_model(tmp_path: Path,
 def test_diverging_training_stops_with_a_clear_error(tmp_path: Path, funnel_dir: Path) -> None:
     from rankengine.errors import TrainingError
 
-    text = tiny_config_text(funnel_dir).replace("lr = 3e-3", "lr = 1e30")
+    text = tiny_config_text(funnel_dir).replace("lr = 0.003", "lr = 1e30")
     (tmp_path / "engine.toml").write_text(text)
     with pytest.raises(TrainingError, match=r"epoch 1, step \d+: loss became (nan|inf)"):
         train(load_config(tmp_path / "engine.toml"), progress=False)
