@@ -83,7 +83,7 @@ def save_artifact(trained: ModelBundle, destination: str | Path, *,
         save_file(state, str(tmp / WEIGHTS))
         with (tmp / WEIGHTS).open("rb") as fh:
             os.fsync(fh.fileno())
-        result = trained.trained
+        result = trained.training
         files = {
             "config.json": trained.config.resolved_dict(),
             "tasks.json": {n.name: n.spec.model_dump(mode="json") for n in trained.graph.nodes},

@@ -69,7 +69,7 @@ class ModelBundle:
         return self.plan.engine
 
     @property
-    def trained(self) -> TrainResult:
+    def training(self) -> TrainResult:
         """What training measured; an error for a bundle loaded from an artifact (saving and
         registering need a trained one)."""
         if self.result is None:

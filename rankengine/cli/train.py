@@ -116,7 +116,7 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
         shutdown()
     if not main_rank:
         return
-    result = trained.trained
+    result = trained.training
     split = "test" if "test" in result.metrics else "valid"
     print_metrics(result.metrics[split], f"{split} metrics (best epoch {result.best_epoch})",
                   trained.engine)

@@ -137,7 +137,7 @@ def register(store: RegistryStore, root: Path, trained: ModelBundle, model: str,
     model = check_model_name(model)
     root = Path(root)
     artifact_dir(root, model, 1)  # an unusable root fails before a version is recorded
-    result = trained.trained
+    result = trained.training
     version = store.create_version(
         model, config=trained.config.resolved_dict(), task_graph=trained.graph.to_dict(),
         plugins=trained.engine.plugin_versions(),

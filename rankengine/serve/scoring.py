@@ -13,7 +13,9 @@ import numpy as np
 import pyarrow as pa
 
 # BadRequestError / UnscorableError: imported from here by the server's routes
-from rankengine.errors import BadRequestError, DataError, UnscorableError, one_line
+from rankengine.errors import BadRequestError as BadRequestError
+from rankengine.errors import DataError, one_line
+from rankengine.errors import UnscorableError as UnscorableError
 from rankengine.scoring import named_outputs
 from rankengine.serve.holder import Served
 

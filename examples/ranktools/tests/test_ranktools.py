@@ -28,11 +28,10 @@ from rankengine_ranktools import (
     ndcg_at,
 )
 
-from rankengine import DataError, NoParams, hookimpl
-from rankengine.artifact import LoadedModel, load_artifact, save_artifact
+from rankengine import DataError, ModelBundle, NoParams, hookimpl
+from rankengine.artifact import load_artifact, save_artifact
 from rankengine.pluginmanager import Engine, discover_plugins
 from rankengine.testing import make_engine, tiny_config_text, train_tiny
-from rankengine.train import Trained
 
 TASKS = ["click", "favorite", "order", "pay", "dwell"]
 ENABLED = ["builtin", "ranktools"]
@@ -154,7 +153,7 @@ def test_training_with_the_plugin(rankengine_config: Callable[..., Path],
         fusion='kind = "smoothed_product"\nweights = { click = 1.0, pay = 1.0 }\nalpha = 0.05',
         extra='[evaluate]\nmetrics = ["auc", "ndcg_10"]')
     trained = train_tiny(config)
-    valid = trained.result.metrics["valid"]
+    valid = trained.training.metrics["valid"]
     assert 0.0 < valid["click"]["ndcg_10"] <= 1.0
     assert "gauc" not in valid["click"]
 
@@ -178,9 +177,9 @@ class CascadeSnapshot:
 class Gated:
     """A gated_transfer model: trained, its cascade before training, saved and loaded back."""
 
-    trained: Trained
+    trained: ModelBundle
     before: dict[str, torch.Tensor]
-    loaded: LoadedModel
+    loaded: ModelBundle
     engine: Engine
     test: pa.Table  # the raw test split
 
@@ -199,7 +198,7 @@ def gated(tmp_path_factory: pytest.TempPathFactory, rankengine_dataset: Path) ->
                  pq.read_table(rankengine_dataset / "test.parquet"))
 
 
-def encoded(loaded: LoadedModel, table: pa.Table) -> tuple[np.ndarray, np.ndarray,
+def encoded(loaded: ModelBundle, table: pa.Table) -> tuple[np.ndarray, np.ndarray,
                                                             list[np.ndarray]]:
     """The model arrays a serving back end receives for these raw rows."""
     return loaded.pipeline.transform(table)
@@ -410,7 +409,7 @@ def test_training_from_jsonl_matches_training_from_parquet(rankengine_dataset: P
         config = tmp_path / f"{name}.toml"
         config.write_text(text)
         trained = train_tiny(config)
-        results[name] = trained.result
+        results[name] = trained.training
     jsonl_result, parquet_result = results["jsonl"], results["parquet"]
     assert jsonl_result.data_sources != parquet_result.data_sources
     assert jsonl_result.rows == parquet_result.rows

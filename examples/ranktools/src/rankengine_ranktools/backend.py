@@ -9,9 +9,9 @@ answer that breaks the contract of a task graph:
 - a binary task never has a higher entire-space probability than its parent
   (p(order) <= p(click)), up to ``TOLERANCE``.
 
-The server answers a refused request with an error instead of a ranking built on nonsense (a
-``independent`` cascade with ``space = "entire"`` does not enforce the third rule; a model whose
-weights were damaged breaks the first). The back end counts the requests and rows it checked and
+The server answers a refused request with a 422 naming the broken rule instead of a ranking
+built on nonsense (an ``independent`` cascade with ``space = "entire"`` does not enforce the
+third rule; a model whose weights were damaged breaks the first). The back end counts the requests and rows it checked and
 refused (:meth:`CheckedTorchBackend.counts`) and writes them to stderr when the server lets go
 of it (:meth:`close`).
 """
@@ -23,23 +23,22 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 
-from rankengine import RankEngineError, ServingBackend
+from rankengine import ServingBackend, UnscorableError
 
 #: Slack allowed on p(child) <= p(parent) and on [0, 1] (float32 rounding).
 TOLERANCE = 1e-6
 
 
-class OutputCheckError(RankEngineError):
-    """A model answer that breaks the task graph's contract; names the task, row and values."""
+class OutputCheckError(UnscorableError):
+    """A model answer that breaks the task graph's contract; names the task, row and values.
+    An UnscorableError: the server answers 422 with this message."""
 
 
 class CheckedTorchBackend(ServingBackend):
     """The torch model's forward pass, its outputs checked before they are ranked."""
 
     def setup(self) -> None:
-        self.model = self.loaded.model.eval()
         self.graph = self.loaded.graph
         self.names = list(self.graph.names)
         self.binary = np.array([node.type == "binary" for node in self.graph.nodes])
@@ -49,12 +48,9 @@ class CheckedTorchBackend(ServingBackend):
         self._lock = threading.Lock()
         self._counts = {"requests": 0, "rows": 0, "refused": 0}
 
-    @torch.inference_mode()
     def predict(self, ids: np.ndarray, dense: np.ndarray,
                 id_lists: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        out = self.model(self.model_input(ids, dense, id_lists))
-        entire: np.ndarray = out.entire(self.graph).double().numpy()
-        conditional: np.ndarray = out.conditional(self.graph).double().numpy()
+        entire, conditional = self.run_torch(ids, dense, id_lists)  # the torch back end's answer
         problem = self.check(entire, conditional)
         with self._lock:
             self._counts["requests"] += 1
