@@ -11,9 +11,9 @@ answer that breaks the contract of a task graph:
 
 The server answers a refused request with a 422 naming the broken rule instead of a ranking
 built on nonsense (an ``independent`` cascade with ``space = "entire"`` does not enforce the
-third rule; a model whose weights were damaged breaks the first). The back end counts the requests and rows it checked and
-refused (:meth:`CheckedTorchBackend.counts`) and writes them to stderr when the server lets go
-of it (:meth:`close`).
+third rule; a model whose weights were damaged breaks the first). The back end counts the
+requests and rows it checked and refused (:meth:`CheckedTorchBackend.counts`) and writes them
+to stderr when the server lets go of it (:meth:`close`).
 """
 
 from __future__ import annotations
