@@ -242,7 +242,7 @@ class Trainer:
                 if self.show:
                     bar.update(len(batch))
                     if steps % 20 == 0:
-                        bar.set_postfix(loss=f"{total:.4f}")
+                        bar.set_postfix(loss=f"{total.item():.4f}")
             if self.checkpoints is not None and self.checkpoints.due(global_steps):
                 self.checkpoints.save(Position(epoch, global_steps),
                                       self.snapshot(epoch_generator, sums.clone(), rank_sum))
@@ -250,13 +250,13 @@ class Trainer:
         return self.end_epoch(epoch, sums, steps, rank_sum)
 
     def step(self, batch: Batch | None, epoch: int, steps: int,
-             ) -> tuple[torch.Tensor, float, float]:
+             ) -> tuple[torch.Tensor, float, torch.Tensor]:
         """Forward and backward of one batch (None: this rank has no batch left but others
         do; it still joins the gradient averaging). Returns the per-task losses, the ranking
-        loss and the step's total loss."""
+        loss and the step's total loss (a tensor: read only when a progress bar shows it)."""
         self.optimizer.zero_grad(set_to_none=True)
         if batch is None:
-            return torch.zeros(len(self.graph)), 0.0, 0.0
+            return torch.zeros(len(self.graph)), 0.0, torch.zeros(())
         out = self.model(batch.inputs)
         task_losses = self.objective(out, batch)
         rank_value = 0.0
@@ -282,7 +282,7 @@ class Trainer:
                 f"{dict(zip(self.graph.names, task_losses.tolist(), strict=True))}); "
                 f"lower [train] lr or check the inputs"
             )
-        return task_losses, rank_value, float(total.detach())
+        return task_losses, rank_value, total.detach()
 
     def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, rank_sum: float) -> bool:
         """Average the epoch's losses over ranks, validate, judge, checkpoint; True: stop."""
