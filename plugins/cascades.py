@@ -66,16 +66,14 @@ class ChainCascade(Cascade):
         graph = self.graph
         outputs = iter(head_outputs)
         zero = torch.zeros_like(head_outputs[0])
-        lp: list[torch.Tensor] = []
-        lq: list[torch.Tensor] = []
         cp: list[torch.Tensor] = []
         cq: list[torch.Tensor] = []
         values: list[torch.Tensor] = []
         for i, node in enumerate(graph.nodes):
             out = next(outputs)
             if node.type == "regression":
-                for col in (lp, lq, cp, cq):
-                    col.append(zero)
+                cp.append(zero)
+                cq.append(zero)
                 values.append(out)  # already in value units (the loss's link)
                 continue
             values.append(zero)
@@ -87,20 +85,9 @@ class ChainCascade(Cascade):
                 c_p = c_p.clamp(max=0.0)  # rounding must never lift p(child) above p(parent)
             else:
                 c_p, c_q = F.logsigmoid(out), F.logsigmoid(-out)
-            parent = graph.parent_index[i]
             cp.append(c_p)
             cq.append(c_q)
-            if parent < 0:
-                lp.append(c_p)
-                lq.append(c_q)
-            else:
-                lp.append(c_p + lp[parent])
-                lq.append(torch.logaddexp(lq[parent], lp[parent] + c_q))
-
-        def stack(cols: list[torch.Tensor]) -> torch.Tensor:
-            return torch.stack(cols, dim=1)
-
-        return CascadeOutput(stack(lp), stack(lq), stack(cp), stack(cq), stack(values))
+        return CascadeOutput.chained(graph, cp, cq, values)
 
 
 class ESMMCascade(ChainCascade):

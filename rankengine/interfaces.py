@@ -158,6 +158,29 @@ class CascadeOutput:
     cond_log_q: torch.Tensor
     value: torch.Tensor
 
+    @classmethod
+    def chained(cls, graph: TaskGraph, cond_log_p: Sequence[torch.Tensor],
+                cond_log_q: Sequence[torch.Tensor],
+                values: Sequence[torch.Tensor]) -> CascadeOutput:
+        """The output of a cascade that multiplies down the graph (ESMM), from each node's
+        conditional ``log p(node | parent)`` / ``log(1 - p(node | parent))`` (``[B]`` each, in
+        graph order; zeros for regression nodes, whose ``values`` hold E[value | parent]):
+        ``log p(node) = log p(node | parent) + log p(parent)`` and ``log(1 - p(node)) =
+        logaddexp(log(1 - p(parent)), log p(parent) + log(1 - p(node | parent)))``, so
+        p(child) <= p(parent) for any head outputs."""
+        log_p: list[torch.Tensor] = []
+        log_q: list[torch.Tensor] = []
+        for i, node in enumerate(graph.nodes):
+            parent = graph.parent_index[i]
+            if node.type == "regression" or parent < 0:
+                log_p.append(cond_log_p[i])
+                log_q.append(cond_log_q[i])
+            else:
+                log_p.append(cond_log_p[i] + log_p[parent])
+                log_q.append(torch.logaddexp(log_q[parent], log_p[parent] + cond_log_q[i]))
+        return cls(*(torch.stack(list(column), dim=1)
+                     for column in (log_p, log_q, cond_log_p, cond_log_q, values)))
+
     def entire(self, graph: TaskGraph) -> torch.Tensor:
         """Entire-space p(node) for binary nodes, p(parent)·E[value | parent] for regression."""
         out = self.log_p.exp()

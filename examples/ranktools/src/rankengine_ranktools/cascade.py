@@ -74,33 +74,17 @@ class GatedTransfer(Cascade):
         return mixed
 
     def compose(self, head_outputs: list[torch.Tensor]) -> CascadeOutput:
-        """ESMM in log space: log p(child) = log p(child | parent) + log p(parent) and
-        log(1 - p(child)) = logaddexp(log(1 - p(parent)), log p(parent) + log(1 - p(c | p)))."""
+        """ESMM in log space (:meth:`rankengine.CascadeOutput.chained`): p(child) =
+        p(child | parent) · p(parent), so p(child) <= p(parent) whatever the towers say."""
         zero = torch.zeros_like(head_outputs[0])
-        lp: list[torch.Tensor] = []
-        lq: list[torch.Tensor] = []
-        cp: list[torch.Tensor] = []
-        cq: list[torch.Tensor] = []
-        values: list[torch.Tensor] = []
-        for i, (node, out) in enumerate(zip(self.graph.nodes, head_outputs, strict=True)):
-            if node.type == "regression":  # out is already a value (the loss's link)
-                for column in (lp, lq, cp, cq):
-                    column.append(zero)
-                values.append(out)
-                continue
-            c_p, c_q = F.logsigmoid(out), F.logsigmoid(-out)
-            parent = self.graph.parent_index[i]
-            cp.append(c_p)
-            cq.append(c_q)
-            values.append(zero)
-            if parent < 0:
-                lp.append(c_p)
-                lq.append(c_q)
-            else:
-                lp.append(lp[parent] + c_p)
-                lq.append(torch.logaddexp(lq[parent], lp[parent] + c_q))
-        return CascadeOutput(*(torch.stack(column, dim=1)
-                               for column in (lp, lq, cp, cq, values)))
+        binary = [node.type == "binary" for node in self.graph.nodes]
+        return CascadeOutput.chained(
+            self.graph,
+            [F.logsigmoid(out) if b else zero for b, out in zip(binary, head_outputs, strict=True)],
+            [F.logsigmoid(-out) if b else zero for b, out in zip(binary, head_outputs,
+                                                                  strict=True)],
+            # regression heads' outputs are already values (the loss's link)
+            [zero if b else out for b, out in zip(binary, head_outputs, strict=True)])
 
     def conditional_loss_weight(self, node: str) -> float:
         has_parent = self.graph.node(node).parent is not None
