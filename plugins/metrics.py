@@ -1,4 +1,4 @@
-"""Evaluation metrics: AUC, GAUC, logloss, calibration and RMSE, vectorised with numpy."""
+"""Evaluation metrics: AUC, GAUC, logloss, calibration, ECE and RMSE, vectorised with numpy."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ def rankengine_register_metrics(register: Register[Metric]) -> None:
     register("calibration", Metric(calibration, direction="target", target=1.0, label="calib",
                                         headline=False),
              help="mean prediction / mean label (1.0 is calibrated; closest to 1 is best)")
+    register("ece", Metric(ece, direction="lower", label="ECE", headline=False),
+             help=f"expected calibration error: Σ_b (n_b / N) · |mean p_b - mean y_b| over "
+                  f"{ECE_BUCKETS} equal-mass buckets of the predictions (0 is calibrated)")
     register("rmse", Metric(rmse, task_type="regression", direction="lower", label="RMSE"),
              help="root mean squared error of the value")
 
@@ -100,6 +103,23 @@ def calibration(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) 
     if positives <= 0:
         return undefined("mean label is 0")
     return float(np.mean(p)) / positives
+
+
+#: buckets of expected calibration error: equal mass (each holds a tenth of the rows), so a
+#: rare positive class still gets buckets where its predictions are
+ECE_BUCKETS = 10
+
+
+def ece(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    if len(y) == 0:
+        return undefined("no rows")
+    order = np.argsort(p, kind="stable")
+    total = 0.0
+    for bucket in np.array_split(order, min(ECE_BUCKETS, len(order))):
+        total += len(bucket) * abs(float(np.mean(p[bucket])) - float(np.mean(y[bucket])))
+    return total / len(y)
 
 
 def rmse(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:

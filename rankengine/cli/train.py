@@ -12,7 +12,7 @@ import click
 
 from rankengine.cli.common import config_option, print_metrics
 
-GATE = re.compile(r"^\s*(\w+)\.(\w+)\s*(>=|<=|==|>|<)\s*([\w.+-]+)\s*$")
+GATE = re.compile(r"^\s*(\w+)\.(\w+)\s*(>=|<=|==|>|<|\s+within\s+)\s*([\w.+-]+)\s*$")
 
 
 @click.command()
@@ -25,7 +25,9 @@ GATE = re.compile(r"^\s*(\w+)\.(\w+)\s*(>=|<=|==|>|<)\s*([\w.+-]+)\s*$")
 @click.option("--model", "model_name", default=None, help="model name (default: [registry] model)")
 @click.option("--promote", default=None, help="alias to point at the new version")
 @click.option("--if", "gate", default=None,
-              help='promotion gate: "TASK.METRIC OP ALIAS|NUMBER", e.g. "order.auc >= champion"')
+              help='promotion gate: "TASK.METRIC OP ALIAS|NUMBER", e.g. "order.auc >= champion", '
+                   'or "TASK.METRIC within TOLERANCE" for a metric with a target, e.g. '
+                   '"order.calibration within 0.05"')
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE tag on the version (repeatable)")
 @click.option("--parent", type=click.IntRange(min=1), default=None,
               help="version this one was fine-tuned from")
@@ -58,7 +60,8 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
         raise click.UsageError("--if needs --promote ALIAS")
     if gate and not GATE.match(gate):
         raise click.UsageError(f"--if {gate!r}: expected TASK.METRIC OP ALIAS|NUMBER, e.g. "
-                               f"\"order.auc >= champion\"")
+                               f"\"order.auc >= champion\", or TASK.METRIC within TOLERANCE, "
+                               f"e.g. \"order.calibration within 0.05\"")
     tag_map: dict[str, str] = {}
     for t in tags:
         key, sep, value = t.partition("=")
@@ -74,11 +77,16 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
             raise click.BadParameter("empty; give a value or leave the option out",
                                      param_hint=option)
     engine = None
+    if gate:  # a 'within' gate needs a metric with a target: known before training
+        from rankengine.plan import engine_for
+
+        engine = engine_for(config)
+        _check_within(gate, engine)
     if "fusion_weights" in tag_map:  # replaces the fusion's weights at every load: check now
         from rankengine.fusion import fusion_with_weights
         from rankengine.plan import build_graph, engine_for
 
-        engine = engine_for(config)
+        engine = engine or engine_for(config)
         fusion_with_weights(config, engine, build_graph(config, engine),
                             tag_map["fusion_weights"], where="--tag fusion_weights")
     store = None
@@ -137,7 +145,7 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
                        tags=tag_map, parent_version=parent)
     click.echo(f"registered {version.ref} (ready) in {store.url}")
     if promote:
-        passed, why = _gate(store, version, promote, gate, split)
+        passed, why = _gate(store, version, promote, gate, split, trained.engine)
         if passed:
             move = store.set_alias(name, promote, version.version, reason=why)
             click.echo(f"{name}@{promote}: {move.from_version} → {move.to_version} ({why})")
@@ -145,9 +153,32 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
             click.echo(f"{name}@{promote} not moved: {why}")
 
 
+def _check_within(gate: str, engine: Any) -> None:
+    """``TASK.METRIC within TOLERANCE``: the metric has a target and TOLERANCE is a number."""
+    match = GATE.match(gate)
+    assert match is not None
+    _, metric, op, rhs = match.groups()
+    if op.strip() != "within":
+        return
+    known = {c.name: c.factory for c in engine.components.metrics}
+    base = metric.removesuffix("_cond")
+    if base not in known or known[base].direction != "target":
+        with_target = sorted(n for n, m in known.items() if m.direction == "target")
+        raise click.UsageError(f"--if {gate!r}: 'within' needs a metric with a target value "
+                               f"({', '.join(with_target) or 'none registered'}); "
+                               f"'{metric}' has none")
+    try:
+        tolerance = float(rhs)
+    except ValueError:
+        tolerance = math.nan
+    if not math.isfinite(tolerance) or tolerance < 0:
+        raise click.UsageError(f"--if {gate!r}: 'within' needs a tolerance >= 0, found {rhs!r}")
+
+
 def _gate(store: Any, version: Any, alias: str, gate: str | None,
-          split: str) -> tuple[bool, str]:
-    """Evaluate ``TASK.METRIC OP ALIAS|NUMBER`` on the new version's metrics."""
+          split: str, engine: Any) -> tuple[bool, str]:
+    """Evaluate ``TASK.METRIC OP ALIAS|NUMBER`` (or ``TASK.METRIC within TOLERANCE``, for a
+    metric with a target) on the new version's metrics."""
     import operator
 
     from rankengine.registry.errors import NotFoundError
@@ -182,6 +213,12 @@ def _gate(store: Any, version: Any, alias: str, gate: str | None,
     mine, why = value(version)
     if mine is None:
         return undefined(version, why)
+    if op.strip() == "within":  # checked before training: a target metric, a number
+        target = engine.components.metrics.get(metric.removesuffix("_cond")).factory.target
+        distance = abs(mine - target)
+        verdict = distance <= float(rhs)
+        return verdict, (f"gate {task}.{metric} {mine:.4f} within {float(rhs):g} of "
+                         f"{target:g}: " + ("passed" if verdict else "failed"))
     try:
         other = float(rhs)
         label = rhs

@@ -48,6 +48,26 @@ def test_logloss_calibration_rmse(engine: Engine) -> None:
         pytest.approx(np.sqrt(0.5))
 
 
+def test_ece_is_the_mass_weighted_gap_of_equal_mass_buckets(engine: Engine) -> None:
+    ece = metric(engine, "ece")
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.0, 0.3, 200_000)
+    calibrated = (rng.random(len(p)) < p).astype(float)
+    # labels drawn from p: only sampling noise (~0.002 with 20,000 rows a bucket)
+    assert ece(calibrated, p, None) < 0.004
+    # Predicting twice the true rate: each bucket is off by its mean p / 2.
+    assert ece(calibrated, 2 * p, None) == pytest.approx(np.mean(p), rel=0.02)
+    # 20 rows, 10 buckets of 2 sorted by p: hand-computed.
+    p = np.linspace(0.05, 0.95, 20)
+    y = np.zeros(20)
+    y[[1, 3, 15, 17, 18, 19]] = 1.0
+    buckets = np.split(np.arange(20), 10)
+    want = sum(2 * abs(p[b].mean() - y[b].mean()) for b in buckets) / 20
+    assert ece(y, p, None) == pytest.approx(want)
+    # Direction: lower is better, so early stopping and reports rank it that way.
+    assert engine.components.metrics.get("ece").factory.direction == "lower"
+
+
 @pytest.mark.parametrize(("name", "y", "p", "groups", "reason"), [
     ("auc", [], [], None, "no rows"),
     ("auc", [0, 0, 0], [0.1, 0.2, 0.3], None, "no positive labels"),
@@ -58,6 +78,7 @@ def test_logloss_calibration_rmse(engine: Engine) -> None:
     ("calibration", [0, 0], [0.2, 0.4], None, "mean label is 0"),
     ("calibration", [], [], None, "no rows"),
     ("rmse", [], [], None, "no rows"),
+    ("ece", [], [], None, "no rows"),
 ])
 def test_metrics_undefined_on_degenerate_data_say_why(engine: Engine, name: str, y: list,
                                                       p: list, groups: list | None,

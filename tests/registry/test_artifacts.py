@@ -70,6 +70,29 @@ def test_train_registers_promotes_behind_a_gate_and_loads_by_reference(project: 
     store.close()
 
 
+def test_a_within_gate_promotes_on_the_distance_to_the_metric_target(project: Path) -> None:
+    """``order.calibration within X``: |calibration - 1| <= X, the calibration metric's own
+    target; a metric without a target, or no number, is refused before training."""
+    cfg = str(project / "engine.toml")
+    out = run("train", "-c", cfg, "--quiet", "--promote", "champion",
+              "--if", "order.calibration within 0.0")
+    assert "registered demo/1" in out and "demo@champion not moved" in out
+    calibration = RegistryStore(f"sqlite:///{project / 'reg.db'}").resolve(
+        "demo/1").metrics["splits"]["test"]["order"]["calibration"]
+    assert f"gate order.calibration {calibration:.4f} within 0 of 1: failed" in out
+    loose = abs(calibration - 1.0) + 0.01
+    out = run("train", "-c", cfg, "--quiet", "--promote", "champion",
+              "--if", f"order.calibration within {loose}")
+    assert "demo@champion: None → 2" in out and "passed" in out
+    for gate, why in (("order.auc within 0.1", "'within' needs a metric with a target value "
+                                               "(calibration); 'auc' has none"),
+                      ("order.calibration within -1", "needs a tolerance >= 0")):
+        result = CliRunner().invoke(cli, ["train", "-c", cfg, "--quiet", "--promote",
+                                          "champion", "--if", gate])
+        assert result.exit_code == 2 and why in result.output, result.output
+    assert len(RegistryStore(f"sqlite:///{project / 'reg.db'}").list_versions("demo")) == 2
+
+
 def test_tampered_weights_are_refused_naming_the_file(project: Path) -> None:
     run("train", "-c", str(project / "engine.toml"), "--quiet")
     store = RegistryStore(f"sqlite:///{project / 'reg.db'}")
