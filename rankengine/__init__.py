@@ -25,6 +25,8 @@ from rankengine.hookspecs import HOOK_API_VERSION, hookimpl
 from rankengine.interfaces import (
     Backbone,
     BackboneFactory,
+    Calibrator,
+    CalibratorFactory,
     Cascade,
     CascadeFactory,
     CascadeOutput,
@@ -60,6 +62,8 @@ __all__ = [
     "Backbone",
     "BackboneFactory",
     "BadRequestError",
+    "Calibrator",
+    "CalibratorFactory",
     "Cascade",
     "CascadeFactory",
     "CascadeOutput",

@@ -95,6 +95,8 @@ def save_artifact(trained: ModelBundle, destination: str | Path, *,
                 "samples_per_second": result.samples_per_second,
                 "label_reports": result.label_reports, "loss_weights": result.loss_weights,
                 "gate_stats": result.gate_stats,
+                "uncalibrated_metrics": result.uncalibrated_metrics,
+                "calibrator": result.calibration,
             },
         }
         for name, payload in files.items():

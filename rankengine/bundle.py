@@ -43,6 +43,10 @@ class TrainResult:
     rows: dict[str, int] = field(default_factory=dict)
     #: task → {"experts": names, "weights": mean gate weight per expert} (gated backbones)
     gate_stats: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    #: with a calibrator: ``metrics`` are the calibrated model's, these the model's own
+    uncalibrated_metrics: dict[str, Metrics] = field(default_factory=dict)
+    #: with a calibrator: its kind, the split it was fitted on, rows fitted per node
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from rankengine.data.source import DataSource
     from rankengine.interfaces import (
         BackboneFactory,
+        CalibratorFactory,
         CascadeFactory,
         EncoderFactory,
         FusionFactory,
@@ -182,6 +183,8 @@ class Components:
         self.sample_weightings: ComponentTable[SampleWeightingFactory] = ComponentTable(
             "sample_weightings", "sample weighting")
         self.fusions: ComponentTable[FusionFactory] = ComponentTable("fusions", "fusion")
+        self.calibrators: ComponentTable[CalibratorFactory] = ComponentTable(
+            "calibrators", "calibrator")
         self.metrics: ComponentTable[Metric] = ComponentTable("metrics", "metric")
         self.sources: ComponentTable[type[DataSource]] = ComponentTable(
             "sources", "data source")

@@ -252,6 +252,20 @@ class FusionSection(BaseModel):
         return dict(self.model_extra or {})
 
 
+class CalibrationSection(BaseModel):
+    """``[calibration]``: the calibrator of binary nodes (``kind`` and its parameters as the
+    other keys) and, optionally, of regression nodes (``regression``); fitted after training
+    on the validation split, saved and applied with the model."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    kind: str = DEFAULT_KIND
+    regression: ComponentRef | None = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class EvaluateSection(Section):
     metrics: list[str] | None = None
 
@@ -272,6 +286,7 @@ class EngineConfig(Section):
     train: TrainSection = TrainSection()
     loss: LossSection = LossSection()
     fusion: FusionSection = FusionSection()
+    calibration: CalibrationSection = CalibrationSection()
     evaluate: EvaluateSection = EvaluateSection()
     registry: RegistrySection = RegistrySection()
     #: ``[plugins.NAME]``: tables owned by plugins (``rankengine_register_config_tables``),
@@ -537,6 +552,17 @@ def complete_config(config: EngineConfig, engine: Engine) -> None:
     fusion = c.fusions.get(config.fusion.kind, key="fusion.kind", source=src).name
     if fusion != config.fusion.kind:
         config.fusion = FusionSection(kind=fusion, **config.fusion.params)
+    calibration = config.calibration
+    # No [calibration] table and no calibrator plugin enabled (a model saved before calibrators
+    # existed names only its own plugins): it stays uncalibrated, as it was trained.
+    uncalibrated = calibration.kind == DEFAULT_KIND and not calibration.regression and \
+        not calibration.params and not c.calibrators.defaults()
+    calibrator = calibration.kind if uncalibrated else \
+        c.calibrators.get(calibration.kind, key="calibration.kind", source=src).name
+    if calibrator != calibration.kind:
+        config.calibration = CalibrationSection(kind=calibrator,
+                                                regression=calibration.regression,
+                                                **calibration.params)
     for name, task in config.tasks.items():
         key = f"tasks.{name}.loss"
         loss = c.losses.get(task.loss.kind, key=f"{key}.kind", source=src).name if task.loss \

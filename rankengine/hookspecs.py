@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from rankengine.data.source import DataSource
     from rankengine.interfaces import (
         BackboneFactory,
+        CalibratorFactory,
         CascadeFactory,
         EncoderFactory,
         FusionFactory,
@@ -178,6 +179,21 @@ def rankengine_register_metrics(register: Register[Metric]) -> None:
     it is a ``headline`` metric of the per-task table.
 
     :param register: call ``register(name, Metric(fn, task_type=..., direction=..., label=...))``.
+    """
+
+
+@hookspec
+def rankengine_register_calibrators(register: Register[CalibratorFactory]) -> None:
+    """Register calibrators: what maps a task node's conditional prediction to a calibrated
+    one after training (``[calibration] kind = "NAME"`` for binary nodes, ``regression =
+    "NAME"`` for regression nodes).
+
+    The factory is called as ``factory(params)`` once per node it calibrates and returns a
+    :class:`rankengine.Calibrator` (an ``nn.Module`` saved, exported and served with the model;
+    see its docstring for ``fit`` and ``forward``). One registration may say ``default=True``:
+    it is used when the config has no ``[calibration]`` table.
+
+    :param register: call ``register(name, factory, params=ParamsModel, help="...")``.
     """
 
 

@@ -476,6 +476,42 @@ class Fusion(ABC):
 FusionFactory = Callable[[list[str], Any], Fusion]
 
 
+class Calibrator(nn.Module):
+    """Maps one task node's conditional prediction to a calibrated one; fitted after training.
+
+    A binary node's calibrator maps the logit of p(node | parent) to a calibrated logit; a
+    regression node's maps E[value | parent] to a calibrated value (``task_types`` says which).
+    Calibrating the conditional, never the entire-space product, keeps p(child) <= p(parent)
+    for the cascades that compose down the graph; ESM² branches are calibrated through the node
+    they feed. The core calls :meth:`fit` once, after training, with the node's predictions on
+    the rows it is trained on (parent-positive rows; all rows for a root) of the validation
+    split, then saves the calibrator's parameters and buffers with the model: create every
+    tensor in ``__init__`` with a fixed shape (they are loaded into a freshly built one), and
+    keep :meth:`forward` to tensor operations (it is exported to ONNX with the model). Before
+    :meth:`fit`, :meth:`forward` must be the identity.
+    """
+
+    #: the node types this calibrator calibrates ("binary" and/or "regression")
+    task_types: ClassVar[tuple[str, ...]] = ("binary",)
+
+    def __init__(self, params: Any) -> None:
+        super().__init__()
+        self.params = params
+
+    @abstractmethod
+    def fit(self, predictions: np.ndarray, targets: np.ndarray) -> None:
+        """Fit on ``predictions`` (float64 ``[N]``: logits for a binary node, values for a
+        regression node) and their ``targets`` (0/1 labels, or values)."""
+
+    @abstractmethod
+    def forward(self, predictions: torch.Tensor) -> torch.Tensor:
+        """Calibrated logits (binary) or values (regression), the shape of ``predictions``."""
+
+
+CalibratorFactory = Callable[[Any], Calibrator]
+"""Called as ``factory(params)``; one calibrator per task node it calibrates."""
+
+
 class Undefined(float):
     """A metric value that does not exist on this data: NaN that says why.
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
-from rankengine.components import Component, ComponentTable
+from rankengine.components import DEFAULT_KIND, Component, ComponentTable
 from rankengine.config import (
     ComponentRef,
     EngineConfig,
@@ -34,6 +34,8 @@ from rankengine.errors import ConfigError, GraphError, PluginError, one_line
 from rankengine.graph import TaskGraph
 from rankengine.interfaces import (
     BackboneFactory,
+    Calibrator,
+    CalibratorFactory,
     CascadeFactory,
     Fusion,
     LossWeighting,
@@ -104,6 +106,17 @@ class Plan:
     ranking: RankingObjective | None
     fusion: Fusion
     metrics: list[Component[Metric]]
+    #: the calibrators of binary and of regression nodes (None: those stay uncalibrated)
+    calibrator: Resolved[CalibratorFactory] | None = None
+    regression_calibrator: Resolved[CalibratorFactory] | None = None
+
+    def build_calibrators(self) -> list[Calibrator | None]:
+        """A fresh calibrator per node (fitted after training), None where there is none."""
+        out: list[Calibrator | None] = []
+        for node in self.graph.nodes:
+            resolved = self.calibrator if node.type == "binary" else self.regression_calibrator
+            out.append(None if resolved is None else resolved.build(self.config, resolved.params))
+        return out
 
     def build_model(self, layout: Sequence[FeatureLayout]) -> RankingModel:
         """The model on ``layout`` (the fitted pipeline's, or a stand-in to check the config);
@@ -158,8 +171,33 @@ def make_plan(config: EngineConfig, engine: Engine | None = None, *,
         sample_weighting=sample_weighting.build(config, graph, sample_weighting.params),
         loss_weighting=loss_weighting.build(config, graph, loss_weighting.params),
         ranking=build_ranking(config, engine, graph, fusion),
-        fusion=fusion, metrics=metrics,
+        fusion=fusion, metrics=metrics, **resolve_calibrators(config, engine, graph),
     )
+
+
+def resolve_calibrators(config: EngineConfig, engine: Engine,
+                        graph: TaskGraph) -> dict[str, Resolved[CalibratorFactory] | None]:
+    """``[calibration]``'s calibrators, each checked to calibrate the node type it is for."""
+    section, table = config.calibration, engine.components.calibrators
+    if section.kind == DEFAULT_KIND:  # no calibrator plugin enabled (see complete_config)
+        return {"calibrator": None, "regression_calibrator": None}
+    found: dict[str, Resolved[CalibratorFactory] | None] = {}
+    for field, ref, node_type, key in (
+            ("calibrator", ComponentRef(kind=section.kind, **section.params), "binary",
+             "calibration"),
+            ("regression_calibrator", section.regression, "regression",
+             "calibration.regression")):
+        if ref is None:
+            found[field] = None
+            continue
+        resolved = resolve(table, ref, key=key, config=config)
+        types = getattr(resolved.factory, "task_types", ("binary",))
+        if node_type not in types and any(n.type == node_type for n in graph.nodes):
+            raise ConfigError(f"calibrator '{resolved.name}' is for {' / '.join(types)} "
+                              f"nodes; {key} calibrates {node_type} nodes",
+                              source=config.source, key=key)
+        found[field] = resolved
+    return found
 
 
 def build_graph(config: EngineConfig, engine: Engine) -> TaskGraph:

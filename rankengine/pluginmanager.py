@@ -53,6 +53,7 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "rankengine_register_loss_weightings": "loss_weightings",
     "rankengine_register_sample_weightings": "sample_weightings",
     "rankengine_register_fusions": "fusions",
+    "rankengine_register_calibrators": "calibrators",
     "rankengine_register_metrics": "metrics",
     "rankengine_register_sources": "sources",
     "rankengine_register_backends": "backends",

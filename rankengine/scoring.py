@@ -1,5 +1,5 @@
-"""The one scoring path: model input → model (features, backbone, cascade) → predictions →
-fusion → named outputs.
+"""The one scoring path: model input → model (features, backbone, cascade) → calibration →
+predictions → fusion → named outputs.
 
 :class:`PredictionModule` is the first half, as a module: what the torch serving back end runs,
 what ``predict`` / ``rank`` / ``evaluate`` run batch by batch, and what back ends that run an
@@ -38,7 +38,7 @@ class PredictionModule(nn.Module):
         return self.predict(ModelInput(ids, dense, list(id_lists)))
 
     def predict(self, inputs: ModelInput) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(inputs)
+        out = self.model.calibrated(inputs)  # the fitted calibration, when the model has one
         return out.entire(self.graph), out.conditional(self.graph)
 
     @torch.inference_mode()

@@ -13,6 +13,7 @@ from rankengine.data.pipeline import FeatureLayout
 from rankengine.errors import ConfigError
 from rankengine.interfaces import Backbone, Cascade, CascadeOutput, SharedParameters
 from rankengine.layers import mlp
+from rankengine.model.calibration import Calibration
 
 if TYPE_CHECKING:
     from rankengine.plan import Plan
@@ -143,9 +144,13 @@ class RankingModel(nn.Module):
         backbone_columns: list[int] | None,
         tower_columns: list[list[int]],
         bias: BiasTower | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         super().__init__()
         self.bias = bias
+        #: fitted after training, applied by the scoring path (never inside forward: training
+        #: and early stopping see the model's own predictions)
+        self.calibration = calibration or Calibration(cascade.graph, [])
         self.embedder = embedder
         self.backbone = backbone
         self.towers = nn.ModuleList(towers)
@@ -161,6 +166,16 @@ class RankingModel(nn.Module):
                 f"tower_columns_{i}", torch.tensor(cols, dtype=torch.long), persistent=False
             )
         self.tower_has_columns = [bool(cols) for cols in tower_columns]
+
+    def training_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser trains: everything but the calibrators (fitted afterwards)."""
+        calibration = {id(p) for p in self.calibration.parameters()}
+        return [p for p in self.parameters() if id(p) not in calibration]
+
+    def calibrated(self, inputs: ModelInput) -> CascadeOutput:
+        """The forward pass with the fitted calibration applied (what every command scores)."""
+        out: CascadeOutput = self.calibration(self(inputs))
+        return out
 
     def shared_parameters(self) -> SharedParameters:
         """Parameters every task depends on (embeddings + backbone) and the last shared layer."""
@@ -251,5 +266,5 @@ def build_model(plan: Plan, layout: Sequence[FeatureLayout]) -> RankingModel:
         columns = embedder.columns_of(features_in(spec.groups, "model.bias_tower.groups"))
         bias = BiasTower(columns, spec.hidden, heads_of)
     return RankingModel(embedder, backbone, towers, cascade, backbone_columns, tower_columns,
-                        bias)
+                        bias, Calibration(graph, plan.build_calibrators()))
 

@@ -54,7 +54,10 @@ def gate_statistics(model: RankingModel, data: TensorData, batch_size: int,
 @torch.inference_mode()
 def evaluate_split(model: RankingModel, objective: Objective, weighting: LossWeighting,
                     tensors: TensorData, data: EncodedData, config: EngineConfig,
-                    metrics: list[Component[Metric]]) -> tuple[dict[str, float], Metrics]:
+                    metrics: list[Component[Metric]], *, calibrated: bool = False,
+                    ) -> tuple[dict[str, float], Metrics]:
+    """The split's loss (of the model's own predictions) and its metrics (of the calibrated
+    predictions when ``calibrated``)."""
     model.eval()
     graph = model.graph
     sums = torch.zeros(len(graph))
@@ -64,6 +67,8 @@ def evaluate_split(model: RankingModel, objective: Objective, weighting: LossWei
         out = model(batch.inputs)  # one forward for the loss and the predictions
         sums += objective(out, batch) * len(batch)
         rows += len(batch)
+        if calibrated:
+            out = model.calibration(out)
         entire.append(out.entire(graph))
         conditional.append(out.conditional(graph))
     if rows == 0:  # no loss exists on no rows (and 0 would look like a perfect epoch)

@@ -7,6 +7,7 @@ computed from the cascade's log-space outputs and combined by the loss-weighting
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -19,10 +20,11 @@ from tqdm.auto import tqdm
 from rankengine.bundle import ModelBundle, TrainContext, TrainResult
 from rankengine.checkpoint import Position, module_state, rng_state, set_rng_state
 from rankengine.config import EngineConfig
-from rankengine.data.batching import Batch, TensorData
+from rankengine.data.batching import Batch, TensorData, iterate_batches
 from rankengine.distributed import DistContext, context_from_env
 from rankengine.errors import ConfigError, TrainingError
 from rankengine.evaluate import Metrics
+from rankengine.interfaces import CascadeOutput
 from rankengine.plan import Plan, make_plan
 from rankengine.pluginmanager import Engine
 from rankengine.train.checkpoints import Checkpoints
@@ -109,7 +111,7 @@ class Trainer:
                 self.position, self.restored = found
                 self._restore_training_state(self.restored)
         self.objective = Objective(plan.graph, self.model, plan.losses, plan.sample_weighting)
-        self.params = list(self.model.parameters()) + list(self.weighting.parameters())
+        self.params = self.model.training_parameters() + list(self.weighting.parameters())
         self.dist.broadcast_parameters(self.params)  # identical replicas whatever the init
         self.shared = self.model.shared_parameters()
         self.optimizer = optimizer_for(config, self.params)
@@ -171,10 +173,14 @@ class Trainer:
         seen = int(self.dist.sum(torch.tensor([float(self.seen)])).item())
         self.model.load_state_dict(self.best_state)
 
-        metrics: dict[str, Metrics] = {}
-        for split in ("valid", "test"):
-            if split in self.data.encoded:
-                metrics[split] = self.evaluate(split)[1]
+        splits = [split for split in ("valid", "test") if split in self.data.encoded]
+        metrics: dict[str, Metrics] = {split: self.evaluate(split)[1] for split in splits}
+        uncalibrated: dict[str, Metrics] = {}
+        calibration: dict[str, Any] = {}
+        if self.model.calibration.active:
+            calibration = self.fit_calibration()
+            uncalibrated = metrics
+            metrics = {split: self.evaluate(split, calibrated=True)[1] for split in splits}
         encoded = self.data.encoded
         result = TrainResult(
             best_epoch=self.best_epoch, epochs_run=len(self.history), history=self.history,
@@ -185,6 +191,7 @@ class Trainer:
             rows={"train": len(self.data.train), **{k: len(v) for k, v in encoded.items()}},
             gate_stats=gate_statistics(self.model, self.tensors["valid"],
                                        config.train.eval_batch_size),
+            uncalibrated_metrics=uncalibrated, calibration=calibration,
         )
         engine.hooks.after_train(self.context, result)
         # The saved config names its data by absolute paths: an artifact does not live where
@@ -193,9 +200,29 @@ class Trainer:
         self.bundle.result = result
         return self.bundle
 
-    def evaluate(self, split: str) -> tuple[dict[str, float], Metrics]:
+    def evaluate(self, split: str, *, calibrated: bool = False,
+                 ) -> tuple[dict[str, float], Metrics]:
         return evaluate_split(self.model, self.objective, self.weighting, self.tensors[split],
-                              self.data.encoded[split], self.config, self.plan.metrics)
+                              self.data.encoded[split], self.config, self.plan.metrics,
+                              calibrated=calibrated)
+
+    def fit_calibration(self) -> dict[str, Any]:
+        """Fit the calibrators on the validation split (every rank alike: each holds all of
+        it), on the model's own predictions of the best epoch."""
+        model, data = self.model, self.tensors["valid"]
+        model.eval()
+        outs = []
+        with torch.inference_mode():
+            for batch in iterate_batches(data, self.config.train.eval_batch_size,
+                                         shuffle=False):
+                outs.append(model(batch.inputs))
+        joined = CascadeOutput(*(torch.cat([getattr(o, f.name) for o in outs])
+                                 for f in dataclasses.fields(CascadeOutput)))
+        rows = model.calibration.fit(joined, self.data.encoded["valid"].labels)
+        section = self.config.calibration
+        return {"kind": section.kind,
+                "regression": section.regression.kind if section.regression else None,
+                "fitted_on": self.data.sources.get("valid", "valid"), "rows": rows}
 
     def run_epoch(self, epoch: int) -> bool:
         """One epoch of steps, then validation, early stopping and the epoch's checkpoint;

@@ -21,6 +21,8 @@ REVIEWED = {
     ("rankengine/checkpoint.py", "torch"): "the key of torch's RNG state in a checkpoint",
     ("rankengine/report/plots.py", "none"): "matplotlib's svg.fonttype value (text as <text>)",
     ("rankengine/simulate.py", "dwell_time"): "the simulator's dwell-time column",
+    ("rankengine/config.py", "bias"): "the bias tower's default feature group, not a calibrator",
+    ("rankengine/plan.py", "calibration"): "the [calibration] config key its errors name",
 }
 
 
