@@ -46,8 +46,13 @@ def demo_config(funnel: Path, cascade: ComponentRef | None = None) -> EngineConf
 
 
 @pytest.fixture(scope="module")
-def esm2(funnel: Path):
-    return train(demo_config(funnel), progress=False).result.metrics["test"]
+def esm2_result(funnel: Path):
+    return train(demo_config(funnel), progress=False).training
+
+
+@pytest.fixture(scope="module")
+def esm2(esm2_result):
+    return esm2_result.metrics["test"]
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +78,19 @@ def test_entire_space_training_beats_the_clicked_subspace(esm2, independent) -> 
     assert esm2["pay"]["auc_cond_entire"] > independent["pay"]["auc_cond_entire"]
     for task in ("click", "favorite", "order", "pay"):
         assert esm2[task]["auc"] > independent[task]["auc"]
+
+
+def test_the_demo_calibrator_brings_every_node_towards_calibrated(esm2_result) -> None:
+    """engine.toml's Platt calibrator, fitted on validation, judged on test: the mean
+    prediction moves towards the mean label, log loss does not get worse, AUC stays."""
+    before, after = esm2_result.uncalibrated_metrics["test"], esm2_result.metrics["test"]
+    for task in ("click", "favorite", "order", "pay"):
+        assert abs(after[task]["calibration"] - 1) <= abs(before[task]["calibration"] - 1) \
+            + 0.01, task
+        assert after[task]["calibration"] == pytest.approx(1.0, abs=0.08), task
+        assert after[task]["logloss"] <= before[task]["logloss"] + 1e-4, task
+        assert after[task]["auc"] == pytest.approx(before[task]["auc"], abs=0.002), task
+        assert after[task]["ece"] <= before[task]["ece"] + 1e-3, task
 
 
 MAX_ORACLE_GAP = 0.03
