@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rankengine.errors import RankEngineError
 from rankengine.serve.scoring import BadRequestError
 
 Handler = Callable[..., Awaitable[Any]]
@@ -36,7 +37,10 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-class HTTPError(Exception):
+class HTTPError(RankEngineError):
+    """An answer other than 200 decided by the server itself (404 unknown model, 503 still
+    loading, 413 body too large, 401/403 on the repository API), with its headers."""
+
     def __init__(self, status: int, message: str,
                  headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
