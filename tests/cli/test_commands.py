@@ -172,6 +172,7 @@ def test_gate_fails_in_one_line_when_a_metric_is_undefined() -> None:
     from types import SimpleNamespace
 
     from rankengine.cli.train import _gate
+    from rankengine.pluginmanager import load_engine
 
     def version(ref: str, auc: float | None, why: str | None = None) -> SimpleNamespace:
         values: dict = {"auc": auc}
@@ -181,14 +182,18 @@ def test_gate_fails_in_one_line_when_a_metric_is_undefined() -> None:
 
     champion = version("m/1", None, "no positive labels")
     store = SimpleNamespace(resolve=lambda ref: champion)
-    passed, why = _gate(store, version("m/2", 0.7), "champion", "order.auc >= champion", "test")
+    engine = load_engine()
+    passed, why = _gate(store, version("m/2", 0.7), "champion", "order.auc >= champion", "test",
+                        engine)
     assert not passed
     assert why == ("gate order.auc >= champion: m/1 order.auc is undefined on the test split "
                    "(no positive labels): failed")
-    passed, why = _gate(store, version("m/2", None), "champion", "order.auc >= 0.5", "test")
+    passed, why = _gate(store, version("m/2", None), "champion", "order.auc >= 0.5", "test",
+                        engine)
     assert not passed and "m/2 order.auc is undefined on the test split (not a number)" in why
     champion = version("m/1", 0.6)
-    assert _gate(store, version("m/2", 0.7), "champion", "order.auc >= champion", "test")[0]
+    assert _gate(store, version("m/2", 0.7), "champion", "order.auc >= champion", "test",
+                 engine)[0]
 
 
 def one_error(result: Any) -> str:

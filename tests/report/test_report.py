@@ -230,7 +230,7 @@ def test_compare_marks_deltas_by_metric_direction(registry: Registry, tmp_path: 
             expected = "neutral"
         elif base == "calibration":
             expected = "better" if abs(y - 1) < abs(x - 1) else "worse"
-        elif base in ("logloss", "rmse"):
+        elif base in ("logloss", "rmse", "ece"):
             expected = "better" if y < x else "worse"
         else:
             expected = "better" if y > x else "worse"
