@@ -28,17 +28,20 @@ class PredictionModule(nn.Module):
     entire-space prediction and its prediction given the parent, in graph order. Fusion stays
     outside, so per-request fusion weights work with every back end."""
 
-    def __init__(self, model: RankingModel) -> None:
+    def __init__(self, model: RankingModel, *, calibrated: bool = True) -> None:
         super().__init__()
         self.model = model.eval()
         self.graph = model.graph
+        #: False: the model's own predictions (what evaluate shows next to the calibrated)
+        self.calibrated = calibrated
 
     def forward(self, ids: torch.Tensor, dense: torch.Tensor,
                 *id_lists: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.predict(ModelInput(ids, dense, list(id_lists)))
 
     def predict(self, inputs: ModelInput) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model.calibrated(inputs)  # the fitted calibration, when the model has one
+        # the fitted calibration, when the model has one
+        out = self.model.calibrated(inputs) if self.calibrated else self.model(inputs)
         return out.entire(self.graph), out.conditional(self.graph)
 
     @torch.inference_mode()

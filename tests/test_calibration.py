@@ -183,6 +183,26 @@ class ShiftPlugin:
         register("shift", Shift, help="median logit moved to the base rate")
 
 
+def test_the_registry_keeps_both_the_calibrated_and_the_model_s_own_metrics(
+        tmp_path: Path, funnel_dir: Path) -> None:
+    from rankengine.registry import RegistryStore
+    from rankengine.registry.artifacts import register
+
+    (tmp_path / "engine.toml").write_text(tiny_config_text(
+        funnel_dir, extra='[calibration]\nkind = "bias"\n').replace("epochs = 2", "epochs = 1"))
+    trained = train(load_config(tmp_path / "engine.toml"), progress=False)
+    store = RegistryStore(f"sqlite:///{tmp_path / 'reg.db'}")
+    try:
+        version = register(store, tmp_path / "artifacts", trained, "demo")
+        stored = store.resolve(version.ref).metrics
+    finally:
+        store.close()
+    assert stored["calibrator"]["kind"] == "bias"
+    assert stored["splits"]["valid"]["click"]["calibration"] == pytest.approx(1.0, abs=2e-3)
+    assert stored["uncalibrated_splits"]["valid"]["click"]["calibration"] == pytest.approx(
+        trained.training.uncalibrated_metrics["valid"]["click"]["calibration"])
+
+
 def test_a_plugin_calibrator_is_fitted_saved_and_applied(tmp_path: Path,
                                                          funnel_dir: Path) -> None:
     engine = make_engine(("shifting", ShiftPlugin()))
@@ -203,3 +223,18 @@ def test_a_plugin_calibrator_is_fitted_saved_and_applied(tmp_path: Path,
     torch.testing.assert_close(torch.logit(entire[:, click].double()),
                                torch.logit(raw[:, click].double()) + shift, atol=1e-4,
                                rtol=1e-4)
+
+
+def test_evaluate_shows_the_calibrated_metrics_and_the_model_s_own(
+        calibrated_model: Path, funnel_dir: Path) -> None:
+    from click.testing import CliRunner
+
+    from rankengine.cli import cli
+
+    result = CliRunner().invoke(cli, ["evaluate", str(calibrated_model), "--data",
+                                      str(funnel_dir / "valid.parquet")])
+    assert result.exit_code == 0, result.output
+    shift = next(line for line in result.output.splitlines() if "before → after" in line)
+    # on the split it was fitted on, Platt brings the root's mean prediction to its mean label
+    assert shift.startswith("calib before → after calibration (the model's calibrator): click")
+    assert " → 1.00" in shift.split(",")[0] or " → 0.99" in shift.split(",")[0], shift

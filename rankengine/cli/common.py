@@ -116,6 +116,22 @@ def print_metrics(metrics: dict[str, dict[str, Any]], title: str,
                                                notes.items()), nl=False)
 
 
+def print_calibration_shift(before: dict[str, dict[str, Any]],
+                            after: dict[str, dict[str, Any]], engine: Engine,
+                            where: str) -> None:
+    """Each metric with a target (the calibration ratio), the model's own → calibrated."""
+    for metric in engine.components.metrics:
+        if metric.factory.direction != "target":
+            continue
+        shifts = [f"{task} {before[task][metric.name]:.3f} → {values[metric.name]:.3f}"
+                  for task, values in after.items()
+                  if isinstance(values.get(metric.name), float)
+                  and isinstance(before.get(task, {}).get(metric.name), float)]
+        if shifts:
+            click.echo(f"{metric.factory.label} before → after calibration ({where}): "
+                       f"{', '.join(shifts)}")
+
+
 def _fmt(value: float | None, *, whole: bool = False) -> str:
     if value is None or value != value:
         return "-"

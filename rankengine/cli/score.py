@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from rich.markup import escape
 from rich.table import Table
 
-from rankengine.cli.common import console, load_model, print_metrics
+from rankengine.cli.common import console, load_model, print_calibration_shift, print_metrics
 
 
 @click.command()
@@ -43,12 +43,17 @@ def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -
         TensorData(data), cfg.train.eval_batch_size)
     named_outputs(graph, loaded.fusion, entire, conditional,  # no silent NaN metric
                   label=lambda row: f"{data_path}: row {row}")
-    metrics = node_metrics(graph, data, entire, conditional,
-                           select_metrics(loaded.engine.components.metrics, cfg.evaluate.metrics))
+    chosen = select_metrics(loaded.engine.components.metrics, cfg.evaluate.metrics)
+    metrics = node_metrics(graph, data, entire, conditional, chosen)
     if as_json:
         click.echo(to_json(metrics))
-    else:
-        print_metrics(metrics, f"metrics on {data_path} ({len(data):,} rows)", loaded.engine)
+        return
+    print_metrics(metrics, f"metrics on {data_path} ({len(data):,} rows)", loaded.engine)
+    if loaded.model.calibration.active:  # the model's own predictions, for comparison
+        raw = PredictionModule(loaded.model, calibrated=False).predict_all(
+            TensorData(data), cfg.train.eval_batch_size)
+        print_calibration_shift(node_metrics(graph, data, *raw, chosen), metrics,
+                                loaded.engine, "the model's calibrator")
 
 
 @click.command()

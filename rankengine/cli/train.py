@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from rankengine.cli.common import config_option, print_metrics
+from rankengine.cli.common import config_option, print_calibration_shift, print_metrics
 
 GATE = re.compile(r"^\s*(\w+)\.(\w+)\s*(>=|<=|==|>|<|\s+within\s+)\s*([\w.+-]+)\s*$")
 
@@ -130,7 +130,8 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
     print_metrics(result.metrics[split],
                   f"{split} metrics (best epoch {result.best_epoch}{calibrated})", trained.engine)
     if result.calibration:
-        _print_calibration_shift(result, split, trained.engine)
+        print_calibration_shift(result.uncalibrated_metrics[split], result.metrics[split],
+                                trained.engine, f"fitted on {result.calibration['fitted_on']}")
     for name, report in result.label_reports.items():
         if report["inconsistent"]:
             click.echo(f"{name}: inconsistent labels {report['inconsistent']} → policy "
@@ -154,21 +155,6 @@ def train(config_path: Path, output: Path | None, overwrite: bool, registry: str
             click.echo(f"{name}@{promote}: {move.from_version} → {move.to_version} ({why})")
         else:
             click.echo(f"{name}@{promote} not moved: {why}")
-
-
-def _print_calibration_shift(result: Any, split: str, engine: Any) -> None:
-    """Each metric with a target (the calibration ratio), before → after calibrating."""
-    before, after = result.uncalibrated_metrics[split], result.metrics[split]
-    for metric in engine.components.metrics:
-        if metric.factory.direction != "target":
-            continue
-        shifts = [f"{task} {before[task][metric.name]:.3f} → {values[metric.name]:.3f}"
-                  for task, values in after.items()
-                  if isinstance(values.get(metric.name), float)
-                  and isinstance(before.get(task, {}).get(metric.name), float)]
-        if shifts:
-            click.echo(f"{metric.factory.label} before → after the calibrator fitted on "
-                       f"{result.calibration['fitted_on']}: {', '.join(shifts)}")
 
 
 def _check_within(gate: str, engine: Any) -> None:

@@ -162,6 +162,9 @@ def register(store: RegistryStore, root: Path, trained: ModelBundle, model: str,
                    "loss_weights": result.loss_weights, "gate_stats": result.gate_stats,
                    "loss_weight_history": [h["loss_weights"] for h in result.history],
                    "samples_per_second": result.samples_per_second}
+        if result.calibration:  # the model's own metrics next to the calibrated ones
+            metrics["uncalibrated_splits"] = result.uncalibrated_metrics
+            metrics["calibrator"] = result.calibration
         return store.mark_ready(model, version.version, artifact_uri=target.as_uri(),
                                 artifact_sha256=sha, artifact_size=size,
                                 metrics=json_safe(metrics))
