@@ -196,7 +196,10 @@ class ModelSection(Section):
 
 
 class EarlyStopping(Section):
+    #: "loss" (total validation loss), "<metric>:<task>", or "combined": the ``weights``-
+    #: weighted sum of several "<metric>:<task>" terms, each counted in its own direction
     metric: str = "loss"
+    weights: dict[str, float] = {}
     patience: int = Field(default=2, ge=1)
     min_delta: float = Field(default=0.0, ge=0.0)
 
@@ -207,6 +210,10 @@ class TrainSection(Section):
     eval_batch_size: int = Field(default=16384, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(default=1e-3, gt=0.0)
+    #: the learning rate over the run: constant, or decayed to 0 at the last step (cosine,
+    #: linear), after ``warmup_steps`` steps rising linearly from lr / warmup_steps to lr
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = Field(default=0, ge=0)
     weight_decay: float = Field(default=0.0, ge=0.0)
     early_stopping: EarlyStopping | None = EarlyStopping()
     progress: bool = True

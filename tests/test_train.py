@@ -343,6 +343,68 @@ def test_early_stopping_does_not_judge_an_epoch_whose_metric_is_undefined(
     assert stopper.undefined(loss, {"order": {"auc": 0.6}}) is None
 
 
+def test_early_stopping_on_a_weighted_combination_counts_each_metric_in_its_direction(
+        tmp_path: Path, funnel_dir: Path, engine) -> None:
+    from rankengine.errors import ConfigError
+    from rankengine.evaluate import select_metrics
+    from rankengine.plan import build_graph
+    from rankengine.train import EarlyStopper
+
+    def stopper(early: str) -> EarlyStopper:
+        text = tiny_config_text(funnel_dir).replace(
+            "progress = false", f"progress = false\nearly_stopping = {early}")
+        (tmp_path / "engine.toml").write_text(text)
+        config = load_config(tmp_path / "engine.toml")
+        return EarlyStopper(config, build_graph(config, engine),
+                            select_metrics(engine.components.metrics, None))
+
+    combined = stopper('{ metric = "combined", patience = 1, weights = { "auc:click" = 1.0, '
+                       '"calibration:order" = 2.0, "logloss:pay" = 0.5 } }')
+    metrics = {"click": {"auc": 0.8}, "order": {"calibration": 1.1}, "pay": {"logloss": 0.04}}
+    # higher AUC is better, calibration closest to 1, lower logloss: all as "badness"
+    assert combined.value({}, metrics) == pytest.approx(-0.8 + 2.0 * 0.1 + 0.5 * 0.04)
+    assert combined.update(1, {}, metrics) == (True, False)
+    better_calibrated = {**metrics, "order": {"calibration": 0.97}}
+    assert combined.update(2, {}, better_calibrated) == (True, False)
+    assert combined.update(3, {}, metrics) == (False, True)
+    missing = {**metrics, "pay": {"logloss": float("nan"), "undefined": {"logloss": "no rows"}}}
+    assert combined.undefined({}, missing) == "logloss:pay: no rows"
+    for early, why in (
+            ('{ metric = "combined" }', r"\[train\.early_stopping\.weights\]: metric = "
+                                       r"\"combined\" needs weights"),
+            ('{ metric = "auc:click", weights = { "auc:order" = 1.0 } }',
+             r"weights are for metric = \"combined\""),
+            ('{ metric = "combined", weights = { "auc:nope" = 1.0 } }',
+             r"\[train\.early_stopping\.weights\]: task 'nope' is not in the graph"),
+            ('{ metric = "combined", weights = { "auc:click" = 0.0 } }', r"must be a number > 0")):
+        with pytest.raises(ConfigError, match=why):
+            stopper(early)
+
+
+def test_lr_schedules_warm_up_then_decay_to_zero(tmp_path: Path, funnel_dir: Path) -> None:
+    from rankengine.train.loop import lr_factor
+
+    def config(schedule: str, warmup: int):  # type: ignore[no-untyped-def]
+        text = tiny_config_text(funnel_dir).replace(
+            "progress = false", f'progress = false\nlr_schedule = "{schedule}"\n'
+                                f"warmup_steps = {warmup}")
+        (tmp_path / "engine.toml").write_text(text)
+        return load_config(tmp_path / "engine.toml")
+
+    assert lr_factor(config("constant", 0), 5, 100) is None  # the optimiser's lr untouched
+    cosine = config("cosine", 10)
+    assert [lr_factor(cosine, s, 110) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert lr_factor(cosine, 60, 110) == pytest.approx(0.5)  # half way through the decay
+    assert lr_factor(cosine, 110, 110) == pytest.approx(0.0)
+    linear = config("linear", 0)
+    assert lr_factor(linear, 25, 100) == pytest.approx(0.75)
+    # A real run: the recorded lr falls epoch by epoch to near 0 at the end.
+    trained = train(config("linear", 4), progress=False)
+    lrs = [record["lr"] for record in trained.training.history]
+    lr = trained.config.train.lr
+    assert lrs[0] < lr and lrs[-1] < 0.05 * lr and lrs == sorted(lrs, reverse=True)
+
+
 def test_an_old_artifact_with_an_unservable_fusion_fails_to_load_in_one_line(
         trained, tmp_path: Path) -> None:
     """Models saved before fusions were built ahead of training can still hold a fusion weight

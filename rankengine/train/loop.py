@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -60,6 +61,22 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
         plan = make_plan(config, engine)
         check_buildable(plan)  # in seconds, before any data is read
     return Trainer(plan, generator, progress=progress, log=log, resume=resume).run()
+
+
+def lr_factor(config: EngineConfig, step: int, total_steps: int) -> float | None:
+    """lr multiplier of step ``step`` of ``total_steps``; None: the constant schedule without
+    warm-up (the optimiser's lr is left exactly as it is)."""
+    t = config.train
+    if t.lr_schedule == "constant" and not t.warmup_steps:
+        return None
+    if step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    if t.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - t.warmup_steps) / max(1, total_steps - t.warmup_steps))
+    if t.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - progress
 
 
 def optimizer_for(config: EngineConfig,
@@ -130,6 +147,10 @@ class Trainer:
         self.show = (config.train.progress if progress is None else progress) \
             and self.dist.is_main
         self.started = 0.0
+        # Every rank steps together, so every rank takes rank 0's count (its share may differ).
+        rows = len(self.data.train)
+        self.steps_per_epoch = int(self.dist.broadcast_object(
+            -(-rows // config.train.batch_size)))
 
     def _restore_training_state(self, state: dict[str, Any]) -> None:
         assert self.checkpoints is not None
@@ -259,6 +280,7 @@ class Trainer:
             task_losses, rank_loss, total = self.step(batch, epoch, steps)
             if not dist.average_gradients(self.params, batch is not None):
                 break  # every rank has run out of data
+            self.schedule_lr((epoch - 1) * self.steps_per_epoch + global_steps)
             self.optimizer.step()
             global_steps += 1
             if batch is not None:
@@ -275,6 +297,15 @@ class Trainer:
                                       self.snapshot(epoch_generator, sums.clone(), rank_sum))
         bar.close()
         return self.end_epoch(epoch, sums, steps, rank_sum)
+
+    def schedule_lr(self, step: int) -> None:
+        """Set the learning rate of optimiser step ``step`` (0-based, over the whole run) from
+        ``[train] lr_schedule`` and ``warmup_steps``: a function of the step alone, so a
+        resumed run continues the same curve."""
+        factor = lr_factor(self.config, step, self.config.train.epochs * self.steps_per_epoch)
+        if factor is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.train.lr * factor
 
     def step(self, batch: Batch | None, epoch: int, steps: int,
              ) -> tuple[torch.Tensor, float, torch.Tensor]:
@@ -324,6 +355,7 @@ class Trainer:
             "train_loss_total": float(self.weighting.combine(mean_losses).detach()),
             "valid_loss": valid_loss,
             "valid": valid_metrics, "loss_weights": self.weighting.current_weights(),
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
         }
         if self.ranking is not None:
             record["train_ranking_loss"] = float(totals[-1]) / max(float(totals[-2]), 1.0)

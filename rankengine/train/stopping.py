@@ -1,8 +1,10 @@
-"""Early stopping on the total validation loss or on one task's metric, in its direction."""
+"""Early stopping on the total validation loss, on one task's metric in its direction, or on a
+weighted combination of several."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from rankengine.components import Component
 from rankengine.config import EngineConfig
@@ -12,66 +14,85 @@ from rankengine.graph import TaskGraph
 from rankengine.interfaces import Metric
 
 
+@dataclass(frozen=True)
+class Term:
+    """One tracked ``<metric>:<task>`` with its weight and the metric that judges it."""
+
+    metric: str
+    task: str
+    weight: float
+    judge: Metric
+
+
 class EarlyStopper:
-    """Tracks ``loss`` (total validation loss) or ``<metric>:<task>`` for early stopping."""
+    """Tracks ``loss`` (total validation loss), ``<metric>:<task>``, or ``combined``: a
+    weighted sum of several such terms, each as its metric's badness (its direction)."""
 
     def __init__(self, config: EngineConfig, graph: TaskGraph,
                  metrics: list[Component[Metric]]) -> None:
         self.spec = config.train.early_stopping
         self.best = math.inf
         self.bad_epochs = 0
-        self.metric: str | None = None
-        self.task: str | None = None
-        self.judge: Metric | None = None
+        self.terms: list[Term] = []
         if self.spec is None or self.spec.metric == "loss":
+            if self.spec is not None and self.spec.weights:
+                raise ConfigError("weights are for metric = \"combined\"; found metric = "
+                                  "\"loss\"", source=config.source,
+                                  key="train.early_stopping.weights")
             return
-        name, _, task = self.spec.metric.partition(":")
-        base = name.removesuffix("_cond")
-        known = {m.name: m for m in metrics}
-        if base not in known or not task:
-            raise ConfigError(
-                f"expected 'loss' or '<metric>:<task>' (e.g. 'auc:{graph.names[-1]}') with a "
-                f"metric among {', '.join(sorted(known))}; found {self.spec.metric!r}",
-                source=config.source, key="train.early_stopping.metric")
-        if task not in graph.names:
-            raise ConfigError(f"task '{task}' is not in the graph ({', '.join(graph.names)})",
-                              source=config.source, key="train.early_stopping.metric")
-        node = graph.node(task)
-        if known[base].factory.task_type != node.type:  # never computed: never judged
-            fitting = sorted(m for m, c in known.items() if c.factory.task_type == node.type)
-            raise ConfigError(f"metric '{base}' is computed for {known[base].factory.task_type} "
-                              f"tasks, but '{task}' is a {node.type} task; its metrics: "
-                              f"{', '.join(fitting) or '(none)'}", source=config.source,
-                              key="train.early_stopping.metric")
-        if known[base].factory.needs_group and not config.data.group:
-            raise ConfigError(f"metric '{base}' is computed per request group; set [data] group",
-                              source=config.source, key="train.early_stopping.metric")
-        if name.endswith("_cond") and node.parent is None:
-            raise ConfigError(f"'{name}' is measured on the parent-positive rows, but task "
-                              f"'{task}' has no parent (after); use '{base}:{task}'",
-                              source=config.source, key="train.early_stopping.metric")
-        self.metric, self.task = name, task
-        self.judge = known[base].factory  # its direction: higher, lower or closest to a target
+        key = "train.early_stopping.metric"
+        if self.spec.metric == COMBINED:
+            if not self.spec.weights:
+                raise ConfigError("metric = \"combined\" needs weights, e.g. { \"auc:click\" = "
+                                  "1.0, \"auc:order\" = 2.0 }", source=config.source,
+                                  key="train.early_stopping.weights")
+            key = "train.early_stopping.weights"
+            weighted = dict(self.spec.weights)
+        elif self.spec.weights:
+            raise ConfigError(f"weights are for metric = \"combined\"; found metric = "
+                              f"{self.spec.metric!r}", source=config.source,
+                              key="train.early_stopping.weights")
+        else:
+            weighted = {self.spec.metric: 1.0}
+        for term, weight in weighted.items():
+            if not math.isfinite(weight) or weight <= 0:
+                raise ConfigError(f"the weight of {term!r} must be a number > 0, found "
+                                  f"{weight}", source=config.source, key=key)
+            self.terms.append(_term(term, weight, config, graph, metrics, key))
+
+    @property
+    def metric(self) -> str | None:
+        """The one tracked ``<metric>`` (None: the loss, or a combination)."""
+        return self.terms[0].metric if len(self.terms) == 1 else None
+
+    @property
+    def task(self) -> str | None:
+        return self.terms[0].task if len(self.terms) == 1 else None
 
     def value(self, loss: dict[str, float], metrics: Metrics) -> float:
         """The tracked quantity, lower is better; NaN where it is undefined this epoch."""
-        if self.metric is None:
+        if not self.terms:
             return float(loss.get("total", math.nan))
-        assert self.task is not None
-        found = (metrics.get(self.task) or {}).get(self.metric)
-        if not isinstance(found, int | float) or not math.isfinite(found):
-            return math.nan
-        assert self.judge is not None
-        return self.judge.badness(float(found))
+        total = 0.0
+        for term in self.terms:
+            found = (metrics.get(term.task) or {}).get(term.metric)
+            if not isinstance(found, int | float) or not math.isfinite(found):
+                return math.nan
+            total += term.weight * term.judge.badness(float(found))
+        return total
 
     def undefined(self, loss: dict[str, float], metrics: Metrics) -> str | None:
         """Why the tracked metric has no value this epoch (None when it has one)."""
         if math.isfinite(self.value(loss, metrics)):
             return None
-        if self.metric is None:
+        if not self.terms:
             return "no validation rows"
-        assert self.task is not None
-        return undefined_reason(metrics, self.task, self.metric) or "not computed"
+        for term in self.terms:
+            found = (metrics.get(term.task) or {}).get(term.metric)
+            if not isinstance(found, int | float) or not math.isfinite(found):
+                why = undefined_reason(metrics, term.task, term.metric) or "not computed"
+                return why if len(self.terms) == 1 else f"{term.metric}:{term.task}: {why}"
+        return "not computed"
 
     def update(self, epoch: int, loss: dict[str, float], metrics: Metrics) -> tuple[bool, bool]:
         """Returns (improved, stop).
@@ -90,3 +111,37 @@ class EarlyStopper:
             return True, False
         self.bad_epochs += 1
         return False, self.spec is not None and self.bad_epochs >= self.spec.patience
+
+
+COMBINED = "combined"
+
+
+def _term(text: str, weight: float, config: EngineConfig, graph: TaskGraph,
+          metrics: list[Component[Metric]], key: str) -> Term:
+    """``<metric>:<task>`` checked against the metrics and the graph."""
+    name, _, task = text.partition(":")
+    base = name.removesuffix("_cond")
+    known = {m.name: m for m in metrics}
+    if base not in known or not task:
+        raise ConfigError(
+            f"expected 'loss', 'combined' or '<metric>:<task>' (e.g. 'auc:{graph.names[-1]}') "
+            f"with a metric among {', '.join(sorted(known))}; found {text!r}",
+            source=config.source, key=key)
+    if task not in graph.names:
+        raise ConfigError(f"task '{task}' is not in the graph ({', '.join(graph.names)})",
+                          source=config.source, key=key)
+    node = graph.node(task)
+    judge = known[base].factory
+    if judge.task_type != node.type:  # never computed: never judged
+        fitting = sorted(m for m, c in known.items() if c.factory.task_type == node.type)
+        raise ConfigError(f"metric '{base}' is computed for {judge.task_type} tasks, but "
+                          f"'{task}' is a {node.type} task; its metrics: "
+                          f"{', '.join(fitting) or '(none)'}", source=config.source, key=key)
+    if judge.needs_group and not config.data.group:
+        raise ConfigError(f"metric '{base}' is computed per request group; set [data] group",
+                          source=config.source, key=key)
+    if name.endswith("_cond") and node.parent is None:
+        raise ConfigError(f"'{name}' is measured on the parent-positive rows, but task "
+                          f"'{task}' has no parent (after); use '{base}:{task}'",
+                          source=config.source, key=key)
+    return Term(name, task, weight, judge)
