@@ -238,3 +238,22 @@ def test_evaluate_shows_the_calibrated_metrics_and_the_model_s_own(
     # on the split it was fitted on, Platt brings the root's mean prediction to its mean label
     assert shift.startswith("calib before → after calibration (the model's calibrator): click")
     assert " → 1.00" in shift.split(",")[0] or " → 0.99" in shift.split(",")[0], shift
+
+
+def test_the_report_draws_the_reliability_before_and_after_calibration(
+        calibrated_model: Path) -> None:
+    from rankengine.report.build import score_curves
+    from rankengine.report.plots import curves_figure
+
+    loaded = load_artifact(calibrated_model)
+    saved = json.loads((calibrated_model / "metrics.json").read_text())
+    curves = score_curves(loaded, "valid").tasks["click"]
+    assert curves.reliability is not None and curves.reliability_uncalibrated is not None
+    # the same ratios the trainer measured on the whole split, model's own and calibrated
+    assert curves.reliability_uncalibrated.calibration == pytest.approx(
+        saved["uncalibrated_metrics"]["valid"]["click"]["calibration"], rel=1e-4)
+    assert curves.reliability.calibration == pytest.approx(
+        saved["metrics"]["valid"]["click"]["calibration"], rel=1e-4)
+    svg = curves_figure("click", curves.roc, None, curves.reliability, None, None,
+                        curves.reliability_uncalibrated)
+    assert "before calibration" in svg

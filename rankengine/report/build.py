@@ -87,11 +87,14 @@ class TaskCurves:
     roc_cond: Curve | None = None  # on the parent-positive rows, with p(task | parent)
     reliability: Reliability | None = None
     reliability_cond: Reliability | None = None
+    #: the model's own predictions, before its calibrator (None: the model has none)
+    reliability_uncalibrated: Reliability | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (v.as_dict() if v is not None else None) for k, v in (
             ("roc", self.roc), ("roc_cond", self.roc_cond), ("reliability", self.reliability),
-            ("reliability_cond", self.reliability_cond))}
+            ("reliability_cond", self.reliability_cond),
+            ("reliability_uncalibrated", self.reliability_uncalibrated))}
 
 
 @dataclass
@@ -279,6 +282,9 @@ def score_curves(loaded: ModelBundle, split: str, *, max_rows: int = MAX_ROWS,
     named_outputs(graph, loaded.fusion, entire, conditional,  # no silent NaN curve
                   label=lambda row: f"{source}: row {row}")
     labels = data.labels.astype(np.float64)
+    raw = PredictionModule(loaded.model, calibrated=False).predict_all(
+        TensorData(data), cfg.train.eval_batch_size)[0] \
+        if loaded.model.calibration.active else None
     out = CurveSet(split, source, len(data), total)
     for i, node in enumerate(graph.nodes):
         if node.type != "binary":
@@ -290,6 +296,8 @@ def score_curves(loaded: ModelBundle, split: str, *, max_rows: int = MAX_ROWS,
             sub = labels[:, parent] == 1
             curves.roc_cond = roc_curve(labels[sub, i], conditional[sub, i])
             curves.reliability_cond = reliability(labels[sub, i], conditional[sub, i])
+        if raw is not None:
+            curves.reliability_uncalibrated = reliability(labels[:, i], raw[:, i])
         out.tasks[node.name] = curves
     return out
 

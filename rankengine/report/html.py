@@ -312,7 +312,8 @@ def _curves_section(report: VersionReport) -> str:
                        f'{_skip("this split has no positive (or no negative) rows")}</div>')
             continue
         svg = plots.curves_figure(task, tc.roc, tc.roc_cond, tc.reliability,
-                                  tc.reliability_cond, spec.get("after"))
+                                  tc.reliability_cond, spec.get("after"),
+                                  tc.reliability_uncalibrated)
         area = _attr(tc.roc.auc) if tc.roc else ""
         out.append(f'<div class="figure task-curves" id="curves-{escape(task)}" '
                    f'data-task="{escape(task)}" data-roc-area="{area}">{svg}</div>')

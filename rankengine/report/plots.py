@@ -45,8 +45,10 @@ def _colors(names: list[str]) -> dict[str, str]:
 
 
 def curves_figure(task: str, roc: Curve | None, roc_cond: Curve | None,
-                  rel: Reliability | None, rel_cond: Reliability | None, parent: str | None) -> str:
-    """ROC (entire space and given the parent) beside the reliability diagram."""
+                  rel: Reliability | None, rel_cond: Reliability | None, parent: str | None,
+                  rel_raw: Reliability | None = None) -> str:
+    """ROC (entire space and given the parent) beside the reliability diagram (with the
+    model's own predictions before its calibrator, ``rel_raw``, when it has one)."""
     with rc_context(STYLE):
         fig = Figure(figsize=(8.4, 3.4))
         ax_roc, ax_rel = fig.subplots(1, 2)
@@ -62,12 +64,14 @@ def curves_figure(task: str, roc: Curve | None, roc_cond: Curve | None,
         ax_roc.set_aspect("equal")
         ax_roc.legend(loc="lower right")
         top = 0.0
-        for r, color, label, marker in ((rel, PALETTE[0], "entire space", "o"),
-                                        (rel_cond, PALETTE[1], f"given {parent}", "s")):
+        for r, color, label, marker, style in (
+                (rel_raw, "#999", "before calibration", "^", "--"),
+                (rel, PALETTE[0], "entire space", "o", "-"),
+                (rel_cond, PALETTE[1], f"given {parent}", "s", "-")):
             if r is None:
                 continue
             ax_rel.plot(r.predicted, r.observed, marker=marker, ms=3.5, lw=1.2, color=color,
-                        label=f"{label}  mean p / rate {r.calibration:.3f}")
+                        ls=style, label=f"{label}  mean p / rate {r.calibration:.3f}")
             top = max(top, *r.predicted, *r.observed)
         top = min(1.0, top * 1.08) if top > 0 else 1.0
         ax_rel.plot([0, top], [0, top], color="#999", lw=0.8, ls=":", label="calibrated")
