@@ -257,3 +257,25 @@ def test_the_report_draws_the_reliability_before_and_after_calibration(
     svg = curves_figure("click", curves.roc, None, curves.reliability, None, None,
                         curves.reliability_uncalibrated)
     assert "before calibration" in svg
+
+
+def test_an_isotonic_calibrated_model_exports_and_serves_alike(tmp_path: Path,
+                                                               funnel_dir: Path) -> None:
+    """The piecewise-linear map (comparisons, gathers, logit) runs the same in ONNX Runtime."""
+    (tmp_path / "engine.toml").write_text(tiny_config_text(
+        funnel_dir, extra='[calibration]\nkind = "isotonic"\nmin_bucket = 50\n'))
+    trained = train(load_config(tmp_path / "engine.toml"), progress=False)
+    loaded = load_artifact(save_artifact(trained, tmp_path / "artifact"))
+    knots = {k: v for k, v in loaded.model.state_dict().items() if k.endswith("knot_logits")}
+    assert knots and all(bool(v.any()) for v in knots.values())  # fitted, saved, loaded
+    generator = torch.Generator().manual_seed(0)
+    arrays = [(torch.randint(0, 3, t.shape, generator=generator) if t.dtype == torch.long
+               else torch.randn(t.shape, generator=generator)).numpy()
+              for t in example_inputs(loaded, 64)]
+    answers = {}
+    for name in ("torch", "onnxruntime"):
+        backend = backend_class(loaded.engine, name)(loaded)
+        answers[name] = backend(arrays[0], arrays[1], arrays[2:])
+        backend.close()
+    for got, want in zip(answers["onnxruntime"], answers["torch"], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # values relatively
