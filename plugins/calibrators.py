@@ -59,9 +59,10 @@ class _LoglossFitted(Calibrator):
     def fit(self, predictions: np.ndarray, targets: np.ndarray) -> None:
         if len(predictions) == 0 or targets.min() == targets.max():
             return  # one class (or none): nothing to calibrate against; stay the identity
-        logits = torch.from_numpy(np.asarray(predictions, dtype=np.float32))
-        labels = torch.from_numpy(np.asarray(targets, dtype=np.float32))
         params = list(self.parameters())
+        device = params[0].device  # fit where the model lives
+        logits = torch.as_tensor(np.asarray(predictions, dtype=np.float32), device=device)
+        labels = torch.as_tensor(np.asarray(targets, dtype=np.float32), device=device)
         optimizer = torch.optim.LBFGS(params, max_iter=200, line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:
