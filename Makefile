@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python benchmarks/train_throughput.py --seeds 2018 1 2 3
 	$(BIN)/python benchmarks/funnel_quality.py --requests 50000
 	$(BIN)/python benchmarks/objectives.py --seeds 1 2 3
+	$(BIN)/python benchmarks/calibration.py --requests 50000 --seeds 1 2 3
 	$(BIN)/python benchmarks/serve_latency.py
 	$(BIN)/python benchmarks/streaming_scale.py
 
