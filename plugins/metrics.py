@@ -1,4 +1,5 @@
-"""Evaluation metrics: AUC, GAUC, logloss, calibration, ECE and RMSE, vectorised with numpy."""
+"""Evaluation metrics: AUC, GAUC, logloss, calibration, ECE, calibration per decile and RMSE,
+vectorised with numpy."""
 
 from __future__ import annotations
 
@@ -21,6 +22,11 @@ def rankengine_register_metrics(register: Register[Metric]) -> None:
     register("ece", Metric(ece, direction="lower", label="ECE", headline=False),
              help=f"expected calibration error: Σ_b (n_b / N) · |mean p_b - mean y_b| over "
                   f"{ECE_BUCKETS} equal-mass buckets of the predictions (0 is calibrated)")
+    register("decile_calibration", Metric(decile_calibration, direction="lower",
+                                          label="calib/decile", headline=False),
+             help=f"largest |mean p / mean label - 1| over the {DECILES} equal-mass deciles of "
+                  f"the predictions, deciles without a positive label skipped (0 is calibrated "
+                  f"in every decile)")
     register("rmse", Metric(rmse, task_type="regression", direction="lower", label="RMSE"),
              help="root mean squared error of the value")
 
@@ -108,6 +114,26 @@ def calibration(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) 
 #: buckets of expected calibration error: equal mass (each holds a tenth of the rows), so a
 #: rare positive class still gets buckets where its predictions are
 ECE_BUCKETS = 10
+DECILES = 10
+
+
+def equal_mass_buckets(y: np.ndarray, p: np.ndarray,
+                       buckets: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean label, mean prediction and rows of each of ``buckets`` equal-mass buckets of ``p``.
+
+    Rows are sorted by prediction once (stable, so tied predictions keep their row order and a
+    tie may straddle two buckets); bucket sizes are ``np.array_split``'s (the first
+    ``len % buckets`` hold one row more); with fewer rows than buckets, one row a bucket. At
+    least one row.
+    """
+    order = np.argsort(p, kind="stable")
+    count = min(buckets, len(order))
+    sizes = np.full(count, len(order) // count)
+    sizes[:len(order) % count] += 1
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]
+    mean_y = np.add.reduceat(y[order], starts) / sizes
+    mean_p = np.add.reduceat(p[order], starts) / sizes
+    return mean_y, mean_p, sizes
 
 
 def ece(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:
@@ -115,11 +141,28 @@ def ece(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float
     p = np.asarray(p, dtype=np.float64)
     if len(y) == 0:
         return undefined("no rows")
-    order = np.argsort(p, kind="stable")
-    total = 0.0
-    for bucket in np.array_split(order, min(ECE_BUCKETS, len(order))):
-        total += len(bucket) * abs(float(np.mean(p[bucket])) - float(np.mean(y[bucket])))
-    return total / len(y)
+    mean_y, mean_p, sizes = equal_mass_buckets(y, p, ECE_BUCKETS)
+    return float(np.sum(sizes * np.abs(mean_p - mean_y))) / len(y)
+
+
+def decile_calibration(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:
+    """max over the deciles of the prediction of |mean p / mean label - 1|.
+
+    A decile whose mean label is 0 has no ratio (over-prediction there is unbounded, and with a
+    rare label the low deciles often hold no positive): it is skipped, as ``calibration`` is
+    undefined there; undefined only when every decile is skipped (no positive label at all).
+    ECE averages the gaps, so over-prediction in one decile can hide behind under-prediction in
+    another; this is the worst decile.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    if len(y) == 0:
+        return undefined("no rows")
+    mean_y, mean_p, _ = equal_mass_buckets(y, p, DECILES)
+    positive = mean_y > 0
+    if not positive.any():
+        return undefined("mean label is 0 in every decile")
+    return float(np.max(np.abs(mean_p[positive] / mean_y[positive] - 1.0)))
 
 
 def rmse(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None) -> float:

@@ -2,8 +2,9 @@
 
 The metrics tables come from the registry (what ``models show`` / ``models diff`` read); the
 per-epoch history, gate statistics and fusion search come from the artifact's ``metrics.json``;
-ROC and reliability curves are computed here by scoring the version's evaluation split, at
-most ``max_rows`` rows of it (a seeded random sample beyond that).
+ROC and reliability curves and the per-decile calibration tables are computed here by scoring
+the version's evaluation split, at most ``max_rows`` rows of it (a seeded random sample beyond
+that).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 ROC_POINTS = 300
 RELIABILITY_BINS = 15
+DECILES = 10  # rows of the per-decile calibration table
 
 Direction = Literal["higher", "lower", "target", "neutral"]
 """How the report ranks a metric column: the registered metric's own direction, or ``neutral``
@@ -76,9 +78,15 @@ class Reliability:
     rows: list[int]
     calibration: float  # mean prediction / mean label over all rows
 
+    @property
+    def ratios(self) -> list[float | None]:
+        """Mean prediction / observed rate per bin; None where the bin has no positive label."""
+        return [p / o if o > 0 else None for p, o in zip(self.predicted, self.observed,
+                                                            strict=True)]
+
     def as_dict(self) -> dict[str, Any]:
         return {"predicted": self.predicted, "observed": self.observed, "rows": self.rows,
-                "ratio": _num(self.calibration)}
+                "ratio": _num(self.calibration), "ratios": self.ratios}
 
 
 @dataclass
@@ -89,12 +97,17 @@ class TaskCurves:
     reliability_cond: Reliability | None = None
     #: the model's own predictions, before its calibrator (None: the model has none)
     reliability_uncalibrated: Reliability | None = None
+    #: the calibration table: :data:`DECILES` equal-mass bins of the predictions (entire space)
+    deciles: Reliability | None = None
+    #: the same of the model's own predictions, before its calibrator (None: it has none)
+    deciles_uncalibrated: Reliability | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (v.as_dict() if v is not None else None) for k, v in (
             ("roc", self.roc), ("roc_cond", self.roc_cond), ("reliability", self.reliability),
             ("reliability_cond", self.reliability_cond),
-            ("reliability_uncalibrated", self.reliability_uncalibrated))}
+            ("reliability_uncalibrated", self.reliability_uncalibrated),
+            ("deciles", self.deciles), ("deciles_uncalibrated", self.deciles_uncalibrated))}
 
 
 @dataclass
@@ -291,13 +304,15 @@ def score_curves(loaded: ModelBundle, split: str, *, max_rows: int = MAX_ROWS,
             continue
         parent = graph.parent_index[i]
         curves = TaskCurves(roc_curve(labels[:, i], entire[:, i]), None,
-                            reliability(labels[:, i], entire[:, i]), None)
+                            reliability(labels[:, i], entire[:, i]), None,
+                            deciles=reliability(labels[:, i], entire[:, i], DECILES))
         if parent >= 0:
             sub = labels[:, parent] == 1
             curves.roc_cond = roc_curve(labels[sub, i], conditional[sub, i])
             curves.reliability_cond = reliability(labels[sub, i], conditional[sub, i])
         if raw is not None:
             curves.reliability_uncalibrated = reliability(labels[:, i], raw[:, i])
+            curves.deciles_uncalibrated = reliability(labels[:, i], raw[:, i], DECILES)
         out.tasks[node.name] = curves
     return out
 
@@ -365,7 +380,11 @@ def roc_curve(y: np.ndarray, p: np.ndarray, points: int = ROC_POINTS) -> Curve |
 
 
 def reliability(y: np.ndarray, p: np.ndarray, bins: int = RELIABILITY_BINS) -> Reliability | None:
-    """Equal-count bins over the prediction (rare events crowd near 0; equal widths waste bins)."""
+    """Equal-count bins over the prediction (rare events crowd near 0; equal widths waste bins).
+
+    Rows sorted by prediction (stable) and cut as ``np.array_split`` cuts: with ``bins`` = 10
+    the bins are the deciles the built-in per-decile calibration metric measures.
+    """
     if len(y) == 0 or float(y.sum()) == 0:
         return None
     order = np.argsort(p, kind="mergesort")

@@ -23,8 +23,11 @@ from rankengine.evaluate import undefined_summary
 from rankengine.report import plots
 from rankengine.report.build import (
     COUNTS,
+    DECILES,
     CompareReport,
     MetricInfo,
+    Reliability,
+    TaskCurves,
     VersionReport,
     base_metric,
     column_info,
@@ -298,7 +301,10 @@ def _curves_section(report: VersionReport) -> str:
                if curves.rows < curves.rows_total else f"all {curves.rows:,} rows")
     out = [f'<p class="note">Scored at report time: the {escape(curves.split)} split '
            f"({escape(curves.source)}), {sampled}; the ROC curves' areas are over the rows "
-           f"scored.</p>"]
+           f"scored. Each table cuts the rows into {DECILES} equal-mass bins (deciles) of the "
+           f"prediction (before the model's calibrator and after it, each by its own "
+           f"predictions): mean prediction, mean label and their ratio (1 is calibrated; - "
+           f"where a decile has no positive label).</p>"]
     for task, spec in report.graph.items():
         tc = curves.tasks.get(task)
         if tc is None:
@@ -316,8 +322,47 @@ def _curves_section(report: VersionReport) -> str:
                                   tc.reliability_uncalibrated)
         area = _attr(tc.roc.auc) if tc.roc else ""
         out.append(f'<div class="figure task-curves" id="curves-{escape(task)}" '
-                   f'data-task="{escape(task)}" data-roc-area="{area}">{svg}</div>')
+                   f'data-task="{escape(task)}" data-roc-area="{area}">{svg}'
+                   f"{_deciles_table(task, tc)}</div>")
     return "".join(out)
+
+
+def _deciles_table(task: str, tc: TaskCurves) -> str:
+    """Calibration per decile of the prediction: mean prediction, mean label and their ratio,
+    before the model's calibrator and after (each set cut by its own predictions)."""
+    stages = [(s, name, r) for s, name, r in (
+        ("before", "before calibration", tc.deciles_uncalibrated),
+        ("after", "after calibration" if tc.deciles_uncalibrated else "model (no calibrator)",
+         tc.deciles)) if r is not None]
+    if not stages:
+        return ""
+    rows = max(len(r.rows) for _, _, r in stages)
+    top = "".join(f'<th colspan="3">{escape(name)}</th>' for _, name, _ in stages)
+    sub = "<th>mean p</th><th>mean label</th><th>p / label</th>" * len(stages)
+    body = []
+    for d in range(rows):
+        cells = []
+        for stage, _, r in stages:
+            values = ((r.predicted[d], r.observed[d], r.ratios[d]) if d < len(r.rows)
+                      else (None, None, None))
+            for column, value in zip(("predicted", "observed", "ratio"), values, strict=True):
+                tip = ' title="no positive label in this decile"' \
+                    if column == "ratio" and value is None and d < len(r.rows) else ""
+                cells.append(f'<td{tip} data-stage="{stage}" data-column="{column}" '
+                             f'data-value="{_attr(value)}">{_fmt(value)}</td>')
+        body.append(f'<tr data-decile="{d + 1}"><td>{d + 1}</td>{"".join(cells)}</tr>')
+    worst = "".join(
+        f'<td colspan="3" data-stage="{stage}" data-worst="{_attr(_worst(r))}">'
+        f"{_fmt(_worst(r))}</td>" for stage, _, r in stages)
+    return (f'<table class="deciles" id="deciles-{escape(task)}" data-task="{escape(task)}">'
+            f'<tr><th rowspan="2">decile of p</th>{top}</tr><tr>{sub}</tr>{"".join(body)}'
+            f'<tr class="worst"><td title="the decile calibration metric: deciles without a '
+            f'positive label are skipped">largest |p / label - 1|</td>{worst}</tr></table>')
+
+
+def _worst(r: Reliability) -> float | None:
+    gaps = [abs(x - 1.0) for x in r.ratios if x is not None]
+    return max(gaps) if gaps else None
 
 
 def _training_section(report: VersionReport, tasks: list[str]) -> str:

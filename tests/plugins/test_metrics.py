@@ -68,6 +68,62 @@ def test_ece_is_the_mass_weighted_gap_of_equal_mass_buckets(engine: Engine) -> N
     assert engine.components.metrics.get("ece").factory.direction == "lower"
 
 
+def test_decile_calibration_is_the_worst_ratio_over_deciles_skipping_ones_without_positives(
+        engine: Engine) -> None:
+    decile = metric(engine, "decile_calibration")
+    # 20 rows, 10 deciles of 2 sorted by p; per decile (mean p, mean label) → |ratio - 1|:
+    # (0.1, 0) skipped, (0.2, 0.5) 0.6, (0.3, 0.5) 0.4, (0.4, 0.5) 0.2, (0.5, 0.5) 0,
+    # (0.6, 0.5) 0.2, (0.7, 1) 0.3, (0.8, 1) 0.2, (0.9, 1) 0.1, (0.95, 1) 0.05
+    p = np.repeat([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95], 2)
+    y = np.array([0, 0, 0, 1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1], dtype=float)
+    assert decile(y, p, None) == pytest.approx(0.6)
+    shuffle = np.random.default_rng(3).permutation(20)  # sorted by p, not by row order
+    assert decile(y[shuffle], p[shuffle], None) == pytest.approx(0.6)
+    # a positive in the lowest decile: it is no longer skipped, its ratio 0.1 / 0.5 wins
+    y[0] = 1.0
+    assert decile(y, p, None) == pytest.approx(0.8)
+    info = engine.components.metrics.get("decile_calibration").factory
+    assert (info.direction, info.headline, info.label) == ("lower", False, "calib/decile")
+
+
+def test_decile_calibration_is_zero_when_every_decile_is_calibrated(engine: Engine) -> None:
+    # decile k (100 rows) predicts k/10 and holds 10·k positives
+    p = np.repeat(np.arange(1, 11) / 10, 100)
+    y = np.concatenate([np.r_[np.ones(10 * k), np.zeros(100 - 10 * k)] for k in range(1, 11)])
+    assert metric(engine, "decile_calibration")(y, p, None) == pytest.approx(0.0, abs=1e-12)
+    # over-predicting by a tenth everywhere is 0.1 in every decile
+    assert metric(engine, "decile_calibration")(y, p * 1.1, None) == pytest.approx(0.1)
+
+
+def test_decile_calibration_catches_what_ece_and_the_global_ratio_average_away(
+        engine: Engine) -> None:
+    """Under-prediction in the bottom decile and over-prediction in the top one cancel in the
+    mean, and are two small absolute gaps for ECE; the bottom decile's ratio is 1/3."""
+    p = np.repeat(np.r_[0.01, np.arange(2, 10) / 10, 0.92], 100)
+    positives = [3, *range(20, 100, 10), 90]  # rate 0.03 in the bottom decile, 0.90 at the top
+    y = np.concatenate([np.r_[np.ones(k), np.zeros(100 - k)] for k in positives])
+    assert metric(engine, "calibration")(y, p, None) == pytest.approx(1.0)
+    assert metric(engine, "ece")(y, p, None) == pytest.approx(0.004)  # (0.02 + 0.02) / 10
+    assert metric(engine, "decile_calibration")(y, p, None) == pytest.approx(2 / 3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 4)), min_size=1, max_size=45))
+def test_decile_calibration_and_ece_share_array_split_deciles_with_ties(engine: Engine,
+                                                                       rows: list) -> None:
+    y = np.array([r[0] for r in rows], dtype=float)
+    p = np.array([r[1] for r in rows], dtype=float) / 4 + 0.05
+    buckets = np.array_split(np.argsort(p, kind="stable"), min(10, len(p)))
+    ratios = [p[b].mean() / y[b].mean() for b in buckets if y[b].sum() > 0]
+    got = metric(engine, "decile_calibration")(y, p, None)
+    if ratios:
+        assert got == pytest.approx(max(abs(r - 1) for r in ratios))
+    else:
+        assert np.isnan(got)
+    assert metric(engine, "ece")(y, p, None) == pytest.approx(
+        sum(len(b) * abs(p[b].mean() - y[b].mean()) for b in buckets) / len(p))
+
+
 @pytest.mark.parametrize(("name", "y", "p", "groups", "reason"), [
     ("auc", [], [], None, "no rows"),
     ("auc", [0, 0, 0], [0.1, 0.2, 0.3], None, "no positive labels"),
@@ -79,6 +135,8 @@ def test_ece_is_the_mass_weighted_gap_of_equal_mass_buckets(engine: Engine) -> N
     ("calibration", [], [], None, "no rows"),
     ("rmse", [], [], None, "no rows"),
     ("ece", [], [], None, "no rows"),
+    ("decile_calibration", [], [], None, "no rows"),
+    ("decile_calibration", [0, 0, 0], [0.2, 0.4, 0.6], None, "mean label is 0 in every decile"),
 ])
 def test_metrics_undefined_on_degenerate_data_say_why(engine: Engine, name: str, y: list,
                                                       p: list, groups: list | None,

@@ -9,17 +9,24 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from rankengine_plugins.calibrators import BiasCalibrator
 from rankengine_plugins.metrics import auc as plugin_auc
+from rankengine_plugins.metrics import decile_calibration
 
-from rankengine import Metric, hookimpl
+from rankengine import Metric, NoParams, hookimpl
+from rankengine.model.calibration import Calibration
 from rankengine.pluginmanager import load_engine
 from rankengine.registry import RegistryStore
-from rankengine.registry.artifacts import path_of
+from rankengine.registry.artifacts import load_version, path_of
 from rankengine.report.build import (
+    DECILES,
+    CurveSet,
     MetricInfo,
+    TaskCurves,
     artifact_metrics,
     column_info,
     gather_compare,
@@ -27,9 +34,10 @@ from rankengine.report.build import (
     metric_catalog,
     reliability,
     roc_curve,
+    score_curves,
     verdict,
 )
-from rankengine.report.html import pareto_front, render_compare, render_report
+from rankengine.report.html import _curves_section, pareto_front, render_compare, render_report
 
 from .conftest import Dom, Registry, invoke
 
@@ -124,6 +132,93 @@ def test_curves_match_the_stored_metrics(registry: Registry, page: Dom) -> None:
                 test[task]["calibration_cond"], rel=1e-6)
     assert curves["tasks"]["click"]["roc_cond"] is None  # a root has no parent subspace
     assert "dwell" not in curves["tasks"]  # regression: no ROC
+
+
+def decile_cells(dom: Dom, task: str) -> dict[tuple[str, str], list[float | None]]:
+    """(stage, column) → the column's values by decile, and (stage, "worst") → [largest gap],
+    read from the cells of the table ``deciles-{task}``."""
+    out: dict[tuple[str, str], list[float | None]] = {}
+    inside = False
+    for tag, a in dom.elements:
+        if tag == "table":
+            inside = a.get("id") == f"deciles-{task}"
+        elif inside and tag == "td" and "data-stage" in a:
+            key = (a["data-stage"], a.get("data-column", "worst"))
+            value = a.get("data-value", a.get("data-worst", ""))
+            out.setdefault(key, []).append(float(value) if value else None)
+    return out
+
+
+def test_decile_tables_are_the_stored_decile_calibration(registry: Registry, page: Dom) -> None:
+    """Every binary task has its table of the 3,000 test rows; its largest |ratio - 1| is the
+    registry's decile calibration (same rows, same deciles)."""
+    metrics, _ = stored(registry)
+    test = metrics["splits"]["test"]
+    for task in ("click", "favorite", "order", "pay"):
+        deciles = page.data["curves"]["tasks"][task]["deciles"]
+        assert len(deciles["rows"]) == DECILES and sum(deciles["rows"]) == 3000
+        cells = decile_cells(page, task)
+        assert {stage for stage, _ in cells} == {"after"}  # no calibrator: no "before"
+        assert cells["after", "predicted"] == pytest.approx(deciles["predicted"], rel=1e-12)
+        assert cells["after", "worst"] == [pytest.approx(test[task]["decile_calibration"],
+                                                         rel=1e-6)]
+        assert cells["after", "ratio"] == [None if r is None else pytest.approx(r)
+                                           for r in deciles["ratios"]]
+    assert "deciles-dwell" not in page.ids  # regression: no table
+
+
+def test_decile_table_shows_before_and_after_calibration() -> None:
+    # decile k (100 rows) predicts k/10 and holds 10·k positives, except decile 1 (none):
+    # calibrated in deciles 2..10; the model's own predictions are half of that.
+    p = np.repeat(np.arange(1, 11) / 10, 100)
+    y = np.concatenate([np.r_[np.ones(10 * k), np.zeros(100 - 10 * k)] for k in range(1, 11)])
+    y[:10] = 0.0
+    raw = p / 2
+    tc = TaskCurves(roc_curve(y, p), None, reliability(y, p), None, reliability(y, raw),
+                    reliability(y, p, DECILES), reliability(y, raw, DECILES))
+    report = SimpleNamespace(curves=CurveSet("test", "t.parquet", 1000, 1000, {"order": tc}),
+                             graph={"order": {"type": "binary"}}, notes={})
+    html = _curves_section(report)  # type: ignore[arg-type]
+    cells = decile_cells(Dom(html), "order")
+    assert cells["before", "predicted"] == pytest.approx(np.arange(1, 11) / 20)
+    assert cells["after", "predicted"] == pytest.approx(np.arange(1, 11) / 10)
+    assert cells["before", "observed"] == cells["after", "observed"] == pytest.approx(
+        [0.0, *(np.arange(2, 11) / 10)])
+    assert cells["before", "ratio"] == [None, *[pytest.approx(0.5)] * 9]
+    assert cells["after", "ratio"] == [None, *[pytest.approx(1.0)] * 9]
+    # the last row is the largest gap, as the metric computes it (decile 1 skipped)
+    assert decile_calibration(y, raw) == pytest.approx(0.5)
+    assert decile_calibration(y, p) == pytest.approx(0.0, abs=1e-12)
+    assert cells["before", "worst"] == [pytest.approx(0.5)]
+    assert cells["after", "worst"] == [pytest.approx(0.0, abs=1e-12)]
+    assert '<th colspan="3">before calibration</th><th colspan="3">after calibration</th>' in html
+    assert re.search(r'<td title="no positive label in this decile" data-stage="before" '
+                     r'data-column="ratio" data-value="">-</td>', html)
+
+
+def test_the_decile_table_scores_before_and_after_the_model_s_calibrator(
+        registry: Registry) -> None:
+    """m/2 with a calibrator that adds 0.5 to click's logit: "before" is the model the registry
+    evaluated, "after" its calibrated predictions, higher in every decile."""
+    metrics, _ = stored(registry)
+    store = RegistryStore(registry.url)
+    try:
+        _, loaded = load_version(store, "m/2")
+    finally:
+        store.close()
+    shift = BiasCalibrator(NoParams())
+    shift.bias.data.fill_(0.5)
+    loaded.model.calibration = Calibration(loaded.graph, [shift, *[None] * (len(loaded.graph)
+                                                                           - 1)])
+    assert loaded.graph.nodes[0].name == "click" and loaded.model.calibration.active
+    click = score_curves(loaded, "test").tasks["click"]
+    assert click.deciles is not None and click.deciles_uncalibrated is not None
+    assert click.deciles.rows == click.deciles_uncalibrated.rows == [300] * DECILES
+    assert all(a > b for a, b in zip(click.deciles.predicted, click.deciles_uncalibrated.predicted,
+                                     strict=True))
+    worst = max(abs(r - 1) for r in click.deciles_uncalibrated.ratios if r is not None)
+    assert worst == pytest.approx(metrics["splits"]["test"]["click"]["decile_calibration"],
+                                  rel=1e-6)
 
 
 def test_training_history_and_provenance(registry: Registry, page: Dom) -> None:
@@ -230,7 +325,7 @@ def test_compare_marks_deltas_by_metric_direction(registry: Registry, tmp_path: 
             expected = "neutral"
         elif base == "calibration":
             expected = "better" if abs(y - 1) < abs(x - 1) else "worse"
-        elif base in ("logloss", "rmse", "ece"):
+        elif base in ("logloss", "rmse", "ece", "decile_calibration"):
             expected = "better" if y < x else "worse"
         else:
             expected = "better" if y > x else "worse"
