@@ -97,6 +97,7 @@ def save_artifact(trained: ModelBundle, destination: str | Path, *,
                 "gate_stats": result.gate_stats,
                 "uncalibrated_metrics": result.uncalibrated_metrics,
                 "calibrator": result.calibration,
+                "odds_correction": result.odds_correction,
             },
         }
         for name, payload in files.items():
@@ -253,6 +254,9 @@ def load_artifact(path: str | Path, *, engine: Engine | None = None) -> ModelBun
                 raise ArtifactError(f"{path / WEIGHTS}: tensor '{key}' holds a value that is "
                                     f"not a finite number; the artifact is corrupted")
         missing, unexpected = model.load_state_dict(state, strict=False)
+        # artifacts from before the bias tower's reference dropped its logit at scoring,
+        # which is what the reference's initial 0 does
+        missing = [key for key in missing if key != "bias.reference"]
     except (OSError, RuntimeError, ValueError, SafetensorError) as exc:
         raise ArtifactError(f"{path / WEIGHTS}: weights do not load ({one_line(str(exc))}); "
                             f"the artifact is corrupted") from None

@@ -47,6 +47,8 @@ class TrainResult:
     uncalibrated_metrics: dict[str, Metrics] = field(default_factory=dict)
     #: with a calibrator: its kind, the split it was fitted on, rows fitted per node
     calibration: dict[str, Any] = field(default_factory=dict)
+    #: task → odds factor of the sample weighting that the training loss undid (none: 1)
+    odds_correction: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

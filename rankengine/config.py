@@ -267,6 +267,9 @@ class CalibrationSection(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     kind: str = DEFAULT_KIND
     regression: ComponentRef | None = None
+    #: undo the odds a sample weighting adds to binary tasks (up-weighted positives), in the
+    #: training loss, so the model's own output stays at the real base rate
+    odds_correction: bool = True
 
     @property
     def params(self) -> dict[str, Any]:

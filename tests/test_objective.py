@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import types
 
+import numpy as np
+import pytest
 import torch
 
 from rankengine import NoParams
@@ -77,3 +80,67 @@ def test_label_weights_scale_positive_rows(engine: Engine) -> None:
     expected = bce(p[[0, 0, 0, 1, 2, 3]], LABELS[[0, 0, 0, 1, 2, 3], 1]).mean()
     assert torch.allclose(weighted(out, batch())[1], expected, atol=1e-6)
     assert torch.allclose(plain(out, batch())[0], weighted(out, batch())[0])
+
+
+def test_odds_factor_of_a_weighting_is_measured_on_the_rows_each_loss_sees(
+        engine: Engine) -> None:
+    weighted, _ = objective(engine, "esmm", sample="label_weight")
+    main, aux = weighted.odds_factors(LABELS.numpy(), {})
+    assert main.tolist() == [1.0, 3.0, 1.0]  # buy's positives count 3 times; dwell: regression
+    assert aux.tolist() == [1.0, 3.0, 1.0]
+    # a weighting that varies by row: the ratio of the mean weights (click positives carry
+    # 1 + log1p(dwell) here, the negatives 1)
+    dwell = engine.components.sample_weightings.get("dwell_time")
+    esmm = engine.components.cascades.get("esmm")
+    obj = Objective(GRAPH, types.SimpleNamespace(cascade=esmm.factory(
+        GRAPH, esmm.parse_params({}))), weighted.losses,
+        dwell.factory(GRAPH, dwell.parse_params({"column": "dwell"})))
+    main, _ = obj.odds_factors(LABELS.numpy(), {"dwell": LABELS[:, 2].double().numpy()})
+    expected = (1 + np.log1p(30.0) + 1 + np.log1p(5.0)) / 2
+    assert main[0] == pytest.approx(expected)
+    assert main[1] == 1.0
+
+
+def test_odds_correction_puts_the_factor_in_the_loss_not_in_the_model(engine: Engine) -> None:
+    weighted, out = objective(engine, "esmm", sample="label_weight")
+    weighted.correct_odds(*weighted.odds_factors(LABELS.numpy(), {}))
+    p = torch.sigmoid(LOGITS[0]) * torch.sigmoid(LOGITS[1])
+    shifted = torch.sigmoid(torch.log(p / (1 - p)) + math.log(3.0))
+    expected = bce(shifted[[0, 0, 0, 1, 2, 3]], LABELS[[0, 0, 0, 1, 2, 3], 1]).mean()
+    losses = weighted(out, batch())
+    assert torch.allclose(losses[1], expected, atol=1e-6)
+    assert torch.allclose(losses[0], bce(torch.sigmoid(LOGITS[0]), LABELS[:, 0]).mean())
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_weighted_positives_with_odds_correction_learn_the_real_base_rate(
+        engine: Engine, correct: bool) -> None:
+    rng = np.random.default_rng(3)
+    n = 4000
+    click = rng.random(n) < 0.4
+    buy = click & (rng.random(n) < 0.25)
+    labels = torch.tensor(np.stack([click, buy, np.zeros(n)], axis=1), dtype=torch.float32)
+    weighted, _ = objective(engine, "esmm", sample="label_weight")
+    if correct:
+        weighted.correct_odds(*weighted.odds_factors(labels.numpy(), {}))
+    esmm = engine.components.cascades.get("esmm")
+    cascade = esmm.factory(GRAPH, esmm.parse_params({}))
+    z = torch.zeros(2, requires_grad=True)
+    optimizer = torch.optim.LBFGS([z], max_iter=200, line_search_fn="strong_wolfe")
+    data = Batch(ModelInput(torch.zeros(n, 0, dtype=torch.long), torch.zeros(n, 0), []),
+                 labels, {})
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = [z[0].expand(n), z[1].expand(n), torch.zeros(n)]
+        loss = weighted(cascade.compose(logits), data)[:2].sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    p_buy = (torch.sigmoid(z[0]) * torch.sigmoid(z[1])).item()
+    rate = buy.mean()
+    if correct:
+        assert p_buy == pytest.approx(rate, rel=0.01)
+    else:  # the weighted optimum: odds three times the real ones
+        assert p_buy / (1 - p_buy) == pytest.approx(3 * rate / (1 - rate), rel=0.01)

@@ -104,13 +104,26 @@ def _pool(emb: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
 
 
 class BiasTower(nn.Module):
-    """A shallow tower on bias features whose logit joins chosen heads while training."""
+    """A shallow tower on bias features whose logit joins chosen heads while training.
+
+    Scoring does not know the bias features (where the item will be shown is what ranking
+    decides), so each of its heads gets a constant ``reference[k]`` instead: the logit that
+    keeps the head's mean prediction over the validation rows what it is with each row's own
+    bias logit (``mean sigmoid(z + reference) = mean sigmoid(z + bias)``), i.e. the average
+    position effect of the logged traffic. Their mean logit would not do: the sigmoid is not
+    linear, and a spread of position effects averages to more clicks than the average effect
+    gives. Without a reference p(click) would be the probability at whatever position the
+    tower's zero stands for.
+    """
+
+    reference: torch.Tensor
 
     def __init__(self, columns: list[int], hidden: Sequence[int], heads: list[int]) -> None:
         super().__init__()
         self.columns: torch.Tensor
         self.register_buffer("columns", torch.tensor(columns, dtype=torch.long),
                              persistent=False)
+        self.register_buffer("reference", torch.zeros(len(heads)))
         self.net = mlp(len(columns), hidden, output_dim=1)
         self.heads = heads
 
@@ -132,8 +145,23 @@ class _PlusLogit(nn.Module):
         return out
 
 
+class _Recorded(nn.Module):
+    """A tower whose outputs are kept in ``seen[key]``."""
+
+    def __init__(self, tower: nn.Module, seen: dict[int, torch.Tensor], key: int) -> None:
+        super().__init__()
+        self.tower, self.seen, self.key = tower, seen, key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.tower(x)
+        self.seen[self.key] = out
+        return out
+
+
 class RankingModel(nn.Module):
     """Embedder → backbone (one representation per head) → towers → cascade."""
+
+    backbone_columns: torch.Tensor
 
     def __init__(
         self,
@@ -177,6 +205,18 @@ class RankingModel(nn.Module):
         out: CascadeOutput = self.calibration(self(inputs))
         return out
 
+    def bias_logits(self, inputs: ModelInput) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bias tower's logit per row ``[B]`` and the logits of the towers it joins,
+        without it ``[B, K]``, as the cascade feeds them (a model with a bias tower only)."""
+        assert self.bias is not None
+        x = self.embedder(inputs)
+        seen: dict[int, torch.Tensor] = {}
+        towers: list[nn.Module] = list(self.towers)
+        for k, head in enumerate(self.bias.heads):
+            towers[head] = _Recorded(towers[head], seen, k)
+        self.cascade(self._head_inputs(x), towers)
+        return self.bias(x), torch.stack([seen[k] for k in range(len(seen))], dim=1)
+
     def shared_parameters(self) -> SharedParameters:
         """Parameters every task depends on (embeddings + backbone) and the last shared layer."""
         return SharedParameters(
@@ -184,8 +224,7 @@ class RankingModel(nn.Module):
                  if p.requires_grad],
             last=self.backbone.last_shared_parameters())
 
-    def forward(self, inputs: ModelInput) -> CascadeOutput:
-        x = self.embedder(inputs)
+    def _head_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         shared = x.index_select(1, self.backbone_columns) if self.select_backbone else x
         reps = self.backbone(shared)
         head_inputs = []
@@ -194,11 +233,17 @@ class RankingModel(nn.Module):
                 extra = x.index_select(1, getattr(self, f"tower_columns_{i}"))
                 rep = torch.cat([rep, extra], dim=1)
             head_inputs.append(rep)
+        return head_inputs
+
+    def forward(self, inputs: ModelInput) -> CascadeOutput:
+        x = self.embedder(inputs)
+        head_inputs = self._head_inputs(x)
         towers: list[nn.Module] = list(self.towers)
-        if self.bias is not None and self.training:  # dropped at evaluation and serving
-            logit = self.bias(x)
-            for head in self.bias.heads:
-                towers[head] = _PlusLogit(towers[head], logit)
+        if self.bias is not None:  # its reference in place of the bias features at scoring
+            logit = self.bias(x) if self.training else None
+            for k, head in enumerate(self.bias.heads):
+                towers[head] = _PlusLogit(
+                    towers[head], self.bias.reference[k] if logit is None else logit)
         out: CascadeOutput = self.cascade(head_inputs, towers)
         return out
 

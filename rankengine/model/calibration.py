@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import brentq
+from scipy.special import expit
 from torch import nn
 
 from rankengine.graph import TaskGraph
@@ -90,3 +92,23 @@ class Calibration(nn.Module):
             calibrator.fit(predictions, labels[mask, i].astype(np.float64))
             rows[node.name] = int(mask.sum())
         return rows
+
+
+def mean_preserving_offsets(logits: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Per column k of ``logits [N, K]``, the constant ``c`` with ``mean sigmoid(logits + c) =
+    mean sigmoid(logits + shifts)``: one offset in place of per-row ones (``shifts [N]``) that keeps
+    the mean probability (their mean would not: the sigmoid is not linear)."""
+    offsets = np.zeros(logits.shape[1])
+    for k in range(logits.shape[1]):
+        z = logits[:, k]
+        target = float(expit(z + shifts).mean())
+        lo, hi = float(shifts.min()), float(shifts.max())  # the mean lies between the extremes
+        if hi - lo < 1e-12:
+            offsets[k] = lo
+            continue
+        offsets[k] = brentq(_mean_gap, lo, hi, args=(z, target), xtol=1e-10)
+    return offsets
+
+
+def _mean_gap(c: float, z: np.ndarray, target: float) -> float:
+    return float(expit(z + c).mean()) - target

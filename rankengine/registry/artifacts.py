@@ -165,6 +165,8 @@ def register(store: RegistryStore, root: Path, trained: ModelBundle, model: str,
         if result.calibration:  # the model's own metrics next to the calibrated ones
             metrics["uncalibrated_splits"] = result.uncalibrated_metrics
             metrics["calibrator"] = result.calibration
+        if result.odds_correction:
+            metrics["odds_correction"] = result.odds_correction
         return store.mark_ready(model, version.version, artifact_uri=target.as_uri(),
                                 artifact_sha256=sha, artifact_size=size,
                                 metrics=json_safe(metrics))

@@ -26,6 +26,7 @@ from rankengine.distributed import DistContext, context_from_env
 from rankengine.errors import ConfigError, TrainingError
 from rankengine.evaluate import Metrics
 from rankengine.interfaces import CascadeOutput
+from rankengine.model.calibration import mean_preserving_offsets
 from rankengine.plan import Plan, make_plan
 from rankengine.pluginmanager import Engine
 from rankengine.train.checkpoints import Checkpoints
@@ -128,6 +129,8 @@ class Trainer:
                 self.position, self.restored = found
                 self._restore_training_state(self.restored)
         self.objective = Objective(plan.graph, self.model, plan.losses, plan.sample_weighting)
+        self.odds_correction = self.correct_odds() if config.calibration.odds_correction \
+            else {}
         self.params = self.model.training_parameters() + list(self.weighting.parameters())
         self.dist.broadcast_parameters(self.params)  # identical replicas whatever the init
         self.shared = self.model.shared_parameters()
@@ -193,6 +196,7 @@ class Trainer:
         elapsed = self.elapsed_before + time.perf_counter() - self.started
         seen = int(self.dist.sum(torch.tensor([float(self.seen)])).item())
         self.model.load_state_dict(self.best_state)
+        self.set_bias_reference()
 
         splits = [split for split in ("valid", "test") if split in self.data.encoded]
         metrics: dict[str, Metrics] = {split: self.evaluate(split)[1] for split in splits}
@@ -213,6 +217,7 @@ class Trainer:
             gate_stats=gate_statistics(self.model, self.tensors["valid"],
                                        config.train.eval_batch_size),
             uncalibrated_metrics=uncalibrated, calibration=calibration,
+            odds_correction=self.odds_correction,
         )
         engine.hooks.after_train(self.context, result)
         # The saved config names its data by absolute paths: an artifact does not live where
@@ -226,6 +231,40 @@ class Trainer:
         return evaluate_split(self.model, self.objective, self.weighting, self.tensors[split],
                               self.data.encoded[split], self.config, self.plan.metrics,
                               calibrated=calibrated)
+
+    def set_bias_reference(self) -> None:
+        """The bias tower's stand-in at scoring (see :class:`BiasTower`), solved per head on
+        the validation rows."""
+        model = self.model
+        if model.bias is None:
+            return
+        model.eval()
+        bias, heads = [], []
+        with torch.inference_mode():
+            for batch in iterate_batches(self.tensors["valid"],
+                                         self.config.train.eval_batch_size, shuffle=False):
+                b, z = model.bias_logits(batch.inputs)
+                bias.append(b.double().cpu().numpy())
+                heads.append(z.double().cpu().numpy())
+        reference = mean_preserving_offsets(np.concatenate(heads), np.concatenate(bias))
+        model.bias.reference.copy_(torch.from_numpy(reference))
+        names = [self.model.cascade.heads()[h].node for h in model.bias.heads]
+        self.say("bias tower at scoring: " + ", ".join(
+            f"{name} head {r:+.4f}" for name, r in zip(names, reference, strict=True))
+            + f" (keeps the mean prediction over the {sum(map(len, bias)):,} validation rows)")
+
+    def correct_odds(self) -> dict[str, float]:
+        """Measure the sample weighting's odds factor per binary task on the validation split
+        (held whole by every rank, whatever the training mode) and undo it in the loss."""
+        valid = self.data.encoded["valid"]
+        main, aux = self.objective.odds_factors(valid.labels, valid.extras)
+        self.objective.correct_odds(main, aux)
+        factors = {name: float(f) for name, f in zip(self.graph.names, main, strict=True)
+                   if not np.isclose(f, 1.0)}
+        if factors:
+            self.say("odds correction for the sample weighting: " + ", ".join(
+                f"{name} x{f:.3g}" for name, f in factors.items()))
+        return factors
 
     def fit_calibration(self) -> dict[str, Any]:
         """Fit the calibrators on the validation split (every rank alike: each holds all of

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from rankengine.data.batching import Batch
 from rankengine.graph import TaskGraph
@@ -19,6 +23,14 @@ class Objective:
     task is trained on (all rows, or the parent-positive rows for conditional spaces and
     regression tasks) and ``w`` comes from the sample-weighting plugin: a row of weight 2 counts
     exactly like the row twice, a row of weight 0 exactly like no row at all.
+
+    Odds correction: a weighting that counts a binary task's positives ``r`` times as much as
+    its negatives (``r`` = mean weight of the positives / mean weight of the negatives) would
+    teach the model odds ``r`` times too high. With :meth:`correct_odds` the loss sees the
+    model's logit plus ``log r`` instead, so the weighted optimum of that sum is the inflated
+    odds and the model's own output stays at the real base rate (exact for a constant factor
+    such as ``label_weight``; the base rate only for factors that vary by row). Nothing changes
+    at scoring.
     """
 
     def __init__(self, graph: TaskGraph, model: RankingModel, losses: list[PointwiseLoss],
@@ -38,11 +50,46 @@ class Objective:
         self.aux_weight = torch.tensor(aux) * self.has_parent * ~self.conditional
         self.aux = bool(self.aux_weight.any())
         self.needs_mask = bool(self.conditional.any()) or self.aux
+        self.binary = torch.tensor([node.type == "binary" for node in graph.nodes])
+        #: log odds factor added to each task's logit in its loss (main space, aux space)
+        self.offsets: torch.Tensor | None = None
+        self.aux_offsets: torch.Tensor | None = None
+
+    def odds_factors(self, labels: np.ndarray, extras: Mapping[str, np.ndarray],
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The weighting's odds factor per task on the rows each loss sees (its main space and
+        its parent-positive rows), measured on ``labels``/``extras``; 1 where it is undefined
+        (no positive or no weighted negative) or the task is not binary."""
+        weights = self.sample_weighting.weights(
+            torch.from_numpy(labels), {k: torch.from_numpy(v) for k, v in extras.items()},
+        ).double().numpy()
+        parent = labels[:, self.parent.numpy()] == 1
+        main = np.ones(len(self.graph), dtype=np.float64)
+        aux = np.ones(len(self.graph), dtype=np.float64)
+        for i, node in enumerate(self.graph.nodes):
+            if node.type != "binary":
+                continue
+            everywhere = np.ones(len(labels), dtype=bool)
+            sub = parent[:, i] if self.has_parent[i] else everywhere
+            main[i] = _odds_factor(labels[:, i], weights[:, i],
+                                   sub if self.conditional[i] else everywhere)
+            aux[i] = _odds_factor(labels[:, i], weights[:, i], sub)
+        return main, aux
+
+    def correct_odds(self, main: np.ndarray, aux: np.ndarray) -> None:
+        """Add ``log`` of these odds factors to each binary task's logit in its loss."""
+        if np.allclose(main, 1.0) and np.allclose(aux, 1.0):
+            self.offsets = self.aux_offsets = None
+            return
+        self.offsets = torch.from_numpy(np.log(main)).float()
+        self.aux_offsets = torch.from_numpy(np.log(aux)).float()
 
     def __call__(self, out: Any, batch: Batch) -> torch.Tensor:
         labels = batch.labels
         log_p = torch.where(self.conditional, out.cond_log_p, out.log_p)
         log_q = torch.where(self.conditional, out.cond_log_q, out.log_q)
+        if self.offsets is not None:
+            log_p, log_q = self._shifted(log_p, log_q, self.offsets)
         per_sample = torch.stack([
             loss(NodePrediction(log_p[:, i], log_q[:, i], out.value[:, i]), labels[:, i])
             for i, loss in enumerate(self.losses)
@@ -54,15 +101,35 @@ class Objective:
         mask = torch.where(self.conditional, parent_positive, True).to(per_sample.dtype)
         losses = _weighted_mean(per_sample, weights * mask)
         if self.aux:
+            cond_p, cond_q = out.cond_log_p, out.cond_log_q
+            if self.aux_offsets is not None:
+                cond_p, cond_q = self._shifted(cond_p, cond_q, self.aux_offsets)
             cond = torch.stack([
-                loss(NodePrediction(out.cond_log_p[:, i], out.cond_log_q[:, i],
-                                    out.value[:, i]), labels[:, i])
+                loss(NodePrediction(cond_p[:, i], cond_q[:, i], out.value[:, i]), labels[:, i])
                 for i, loss in enumerate(self.losses)
             ], dim=1)
             sub = (parent_positive & self.has_parent).to(cond.dtype)
             losses = losses + self.aux_weight * _weighted_mean(cond, weights * sub)
         return losses
 
+    def _shifted(self, log_p: torch.Tensor, log_q: torch.Tensor, offsets: torch.Tensor,
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """log p and log(1 - p) of the logits moved by ``offsets`` (binary tasks only)."""
+        shift = offsets.to(log_p.device)
+        logit = log_p - log_q + shift
+        moved = self.binary.to(log_p.device) & (shift != 0)
+        return (torch.where(moved, F.logsigmoid(logit), log_p),
+                torch.where(moved, F.logsigmoid(-logit), log_q))
+
+
+def _odds_factor(labels: np.ndarray, weights: np.ndarray, rows: np.ndarray) -> float:
+    positive = rows & (labels == 1)
+    negative = rows & (labels == 0)
+    if not positive.any() or not negative.any():
+        return 1.0
+    on_negatives = float(weights[negative].mean())
+    factor = float(weights[positive].mean()) / on_negatives if on_negatives > 0 else math.inf
+    return factor if math.isfinite(factor) and factor > 0 else 1.0
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

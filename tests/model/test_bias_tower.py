@@ -186,3 +186,37 @@ def test_serving_does_not_need_the_bias_features(tmp_path: Path, logged: Path) -
     with_position = score(served, context, items | {"position": column("position",
                                                                         rows["position"])}, 20)
     assert np.allclose(without["score"], with_position["score"])
+
+
+def test_scoring_uses_the_bias_tower_reference_that_keeps_the_mean_prediction(
+        tmp_path: Path, logged: Path) -> None:
+    from rankengine.artifact import load_artifact, save_artifact
+
+    model = trained(tmp_path, logged, "tower", bias_tower=True)
+    bias = model.model.bias
+    assert bias is not None
+
+    def logits(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        table = pq.read_table(logged / f"{split}.parquet")
+        data = TensorData(encode_table(table, model.pipeline, model.graph,
+                                       policy=model.config.data.inconsistent))
+        with torch.no_grad():
+            shifts, heads = model.model.bias_logits(data.slice(0, len(data)).inputs)
+        return shifts.double(), heads[:, 0].double()
+
+    # on the validation rows it was solved on: the click head's mean prediction with each
+    # row's own position effect, which the mean bias logit would miss (the sigmoid is not linear)
+    shifts, click = logits("valid")
+    kept = torch.sigmoid(click + bias.reference[0]).mean().item()
+    assert kept == pytest.approx(torch.sigmoid(click + shifts).mean().item(), rel=1e-5)
+    assert abs(torch.sigmoid(click + shifts.mean()).mean().item() / kept - 1) > 0.05
+    # on the test rows, what scoring predicts (positions unknown) keeps the mean prediction
+    # of the positions the log had
+    shifts, click = logits("test")
+    table = pq.read_table(logged / "test.parquet")
+    scored = 1 / (1 + np.exp(-click_logits(model, table)))
+    with_positions = torch.sigmoid(click + shifts).mean().item()
+    assert scored.mean() == pytest.approx(with_positions, rel=0.01)
+    loaded = load_artifact(save_artifact(model, tmp_path / "artifact"))
+    assert loaded.model.bias is not None
+    assert torch.equal(loaded.model.bias.reference, bias.reference)
