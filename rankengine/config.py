@@ -215,6 +215,9 @@ class TrainSection(Section):
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: int = Field(default=0, ge=0)
     weight_decay: float = Field(default=0.0, ge=0.0)
+    #: keep an exponential moving average of the weights (``avg = decay·avg + (1 - decay)·w``
+    #: after each optimiser step); validation, early stopping and the saved model use it
+    ema_decay: float | None = Field(default=None, gt=0.0, lt=1.0)
     early_stopping: EarlyStopping | None = EarlyStopping()
     progress: bool = True
     #: directory for checkpoints (relative to this file); none: no checkpoints

@@ -384,3 +384,27 @@ def test_every_loss_weighting_continues_identically_after_a_round_trip(
     assert outcomes[0][0] == outcomes[1][0]
     for a, b in zip(outcomes[0][1], outcomes[1][1], strict=True):
         assert torch.equal(a, b)
+
+
+def test_the_moving_average_of_the_weights_resumes_where_it_was(tmp_path: Path,
+                                                                funnel_dir: Path) -> None:
+    def config(directory: Path, checkpoint: bool):  # type: ignore[no-untyped-def]
+        path = write_config(directory, funnel_dir, checkpoint)
+        path.write_text(path.read_text().replace("[train]\n", "[train]\nema_decay = 0.95\n"))
+        loaded = load_config(path)
+        loaded.train.epochs, loaded.train.early_stopping = 2, None
+        return loaded
+
+    reference = train(config(tmp_path / "reference", False), progress=False).model
+    first = config(tmp_path / "resumed", True)
+    first.train.epochs = 1
+    train(first, progress=False)
+    resumed = train(config(tmp_path / "resumed", True), progress=False, resume=True).model
+    for (name, want), got in zip(reference.state_dict().items(),
+                                 resumed.state_dict().values(), strict=True):
+        assert torch.allclose(want.float(), got.float(), atol=1e-6), name
+    # a checkpoint without the average (another ema_decay is another configuration)
+    other = config(tmp_path / "resumed", True)
+    other.train.ema_decay = None
+    with pytest.raises(RankEngineError, match="another configuration"):
+        train(other, progress=False, resume=True)

@@ -438,3 +438,42 @@ def test_the_saved_config_must_read_back_the_same(tmp_path: Path, engine) -> Non
     with pytest.raises(ConfigError, match=r"engine\.toml: \[train\.lr\]: expected a finite "
                                           r"number, found nan"):
         check_saved_config(bad, engine)
+
+
+def test_ema_keeps_the_moving_average_of_the_weights_after_each_step(
+        tmp_path: Path, funnel_dir: Path) -> None:
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    decay = 0.9
+    text = tiny_config_text(funnel_dir).replace(
+        "progress = false", f"progress = false\nema_decay = {decay}")
+    (tmp_path / "engine.toml").write_text(text)
+    config = load_config(tmp_path / "engine.toml")
+    assert config.train.ema_decay == decay
+    config.train.epochs, config.train.early_stopping = 1, None  # keep the last weights
+    steps: list[dict[str, torch.Tensor]] = []
+
+    def record(optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        steps.append({str(i): p.detach().clone()
+                      for i, p in enumerate(optimizer.param_groups[0]["params"])})
+
+    handle = register_optimizer_step_post_hook(record)
+    try:
+        trained = train(config, progress=False)
+    finally:
+        handle.remove()
+    params = trained.model.training_parameters()
+    assert len(steps) > 3
+    # the first step's weights, then avg = decay * avg + (1 - decay) * weights
+    expected = [steps[0][str(i)] for i in range(len(params))]
+    for weights in steps[1:]:
+        expected = [decay * avg + (1 - decay) * weights[str(i)]
+                    for i, avg in enumerate(expected)]
+    for kept, avg, last in zip(params, expected, [steps[-1][str(i)] for i in
+                                                  range(len(params))], strict=True):
+        assert torch.allclose(kept, avg, atol=1e-6)
+    assert not all(torch.equal(kept, last) for kept, last in
+                   zip(params, [steps[-1][str(i)] for i in range(len(params))], strict=True))
+    # the recorded validation of the epoch is the averaged model's
+    assert trained.training.metrics["valid"]["click"]["auc"] == pytest.approx(
+        trained.training.history[0]["valid"]["click"]["auc"], abs=1e-9)

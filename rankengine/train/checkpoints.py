@@ -77,7 +77,8 @@ class Checkpoints:
 
     def restore(self, state: dict[str, Any], model: torch.nn.Module, weighting: LossWeighting,
                 stopper: EarlyStopper, tasks: int,
-                ranking_generator: torch.Generator | None) -> None:
+                ranking_generator: torch.Generator | None,
+                ema: torch.nn.Module | None = None) -> None:
         """Load what :meth:`latest` returned into this run's objects; every mismatch is a
         one-line :class:`CheckpointError` naming the file."""
         where = str(self.path)
@@ -89,6 +90,11 @@ class Checkpoints:
                 for k, v in reference.items()):
             raise CheckpointError(f"{where}: 'best_state': expected the model's tensors "
                                   f"({len(reference)} with its shapes)")
+        if ema is not None:  # ema_decay is part of the fingerprint: present iff asked for
+            if not isinstance(state.get("ema"), dict):
+                raise CheckpointError(f"{where}: 'ema': expected the moving average of the "
+                                      f"weights, found {type(state.get('ema')).__name__}")
+            load_state_dict_checked(ema, state["ema"], f"{where}: 'ema'")
         load_module_state(weighting, state["weighting"], f"{where}: 'weighting'")
         if not all(isinstance(record, dict) for record in state["history"]):
             raise CheckpointError(f"{where}: 'history': expected a list of per-epoch records")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from rankengine.bundle import ModelBundle, TrainContext, TrainResult
@@ -26,6 +27,7 @@ from rankengine.distributed import DistContext, context_from_env
 from rankengine.errors import ConfigError, TrainingError
 from rankengine.evaluate import Metrics
 from rankengine.interfaces import CascadeOutput
+from rankengine.model.assembly import RankingModel
 from rankengine.model.calibration import mean_preserving_offsets
 from rankengine.plan import Plan, make_plan
 from rankengine.pluginmanager import Engine
@@ -116,6 +118,9 @@ class Trainer:
         self.tensors = {name: TensorData(data) for name, data in self.data.encoded.items()}
         self.model = plan.build_model(plan.pipeline.layout())
         self.bundle = ModelBundle(plan, self.model)
+        #: the weights' moving average (``[train] ema_decay``): what is validated and kept
+        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(  # type: ignore[no-untyped-call]
+            config.train.ema_decay)) if config.train.ema_decay is not None else None
         self.weighting, self.ranking = plan.loss_weighting, plan.ranking
         self.checkpoints = Checkpoints(config, self.dist) if config.train.checkpoint_dir \
             else None
@@ -160,7 +165,7 @@ class Trainer:
         self.checkpoints.restore(state, self.model, self.weighting, self.stopper,
                                  tasks=len(self.graph),
                                  ranking_generator=self.ranking.generator if self.ranking
-                                 else None)
+                                 else None, ema=self.ema)
         self.history = state["history"]
         self.best_epoch, self.seen = state["best_epoch"], state["seen"]
         self.elapsed_before = state["elapsed"]
@@ -181,6 +186,7 @@ class Trainer:
             "epoch_rank_sum": epoch_rank_sum, "rng": rng_state(),
             "ranking_generator": self.ranking.generator.get_state() if self.ranking else None,
             "stopped": stopped,
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     # -- the run ---------------------------------------------------------------------------
@@ -226,11 +232,20 @@ class Trainer:
         self.bundle.result = result
         return self.bundle
 
+    @property
+    def kept_model(self) -> RankingModel:
+        """The weights an epoch is judged on and kept with: the moving average, if any."""
+        if self.ema is None:
+            return self.model
+        module = self.ema.module
+        assert isinstance(module, RankingModel)
+        return module
+
     def evaluate(self, split: str, *, calibrated: bool = False,
-                 ) -> tuple[dict[str, float], Metrics]:
-        return evaluate_split(self.model, self.objective, self.weighting, self.tensors[split],
-                              self.data.encoded[split], self.config, self.plan.metrics,
-                              calibrated=calibrated)
+                 model: RankingModel | None = None) -> tuple[dict[str, float], Metrics]:
+        return evaluate_split(model or self.model, self.objective, self.weighting,
+                              self.tensors[split], self.data.encoded[split], self.config,
+                              self.plan.metrics, calibrated=calibrated)
 
     def set_bias_reference(self) -> None:
         """The bias tower's stand-in at scoring (see :class:`BiasTower`), solved per head on
@@ -321,6 +336,8 @@ class Trainer:
                 break  # every rank has run out of data
             self.schedule_lr((epoch - 1) * self.steps_per_epoch + global_steps)
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             global_steps += 1
             if batch is not None:
                 sums += task_losses.detach()
@@ -388,7 +405,7 @@ class Trainer:
         mean_losses = totals[:len(graph)] / max(float(totals[-2]), 1.0)
         train_loss = dict(zip(graph.names, mean_losses.tolist(), strict=True))
         self.weighting.after_epoch(epoch, train_loss)
-        valid_loss, valid_metrics = self.evaluate("valid")
+        valid_loss, valid_metrics = self.evaluate("valid", model=self.kept_model)
         record = {
             "epoch": epoch, "train_loss": train_loss,
             "train_loss_total": float(self.weighting.combine(mean_losses).detach()),
@@ -408,7 +425,7 @@ class Trainer:
                          f"at epoch {epoch} ({why}); the epoch is not judged")
         if improved:
             self.best_epoch = epoch
-            self.best_state = copy.deepcopy(self.model.state_dict())
+            self.best_state = copy.deepcopy(self.kept_model.state_dict())
         if self.checkpoints is not None:
             self.checkpoints.save(Position(epoch + 1, 0),
                                   self.snapshot(self.generator.get_state(),
