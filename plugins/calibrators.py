@@ -19,6 +19,8 @@ from pydantic import Field
 
 from rankengine import Calibrator, CalibratorFactory, NoParams, Params, Register, hookimpl
 
+from .metrics import equal_mass_buckets
+
 
 @hookimpl
 def rankengine_register_calibrators(register: Register[CalibratorFactory]) -> None:
@@ -139,11 +141,7 @@ class IsotonicCalibrator(Calibrator):
         if len(predictions) == 0 or targets.min() == targets.max():
             return
         buckets = int(min(self.params.knots, max(2, len(predictions) // self.params.min_bucket)))
-        order = np.argsort(predictions, kind="stable")
-        parts = np.array_split(order, buckets)
-        x = np.array([predictions[b].mean() for b in parts])
-        rate = np.array([targets[b].mean() for b in parts])
-        sizes = np.array([len(b) for b in parts], dtype=np.float64)
+        rate, x, sizes = equal_mass_buckets(targets, predictions, buckets)
         fitted = IsotonicRegression(y_min=0.0, y_max=1.0).fit_transform(x, rate,
                                                                          sample_weight=sizes)
         # Pad to the fixed number of knots by repeating the last one (a flat segment).
