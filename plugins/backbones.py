@@ -182,7 +182,7 @@ class ProgressiveLayeredExtraction(Backbone):
         names = [f"head_{h}.expert_{e}" for h in range(self.num_outputs) for e in range(own)]
         names += [f"shared.expert_{e}" for e in range(shared)]
         rows = last.last_gate_weights[0].shape[0]
-        full = torch.zeros(rows, self.num_outputs, len(names))
+        full = last.last_gate_weights[0].new_zeros(rows, self.num_outputs, len(names))
         for h, w in enumerate(last.last_gate_weights):
             full[:, h, h * own:(h + 1) * own] = w[:, :own]
             full[:, h, self.num_outputs * own:] = w[:, own:]

@@ -72,13 +72,13 @@ class _Weighted(Fusion):
 
 class WeightedSum(_Weighted):
     def __call__(self, predictions: torch.Tensor) -> torch.Tensor:
-        return predictions @ self.w.to(predictions.dtype)
+        return predictions @ self.w.to(predictions.device, predictions.dtype)
 
 
 class WeightedProduct(_Weighted):
     def __call__(self, predictions: torch.Tensor) -> torch.Tensor:
         logs = predictions.clamp(min=1e-12).log()
-        return (logs @ self.w.to(predictions.dtype)).exp()
+        return (logs @ self.w.to(predictions.device, predictions.dtype)).exp()
 
 
 class ExpectedValueParams(Params):

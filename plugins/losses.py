@@ -122,15 +122,19 @@ class ListwiseSoftmaxLoss(RankingLoss):
                  ) -> torch.Tensor:
         _, index = torch.unique(groups, return_inverse=True)
         count = int(index.max()) + 1 if len(index) else 0
-        total = torch.zeros(count, dtype=relevance.dtype).index_add(0, index, relevance)
+        device = scores.device
+        total = torch.zeros(count, dtype=relevance.dtype, device=device).index_add(
+            0, index, relevance)
         useful = total[index] > 0
         if not useful.any():
             return scores.sum() * 0.0
-        top = torch.full((count,), float("-inf"), dtype=scores.dtype).scatter_reduce(
+        top = torch.full((count,), float("-inf"), dtype=scores.dtype, device=device).scatter_reduce(
             0, index, scores.detach(), reduce="amax")
         shifted = scores - top[index]
-        lse = torch.zeros(count, dtype=scores.dtype).index_add(0, index, shifted.exp()).log()
+        lse = torch.zeros(count, dtype=scores.dtype, device=device).index_add(
+            0, index, shifted.exp()).log()
         log_softmax = shifted - lse[index]
         share = torch.where(useful, relevance / total[index].clamp(min=1e-12), 0.0)
-        per_group = torch.zeros(count, dtype=scores.dtype).index_add(0, index, -share * log_softmax)
+        per_group = torch.zeros(count, dtype=scores.dtype, device=device).index_add(
+            0, index, -share * log_softmax)
         return per_group[total > 0].mean()

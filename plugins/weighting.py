@@ -158,10 +158,12 @@ class DynamicWeightAverage(LossWeighting):
         if not isinstance(losses, list) or not all(
                 isinstance(t, torch.Tensor) and t.shape == (len(self.tasks),) for t in losses):
             raise ValueError(f"dwa: expected epoch_losses, a list of {len(self.tasks)}-vectors")
-        self.epoch_losses = [t.float() for t in losses]
+        self.epoch_losses = [t.float().to(self.prior.device) for t in losses]
 
     def after_epoch(self, epoch: int, mean_losses: dict[str, float]) -> None:
-        self.epoch_losses.append(torch.tensor([mean_losses[t] for t in self.tasks]))
+        device = self.prior.device
+        self.epoch_losses.append(torch.tensor([mean_losses[t] for t in self.tasks],
+                                              device=device))
         if len(self.epoch_losses) >= 2:
             ratio = self.epoch_losses[-1] / self.epoch_losses[-2].clamp(min=1e-12)
             self.weights = self.prior * len(self.tasks) * torch.softmax(
@@ -242,7 +244,8 @@ def project_conflicting(grads: torch.Tensor, generator: torch.Generator | None =
     out = torch.zeros_like(grads[0])
     for i in range(count):
         g = grads[i].clone()
-        for j in torch.randperm(count, generator=generator).tolist():
+        where = generator.device if generator is not None else grads.device
+        for j in torch.randperm(count, generator=generator, device=where).tolist():
             if j == i:
                 continue
             dot = torch.dot(g, grads[j])
@@ -294,7 +297,7 @@ def min_norm_weights(gram: torch.Tensor, lower: torch.Tensor, iterations: int = 
         raise ValueError(f"lower bounds sum to {float(lower.sum()):.3f} > 1")
     gram = gram.double()
     lower = lower.double()
-    u = torch.full((count,), 1.0 / count, dtype=torch.float64)
+    u = torch.full((count,), 1.0 / count, dtype=torch.float64, device=gram.device)
     for _ in range(iterations):
         w = lower + slack * u
         grad = gram @ w
@@ -386,7 +389,7 @@ class LabelWeighting(SampleWeighting):
         self.factors = torch.tensor([params.weights.get(n, 1.0) for n in graph.names])
 
     def weights(self, labels: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return 1.0 + labels * (self.factors - 1.0)
+        return 1.0 + labels * (self.factors.to(labels.device) - 1.0)
 
 
 def _task_mask(graph: TaskGraph, tasks: Sequence[str]) -> torch.Tensor:
@@ -430,7 +433,7 @@ class ColumnWeighting(_OneColumnWeighting):
 
     def weights(self, labels: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> torch.Tensor:
         w = extras[self.params.column].unsqueeze(1).expand_as(labels)
-        return torch.where(self.mask, w, torch.ones_like(labels))
+        return torch.where(self.mask.to(labels.device), w, torch.ones_like(labels))
 
 
 class DwellTimeParams(Params):
@@ -455,4 +458,4 @@ class DwellTimeWeighting(_OneColumnWeighting):
     def weights(self, labels: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> torch.Tensor:
         p = self.params
         bonus = p.scale * torch.log1p(extras[p.column]).clamp(max=p.cap)
-        return 1.0 + labels * self.mask * bonus.unsqueeze(1)
+        return 1.0 + labels * self.mask.to(labels.device) * bonus.unsqueeze(1)

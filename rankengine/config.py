@@ -205,6 +205,16 @@ class EarlyStopping(Section):
 
 
 class TrainSection(Section):
+    #: where the model trains and scores: "auto" (CUDA when available), "cpu", "cuda",
+    #: "cuda:N"; under torchrun a CUDA run takes one device per local rank
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    #: the training forward's precision: "bf16" / "fp16" run the embeddings and backbone
+    #: under autocast (fp16 with a gradient scaler); towers, cascade, losses, metrics and
+    #: everything scored, exported and served stay fp32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    #: torch.compile the training forward (falls back to eager, saying why, where the
+    #: platform cannot compile)
+    compile: bool = False
     epochs: int = Field(default=3, ge=1)
     batch_size: int = Field(default=1024, ge=1)
     eval_batch_size: int = Field(default=16384, ge=1)

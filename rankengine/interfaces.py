@@ -348,13 +348,15 @@ def sample_pairs(relevance: torch.Tensor, groups: torch.Tensor, max_pairs_per_gr
     i, j = (same & order).nonzero(as_tuple=True)
     if len(i) == 0:
         return i, j
-    priority = torch.rand(len(i), generator=generator)
+    where = generator.device if generator is not None else groups.device
+    priority = torch.rand(len(i), generator=generator, device=where).to(groups.device)
     by_priority = torch.argsort(priority)
     by_group = by_priority[torch.sort(groups[i][by_priority], stable=True).indices]
     pair_groups = groups[i][by_group]
     _, counts = torch.unique_consecutive(pair_groups, return_counts=True)
     first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    keep = by_group[(torch.arange(len(by_group)) - first) < max_pairs_per_group]
+    keep = by_group[(torch.arange(len(by_group), device=groups.device) - first)
+                    < max_pairs_per_group]
     return i[keep], j[keep]
 
 

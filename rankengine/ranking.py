@@ -57,7 +57,7 @@ class RankingObjective:
 
     def relevance(self, labels: torch.Tensor) -> torch.Tensor:
         """``[B]``: the highest grade among each row's positive tasks (0: impression only)."""
-        return (labels.clamp(0.0, 1.0) * self.grades).amax(dim=1)
+        return (labels.clamp(0.0, 1.0) * self.grades.to(labels.device)).amax(dim=1)
 
     def scores(self, out: CascadeOutput) -> torch.Tensor:
         if self.fusion is not None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from rankengine.data.batching import ModelInput, TensorData, iterate_batches
+from rankengine.device import device_of
 from rankengine.errors import DataError
 from rankengine.graph import TaskGraph
 from rankengine.interfaces import Fusion
@@ -40,9 +41,12 @@ class PredictionModule(nn.Module):
         return self.predict(ModelInput(ids, dense, list(id_lists)))
 
     def predict(self, inputs: ModelInput) -> tuple[torch.Tensor, torch.Tensor]:
+        """On the model's device (inputs are moved there; an exported graph's inputs already
+        are); float32 whatever precision the model computes in."""
+        inputs = inputs.to(device_of(self.model), non_blocking=True)
         # the fitted calibration, when the model has one
         out = self.model.calibrated(inputs) if self.calibrated else self.model(inputs)
-        return out.entire(self.graph), out.conditional(self.graph)
+        return out.entire(self.graph).float(), out.conditional(self.graph).float()
 
     @torch.inference_mode()
     def predict_all(self, data: TensorData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -469,11 +469,10 @@ def test_ema_keeps_the_moving_average_of_the_weights_after_each_step(
     for weights in steps[1:]:
         expected = [decay * avg + (1 - decay) * weights[str(i)]
                     for i, avg in enumerate(expected)]
-    for kept, avg, last in zip(params, expected, [steps[-1][str(i)] for i in
-                                                  range(len(params))], strict=True):
+    last = [steps[-1][str(i)] for i in range(len(params))]
+    for kept, avg in zip(params, expected, strict=True):
         assert torch.allclose(kept, avg, atol=1e-6)
-    assert not all(torch.equal(kept, last) for kept, last in
-                   zip(params, [steps[-1][str(i)] for i in range(len(params))], strict=True))
+    assert not all(torch.equal(kept, w) for kept, w in zip(params, last, strict=True))
     # the recorded validation of the epoch is the averaged model's
     assert trained.training.metrics["valid"]["click"]["auc"] == pytest.approx(
         trained.training.history[0]["valid"]["click"]["auc"], abs=1e-9)

@@ -53,6 +53,17 @@ class Batch:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def to(self, device: torch.device, *, non_blocking: bool = False) -> Batch:
+        """The batch on ``device`` (itself when it is there already)."""
+        if self.labels.device == device:
+            return self
+        return Batch(self.inputs.to(device, non_blocking=non_blocking),
+                     self.labels.to(device, non_blocking=non_blocking),
+                     {k: v.to(device, non_blocking=non_blocking)
+                      for k, v in self.extras.items()},
+                     None if self.groups is None
+                     else self.groups.to(device, non_blocking=non_blocking))
+
 
 class TensorData:
     """EncodedData as torch tensors (zero-copy views of the numpy arrays)."""
@@ -67,6 +78,10 @@ class TensorData:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.labels.device
 
     def batch(self, rows: torch.Tensor) -> Batch:
         return Batch(
@@ -101,7 +116,7 @@ def iterate_batches(
         for start in range(0, n, batch_size):
             yield data.slice(start, min(start + batch_size, n))
         return
-    order = torch.randperm(n, generator=generator)
+    order = _permutation(n, generator, data.device)
     for start in range(0, n, batch_size):
         yield data.batch(order[start : start + batch_size])
 
@@ -113,20 +128,29 @@ def _group_batches(data: TensorData, batch_size: int, shuffle: bool,
     by_group = torch.sort(data.groups, stable=True).indices
     _, sizes = torch.unique_consecutive(data.groups[by_group], return_counts=True)
     starts = torch.cumsum(sizes, 0) - sizes
-    order = torch.randperm(len(sizes), generator=generator) if shuffle \
-        else torch.arange(len(sizes))
+    device = data.device
+    order = _permutation(len(sizes), generator, device) if shuffle \
+        else torch.arange(len(sizes), device=device)
     # Row index of every row, group after group in the (shuffled) group order.
     group_sizes = sizes[order]
     offsets = torch.repeat_interleave(starts[order] - (torch.cumsum(group_sizes, 0)
                                                        - group_sizes), group_sizes)
-    rows = by_group[torch.arange(len(offsets)) + offsets]
+    rows = by_group[torch.arange(len(offsets), device=device) + offsets]
     # Cut after the group that makes a batch reach batch_size rows.
     ends = torch.cumsum(group_sizes, 0)
     cut = torch.unique(torch.div(ends - 1, batch_size, rounding_mode="floor"),
                        return_inverse=True)[1]
-    last_of_batch = torch.ones(len(ends), dtype=torch.bool)
+    last_of_batch = torch.ones(len(ends), dtype=torch.bool, device=device)
     last_of_batch[:-1] = cut[1:] != cut[:-1]
     start = 0
     for stop in ends[last_of_batch].tolist():
         yield data.batch(rows[start:stop])
         start = stop
+
+
+def _permutation(n: int, generator: torch.Generator | None, device: torch.device,
+                 ) -> torch.Tensor:
+    """A random order of ``n`` rows drawn by ``generator`` (on its own device, so the same
+    seed gives the same order wherever the data lives), on ``device``."""
+    where = generator.device if generator is not None else device
+    return torch.randperm(n, generator=generator, device=where).to(device)

@@ -238,6 +238,15 @@ class RankingModel(nn.Module):
     def forward(self, inputs: ModelInput) -> CascadeOutput:
         x = self.embedder(inputs)
         head_inputs = self._head_inputs(x)
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            # mixed precision where the compute is (embeddings, backbone); the towers and the
+            # cascade's log-space algebra in fp32, so log p keeps its digits
+            with torch.autocast(device, enabled=False):
+                return self._heads(x.float(), [h.float() for h in head_inputs])
+        return self._heads(x, head_inputs)
+
+    def _heads(self, x: torch.Tensor, head_inputs: list[torch.Tensor]) -> CascadeOutput:
         towers: list[nn.Module] = list(self.towers)
         if self.bias is not None:  # its reference in place of the bias features at scoring
             logit = self.bias(x) if self.training else None

@@ -12,6 +12,7 @@ from rankengine.components import Component
 from rankengine.config import EngineConfig
 from rankengine.data.batching import TensorData, iterate_batches
 from rankengine.data.dataset import EncodedData
+from rankengine.device import device_of
 from rankengine.evaluate import Metrics, node_metrics
 from rankengine.interfaces import LossWeighting, Metric
 from rankengine.model.assembly import RankingModel
@@ -24,13 +25,14 @@ def gate_statistics(model: RankingModel, data: TensorData, batch_size: int,
     """Mean gate weight per expert for each task's main head (the MMoE paper's analysis of
     which experts each task uses); empty for backbones without gates."""
     model.eval()
+    device = device_of(model)
     names: list[str] = []
     sums: torch.Tensor | None = None
     rows = 0
     for batch in iterate_batches(data, batch_size, shuffle=False):
         if rows >= max_rows:
             break
-        model(batch.inputs)
+        model(batch.inputs.to(device))
         gates = model.backbone.gate_weights()
         if gates is None:
             return {}
@@ -46,7 +48,8 @@ def gate_statistics(model: RankingModel, data: TensorData, batch_size: int,
         index = next((i for i, h in enumerate(heads) if h.node == node.name and h.role == "main"),
                      next((i for i, h in enumerate(heads) if h.node == node.name), None))
         if index is not None:
-            stats[node.name] = {"experts": names, "weights": (sums[index] / rows).tolist()}
+            stats[node.name] = {"experts": names,
+                                "weights": (sums[index] / rows).cpu().tolist()}
     return stats
 
 
@@ -60,12 +63,14 @@ def evaluate_split(model: RankingModel, objective: Objective, weighting: LossWei
     predictions when ``calibrated``)."""
     model.eval()
     graph = model.graph
-    sums = torch.zeros(len(graph))
+    device = device_of(model)
+    sums = torch.zeros(len(graph), device=device)  # float32 whatever the model computes in
     rows = 0
     entire, conditional = [], []
     for batch in iterate_batches(tensors, config.train.eval_batch_size, shuffle=False):
+        batch = batch.to(device, non_blocking=True)
         out = model(batch.inputs)  # one forward for the loss and the predictions
-        sums += objective(out, batch) * len(batch)
+        sums += objective(out, batch).float() * len(batch)
         rows += len(batch)
         if calibrated:
             out = model.calibration(out)
@@ -77,5 +82,5 @@ def evaluate_split(model: RankingModel, objective: Objective, weighting: LossWei
         return loss, node_metrics(graph, data, empty, empty, metrics)
     loss = dict(zip(graph.names, (sums / rows).tolist(), strict=True))
     loss["total"] = float(weighting.combine(sums / rows))
-    return loss, node_metrics(graph, data, torch.cat(entire).double().numpy(),
-                              torch.cat(conditional).double().numpy(), metrics)
+    return loss, node_metrics(graph, data, torch.cat(entire).double().cpu().numpy(),
+                              torch.cat(conditional).double().cpu().numpy(), metrics)

@@ -23,8 +23,9 @@ from rankengine.bundle import ModelBundle, TrainContext, TrainResult
 from rankengine.checkpoint import Position, module_state, rng_state, set_rng_state
 from rankengine.config import EngineConfig
 from rankengine.data.batching import Batch, TensorData, iterate_batches
+from rankengine.device import DeviceError, resolve_device
 from rankengine.distributed import DistContext, context_from_env
-from rankengine.errors import ConfigError, TrainingError
+from rankengine.errors import ConfigError, TrainingError, one_line
 from rankengine.evaluate import Metrics
 from rankengine.interfaces import CascadeOutput
 from rankengine.model.assembly import RankingModel
@@ -66,6 +67,14 @@ def train(config: EngineConfig, *, engine: Engine | None = None, progress: bool 
     return Trainer(plan, generator, progress=progress, log=log, resume=resume).run()
 
 
+def train_device(config: EngineConfig) -> torch.device:
+    """``[train] device`` on this machine (a one-line config error when it is not there)."""
+    try:
+        return resolve_device(config.train.device)
+    except DeviceError as exc:
+        raise ConfigError(str(exc), source=config.source, key="train.device") from None
+
+
 def lr_factor(config: EngineConfig, step: int, total_steps: int) -> float | None:
     """lr multiplier of step ``step`` of ``total_steps``; None: the constant schedule without
     warm-up (the optimiser's lr is left exactly as it is)."""
@@ -101,7 +110,8 @@ class Trainer:
         config = plan.config
         self.plan, self.config, self.graph = plan, config, plan.graph
         self.generator = generator
-        self.dist: DistContext = context_from_env()
+        self.dist: DistContext = context_from_env(train_device(config))
+        self.device = self.dist.device
         self.say: Callable[[str], None] = (log or (lambda _msg: None)) if self.dist.is_main \
             else (lambda _msg: None)
         if resume and not config.train.checkpoint_dir:
@@ -116,7 +126,7 @@ class Trainer:
 
         self.data: PreparedData = prepare_data(plan, self.dist, self.say)
         self.tensors = {name: TensorData(data) for name, data in self.data.encoded.items()}
-        self.model = plan.build_model(plan.pipeline.layout())
+        self.model = plan.build_model(plan.pipeline.layout()).to(self.device)
         self.bundle = ModelBundle(plan, self.model)
         #: the weights' moving average (``[train] ema_decay``): what is validated and kept
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(  # type: ignore[no-untyped-call]
@@ -133,17 +143,28 @@ class Trainer:
             if found is not None:
                 self.position, self.restored = found
                 self._restore_training_state(self.restored)
-        self.objective = Objective(plan.graph, self.model, plan.losses, plan.sample_weighting)
+        self.weighting.to(self.device)
+        self.objective = Objective(plan.graph, self.model, plan.losses,
+                                   plan.sample_weighting).to(self.device)
         self.odds_correction = self.correct_odds() if config.calibration.odds_correction \
             else {}
         self.params = self.model.training_parameters() + list(self.weighting.parameters())
         self.dist.broadcast_parameters(self.params)  # identical replicas whatever the init
         self.shared = self.model.shared_parameters()
         self.optimizer = optimizer_for(config, self.params)
+        precision = config.train.precision
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        #: fp16 gradients underflow without loss scaling; a no-op for fp32 and bf16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.forward: Callable[[Any], Any] = self.model
+        if config.train.compile:
+            self.forward = torch.compile(self.model)
         self.best_state = copy.deepcopy(self.model.state_dict())
         if self.restored is not None:
             assert self.checkpoints is not None
             self.checkpoints.restore_optimizer(self.restored, self.optimizer)
+            if isinstance(self.restored.get("scaler"), dict) and self.scaler.is_enabled():
+                self.scaler.load_state_dict(self.restored["scaler"])
             self.best_state = self.restored["best_state"]
         encoded = self.data.encoded
         self.context = TrainContext(
@@ -187,6 +208,7 @@ class Trainer:
             "ranking_generator": self.ranking.generator.get_state() if self.ranking else None,
             "stopped": stopped,
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+            **({"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}),
         }
 
     # -- the run ---------------------------------------------------------------------------
@@ -200,7 +222,7 @@ class Trainer:
             if stop:
                 break
         elapsed = self.elapsed_before + time.perf_counter() - self.started
-        seen = int(self.dist.sum(torch.tensor([float(self.seen)])).item())
+        seen = int(self.dist.sum(torch.tensor([float(self.seen)], device="cpu")).item())
         self.model.load_state_dict(self.best_state)
         self.set_bias_reference()
 
@@ -247,6 +269,22 @@ class Trainer:
                               self.tensors[split], self.data.encoded[split], self.config,
                               self.plan.metrics, calibrated=calibrated)
 
+    def model_forward(self, inputs: Any) -> Any:
+        """The training forward: under autocast with ``[train] precision``, compiled with
+        ``compile`` (eager, once it said why, where the platform cannot compile)."""
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype,
+                            enabled=self.autocast_dtype is not None):
+            if self.forward is self.model:
+                return self.model(inputs)
+            try:
+                return self.forward(inputs)
+            except Exception as exc:  # torch raises many types while compiling
+                self.say(f"[train] compile: torch.compile cannot compile this model here "
+                         f"({type(exc).__name__}: {one_line(str(exc))[:200]}); training "
+                         f"uncompiled")
+                self.forward = self.model
+                return self.model(inputs)
+
     def set_bias_reference(self) -> None:
         """The bias tower's stand-in at scoring (see :class:`BiasTower`), solved per head on
         the validation rows."""
@@ -258,7 +296,7 @@ class Trainer:
         with torch.inference_mode():
             for batch in iterate_batches(self.tensors["valid"],
                                          self.config.train.eval_batch_size, shuffle=False):
-                b, z = model.bias_logits(batch.inputs)
+                b, z = model.bias_logits(batch.inputs.to(self.device))
                 bias.append(b.double().cpu().numpy())
                 heads.append(z.double().cpu().numpy())
         reference = mean_preserving_offsets(np.concatenate(heads), np.concatenate(bias))
@@ -290,7 +328,7 @@ class Trainer:
         with torch.inference_mode():
             for batch in iterate_batches(data, self.config.train.eval_batch_size,
                                          shuffle=False):
-                outs.append(model(batch.inputs))
+                outs.append(model(batch.inputs.to(self.device)))
         joined = CascadeOutput(*(torch.cat([getattr(o, f.name) for o in outs])
                                  for f in dataclasses.fields(CascadeOutput)))
         rows = model.calibration.fit(joined, self.data.encoded["valid"].labels)
@@ -310,7 +348,7 @@ class Trainer:
             self.generator.set_state(state["epoch_generator"])
         epoch_generator = self.generator.get_state()
         self.model.train()
-        sums = torch.zeros(len(graph))
+        sums = torch.zeros(len(graph), device=self.device)
         rank_sum = 0.0
         steps = 0  # this rank's batches
         global_steps = 0  # steps every rank took together
@@ -325,7 +363,7 @@ class Trainer:
                 if next(batches, None) is not None:
                     steps += 1
             global_steps = self.position.batches
-            sums, rank_sum = state["epoch_sums"], state["epoch_rank_sum"]
+            sums, rank_sum = state["epoch_sums"].to(self.device), state["epoch_rank_sum"]
             set_rng_state(state["rng"])
         while True:
             batch = next(batches, None)
@@ -335,7 +373,8 @@ class Trainer:
             if not dist.average_gradients(self.params, batch is not None):
                 break  # every rank has run out of data
             self.schedule_lr((epoch - 1) * self.steps_per_epoch + global_steps)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)  # optimizer.step(), unscaled first under fp16
+            self.scaler.update()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             global_steps += 1
@@ -370,22 +409,31 @@ class Trainer:
         loss and the step's total loss (a tensor: read only when a progress bar shows it)."""
         self.optimizer.zero_grad(set_to_none=True)
         if batch is None:
-            return torch.zeros(len(self.graph)), 0.0, torch.zeros(())
-        out = self.model(batch.inputs)
+            return (torch.zeros(len(self.graph), device=self.device), 0.0,
+                    torch.zeros((), device=self.device))
+        batch = batch.to(self.device, non_blocking=True)
+        out = self.model_forward(batch.inputs)
         task_losses = self.objective(out, batch)
+        scale = self.scaler.scale  # fp16: every loss scaled before its backward; else identity
         rank_value = 0.0
         rank_loss = None
         if self.ranking is not None:  # its gradient first; the weighting's backward adds
             rank_loss = self.ranking(out, batch)
             if torch.isfinite(rank_loss):
-                rank_loss.backward(retain_graph=True)  # type: ignore[no-untyped-call]
+                scale(rank_loss).backward(retain_graph=True)  # type: ignore[no-untyped-call]
             rank_value = float(rank_loss.detach())
         # a learnable cascade's own loss (a calibrator penalty, a regulariser)
         auxiliary = self.model.cascade.auxiliary_loss()
         if auxiliary is not None and torch.isfinite(auxiliary):
-            auxiliary.backward(retain_graph=True)  # type: ignore[no-untyped-call]
-        total = self.weighting.backward(task_losses, self.shared) \
-            if torch.isfinite(task_losses).all() else task_losses.sum()
+            scale(auxiliary).backward(retain_graph=True)  # type: ignore[no-untyped-call]
+        # the weightings are invariant to a common scale of the losses (GradNorm, PCGrad
+        # and the min-norm solver included), so the scaled losses go through them as they are
+        if torch.isfinite(task_losses).all():
+            total = self.weighting.backward(scale(task_losses), self.shared)
+            if self.scaler.is_enabled():
+                total = total.detach() / self.scaler.get_scale()
+        else:
+            total = task_losses.sum()
         if rank_loss is not None:
             total = total.detach() + rank_loss.detach()
         if auxiliary is not None:
@@ -401,9 +449,11 @@ class Trainer:
     def end_epoch(self, epoch: int, sums: torch.Tensor, steps: int, rank_sum: float) -> bool:
         """Average the epoch's losses over ranks, validate, judge, checkpoint; True: stop."""
         config, graph = self.config, self.graph
-        totals = self.dist.sum(torch.cat([sums, torch.tensor([float(steps), rank_sum])]))
+        totals = self.dist.sum(torch.cat([sums.float(), torch.tensor(
+            [float(steps), rank_sum], device=sums.device)])).cpu()
         mean_losses = totals[:len(graph)] / max(float(totals[-2]), 1.0)
         train_loss = dict(zip(graph.names, mean_losses.tolist(), strict=True))
+        mean_losses = mean_losses.to(self.device)
         self.weighting.after_epoch(epoch, train_loss)
         valid_loss, valid_metrics = self.evaluate("valid", model=self.kept_model)
         record = {

@@ -54,6 +54,18 @@ class Objective:
         #: log odds factor added to each task's logit in its loss (main space, aux space)
         self.offsets: torch.Tensor | None = None
         self.aux_offsets: torch.Tensor | None = None
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> Objective:
+        """Move the objective's constants to the device of the losses it will meet."""
+        if device != self.device:
+            for name in ("parent", "has_parent", "conditional", "aux_weight", "binary",
+                         "offsets", "aux_offsets"):
+                value = getattr(self, name)
+                if value is not None:
+                    setattr(self, name, value.to(device))
+            self.device = device
+        return self
 
     def odds_factors(self, labels: np.ndarray, extras: Mapping[str, np.ndarray],
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +75,7 @@ class Objective:
         weights = self.sample_weighting.weights(
             torch.from_numpy(labels), {k: torch.from_numpy(v) for k, v in extras.items()},
         ).double().numpy()
-        parent = labels[:, self.parent.numpy()] == 1
+        parent = labels[:, self.parent.cpu().numpy()] == 1
         main = np.ones(len(self.graph), dtype=np.float64)
         aux = np.ones(len(self.graph), dtype=np.float64)
         for i, node in enumerate(self.graph.nodes):
@@ -81,11 +93,12 @@ class Objective:
         if np.allclose(main, 1.0) and np.allclose(aux, 1.0):
             self.offsets = self.aux_offsets = None
             return
-        self.offsets = torch.from_numpy(np.log(main)).float()
-        self.aux_offsets = torch.from_numpy(np.log(aux)).float()
+        self.offsets = torch.from_numpy(np.log(main)).float().to(self.device)
+        self.aux_offsets = torch.from_numpy(np.log(aux)).float().to(self.device)
 
     def __call__(self, out: Any, batch: Batch) -> torch.Tensor:
         labels = batch.labels
+        self.to(labels.device)
         log_p = torch.where(self.conditional, out.cond_log_p, out.log_p)
         log_q = torch.where(self.conditional, out.cond_log_q, out.log_q)
         if self.offsets is not None:
@@ -115,9 +128,8 @@ class Objective:
     def _shifted(self, log_p: torch.Tensor, log_q: torch.Tensor, offsets: torch.Tensor,
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """log p and log(1 - p) of the logits moved by ``offsets`` (binary tasks only)."""
-        shift = offsets.to(log_p.device)
-        logit = log_p - log_q + shift
-        moved = self.binary.to(log_p.device) & (shift != 0)
+        logit = log_p - log_q + offsets
+        moved = self.binary & (offsets != 0)
         return (torch.where(moved, F.logsigmoid(logit), log_p),
                 torch.where(moved, F.logsigmoid(-logit), log_q))
 
