@@ -38,6 +38,15 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def fits_on(device: torch.device, nbytes: int, share: float = 0.5) -> bool:
+    """Whether ``nbytes`` of data may live on ``device`` for the run: a CUDA device with that
+    much in at most ``share`` of its free memory (the rest is the model's and the step's)."""
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= share * free
+
+
 def device_of(module: nn.Module) -> torch.device:
     """The device of a module's parameters (or buffers); the CPU for one without either."""
     for parameter in module.parameters():

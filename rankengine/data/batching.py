@@ -5,7 +5,8 @@ No per-row Python: a batch is one ``index_select`` per array.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,14 @@ class Batch:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked host memory (what a non-blocking copy to a GPU needs)."""
+        return Batch(ModelInput(self.inputs.ids.pin_memory(), self.inputs.dense.pin_memory(),
+                                [s.pin_memory() for s in self.inputs.id_lists]),
+                     self.labels.pin_memory(),
+                     {k: v.pin_memory() for k, v in self.extras.items()},
+                     None if self.groups is None else self.groups.pin_memory())
+
     def to(self, device: torch.device, *, non_blocking: bool = False) -> Batch:
         """The batch on ``device`` (itself when it is there already)."""
         if self.labels.device == device:
@@ -82,6 +91,23 @@ class TensorData:
     @property
     def device(self) -> torch.device:
         return self.labels.device
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.categorical, self.dense, *self.sequences, self.labels,
+                   *self.extras.values(), *([] if self.groups is None else [self.groups])]
+        return sum(t.element_size() * t.numel() for t in tensors)
+
+    def to(self, device: torch.device) -> TensorData:
+        """The same rows on ``device``: batches are then sliced there, with no copy per step."""
+        moved = object.__new__(TensorData)
+        moved.categorical = self.categorical.to(device)
+        moved.dense = self.dense.to(device)
+        moved.sequences = [s.to(device) for s in self.sequences]
+        moved.labels = self.labels.to(device)
+        moved.extras = {k: v.to(device) for k, v in self.extras.items()}
+        moved.groups = None if self.groups is None else self.groups.to(device)
+        return moved
 
     def batch(self, rows: torch.Tensor) -> Batch:
         return Batch(
@@ -154,3 +180,20 @@ def _permutation(n: int, generator: torch.Generator | None, device: torch.device
     seed gives the same order wherever the data lives), on ``device``."""
     where = generator.device if generator is not None else device
     return torch.randperm(n, generator=generator, device=where).to(device)
+
+
+def prefetched(batches: Iterator[Batch], prepare: Callable[[Batch], Batch]) -> Iterator[Batch]:
+    """``batches``, each gathered and passed through ``prepare`` (e.g. pinned for a
+    non-blocking copy to a GPU) in a background thread while the previous one is used."""
+    def produce() -> Batch | None:
+        batch = next(batches, None)
+        return None if batch is None else prepare(batch)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="rankengine-batches") as pool:
+        pending = pool.submit(produce)
+        while True:
+            batch = pending.result()
+            if batch is None:
+                return
+            pending = pool.submit(produce)
+            yield batch

@@ -81,13 +81,15 @@ class StreamingData:
         self.encode = encode
         self.buffer_rows = buffer_rows
         self.rows = sum(f.rows for f in fragments)
+        self.device = torch.device("cpu")
 
     def __len__(self) -> int:
         return self.rows
 
     def chunks(self, generator: torch.Generator) -> list[list[Fragment]]:
         """This epoch's buffers: fragments in a seeded random order, ~buffer_rows each."""
-        order = torch.randperm(len(self.fragments), generator=generator).tolist()
+        order = torch.randperm(len(self.fragments), generator=generator,
+                               device=generator.device).tolist()
         chunks: list[list[Fragment]] = [[]]
         rows = 0
         for index in order:
@@ -98,10 +100,18 @@ class StreamingData:
             rows += self.fragments[index].rows
         return chunks
 
+    def place(self, device: torch.device, say: Callable[[str], None]) -> None:
+        """Buffers go to ``device`` as they are loaded (a buffer is sized to fit)."""
+        self.device = device
+        if device.type == "cuda":
+            say(f"streamed buffers are copied to {device} in the background thread; batches "
+                f"are sliced there")
+
     def batches(self, batch_size: int, generator: torch.Generator,
                 keep_groups: bool) -> Iterator[Batch]:
-        """Shuffled batches, buffer after buffer; the next buffer is read and encoded in a
-        background thread while the current one trains (Arrow and numpy release the GIL)."""
+        """Shuffled batches, buffer after buffer; the next buffer is read, encoded (and
+        copied to the training device) in a background thread while the current one trains
+        (Arrow, numpy and the copy release the GIL)."""
         chunks = self.chunks(generator)
         with ThreadPoolExecutor(1, thread_name_prefix="rankengine-prefetch") as pool:
             pending = pool.submit(self._load, chunks[0])
@@ -113,8 +123,9 @@ class StreamingData:
                                            keep_groups=keep_groups)
 
     def _load(self, chunk: list[Fragment]) -> TensorData:
-        return TensorData(self.encode(read_fragments(chunk, self.columns),
+        data = TensorData(self.encode(read_fragments(chunk, self.columns),
                                       where=f"{chunk[0].path} (+{len(chunk) - 1} row groups)"))
+        return data if self.device.type == "cpu" else data.to(self.device)
 
 
 class EncodeChunk:

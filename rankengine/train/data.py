@@ -10,7 +10,7 @@ import pyarrow as pa
 import torch
 
 from rankengine.data import cache as data_cache
-from rankengine.data.batching import Batch, TensorData, iterate_batches
+from rankengine.data.batching import Batch, TensorData, iterate_batches, prefetched
 from rankengine.data.dataset import EncodedData, encode_table, oracle_columns
 from rankengine.data.io import read_table
 from rankengine.data.stream import (
@@ -20,6 +20,7 @@ from rankengine.data.stream import (
     read_fragments,
     sample_fragments,
 )
+from rankengine.device import fits_on
 from rankengine.distributed import DistContext
 from rankengine.errors import ConfigError, DataError
 from rankengine.plan import Plan
@@ -31,14 +32,32 @@ class InMemoryData:
 
     def __init__(self, data: EncodedData) -> None:
         self.tensors = TensorData(data)
+        self.pin = False
 
     def __len__(self) -> int:
         return len(self.tensors)
 
+    def place(self, device: torch.device, say: Callable[[str], None]) -> None:
+        """For a GPU: the columns moved there once when they fit (batches are then sliced on
+        the device, no copy per step); otherwise batches gathered into pinned memory by a
+        background thread, for a non-blocking copy."""
+        if device.type != "cuda":
+            return
+        size = self.tensors.nbytes
+        if fits_on(device, size):
+            self.tensors = self.tensors.to(device)
+            say(f"training columns on {device} ({size / 2**20:,.0f} MiB): batches are "
+                f"sliced there")
+        else:
+            self.pin = True
+            say(f"training columns ({size / 2**20:,.0f} MiB) stay in host memory: batches are "
+                f"pinned in a background thread and copied without blocking")
+
     def batches(self, batch_size: int, generator: torch.Generator,
                 keep_groups: bool) -> Iterator[Batch]:
-        return iterate_batches(self.tensors, batch_size, shuffle=True, generator=generator,
-                               keep_groups=keep_groups)
+        batches = iterate_batches(self.tensors, batch_size, shuffle=True, generator=generator,
+                                  keep_groups=keep_groups)
+        return prefetched(batches, Batch.pin_memory) if self.pin else batches
 
 
 

@@ -23,7 +23,7 @@ from rankengine.bundle import ModelBundle, TrainContext, TrainResult
 from rankengine.checkpoint import Position, module_state, rng_state, set_rng_state
 from rankengine.config import EngineConfig
 from rankengine.data.batching import Batch, TensorData, iterate_batches
-from rankengine.device import DeviceError, resolve_device
+from rankengine.device import DeviceError, fits_on, resolve_device
 from rankengine.distributed import DistContext, context_from_env
 from rankengine.errors import ConfigError, TrainingError, one_line
 from rankengine.evaluate import Metrics
@@ -125,7 +125,11 @@ class Trainer:
         self.stopper = EarlyStopper(config, plan.graph, plan.metrics)
 
         self.data: PreparedData = prepare_data(plan, self.dist, self.say)
+        self.data.train.place(self.device, self.say)
         self.tensors = {name: TensorData(data) for name, data in self.data.encoded.items()}
+        for name, tensors in self.tensors.items():  # the evaluation splits too, when they fit
+            if name != "train" and fits_on(self.device, tensors.nbytes, share=0.1):
+                self.tensors[name] = tensors.to(self.device)
         self.model = plan.build_model(plan.pipeline.layout()).to(self.device)
         self.bundle = ModelBundle(plan, self.model)
         #: the weights' moving average (``[train] ema_decay``): what is validated and kept
