@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rankengine import RankEngineError, Register, ServingBackend, hookimpl
+from rankengine import RankEngineError, Register, ServingBackend, device_of, hookimpl
 
 
 @hookimpl
@@ -49,7 +49,9 @@ class OnnxRuntimeBackend(ServingBackend):
         self.check_available()
         with tempfile.TemporaryDirectory(prefix="rankengine-onnx-") as workdir:
             path = self.export_predictions(Path(workdir) / "model.onnx", "onnx")
-            self.session = _session(path, self.threads)  # reads the weights: the folder can go
+            # reads the weights: the folder can go; on CUDA when the model was loaded there
+            self.session = _session(path, self.threads,
+                                    cuda=device_of(self.loaded.model).type == "cuda")
         self.names = self.input_names()
 
     def predict(self, ids: np.ndarray, dense: np.ndarray,
@@ -64,10 +66,19 @@ class OnnxRuntimeBackend(ServingBackend):
         return list(_session(path, 1).run(None, dict(inputs)))
 
 
-def _session(path: Path, threads: int) -> Any:
+def _session(path: Path, threads: int, *, cuda: bool = False) -> Any:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(path), options, providers=session_providers(
+        cuda, onnxruntime.get_available_providers()))
+
+
+def session_providers(cuda: bool, available: Sequence[str]) -> list[str]:
+    """ONNX Runtime's CUDA execution provider first when the model is served on a GPU and
+    this onnxruntime has it (the ``onnxruntime-gpu`` build); the CPU provider always."""
+    if cuda and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]

@@ -9,6 +9,7 @@ from rankengine.components import Component, NoParams, Params, Register
 from rankengine.config import EngineConfig, FeatureSpec, TaskSpec, Width, load_config
 from rankengine.data.batching import ModelInput
 from rankengine.data.source import DataSource
+from rankengine.device import device_of
 from rankengine.errors import (
     ArtifactError,
     BadRequestError,
@@ -110,6 +111,7 @@ __all__ = [
     "UnscorableError",
     "Width",
     "__version__",
+    "device_of",
     "hookimpl",
     "load_config",
     "mlp",

@@ -199,8 +199,10 @@ def verify_artifact(path: Path, manifest: dict[str, Any]) -> None:
             )
 
 
-def load_artifact(path: str | Path, *, engine: Engine | None = None) -> ModelBundle:
-    """Read an artifact, verify its checksums and rebuild the model with the same plugins."""
+def load_artifact(path: str | Path, *, engine: Engine | None = None,
+                  device: torch.device | None = None) -> ModelBundle:
+    """Read an artifact, verify its checksums and rebuild the model with the same plugins
+    (its weights read on the CPU, whatever device wrote them; then moved to ``device``)."""
     path = Path(path)
     manifest = read_manifest(path)
     verify_artifact(path, manifest)
@@ -266,6 +268,8 @@ def load_artifact(path: str | Path, *, engine: Engine | None = None) -> ModelBun
             f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     model.eval()
+    if device is not None:
+        model.to(device)
     return ModelBundle(plan, model, path=path, manifest=manifest,
                        metrics=read_json(path / "metrics.json"))
 

@@ -8,6 +8,7 @@ scoring path every command runs). Outputs match rankengine's own within 1e-5.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import tempfile
 import warnings
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from rankengine.bundle import ModelBundle
+from rankengine.device import device_of
 from rankengine.errors import ArtifactError, RankEngineError
 from rankengine.files import os_reason
 from rankengine.scoring import PredictionModule, ScoringModule
@@ -60,6 +62,8 @@ def export(loaded: ModelBundle, output: Path, fmt: str, *,
            ) -> Path:
     """Write ``module`` (default: :class:`ScoringModule`) to ``output``, atomically."""
     module = (module or ScoringModule(loaded.model, loaded.fusion)).eval()
+    if device_of(module).type != "cpu":  # the graph is device-free: traced from a CPU copy
+        module = copy.deepcopy(module).cpu()
     inputs = example_inputs(loaded)
     if not output.name or output.name in (".", ".."):
         raise ArtifactError(f"{str(output) or repr('')}: expected a file name to export to")
@@ -116,7 +120,7 @@ def _write(module: nn.Module, inputs: tuple[torch.Tensor, ...], loaded: ModelBun
 
 def reference_outputs(loaded: ModelBundle, inputs: tuple[torch.Tensor, ...]) -> np.ndarray:
     with torch.inference_mode():
-        result: np.ndarray = ScoringModule(loaded.model, loaded.fusion)(*inputs).numpy()
+        result: np.ndarray = ScoringModule(loaded.model, loaded.fusion)(*inputs).cpu().numpy()
     return result
 
 

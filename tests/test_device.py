@@ -174,11 +174,8 @@ def test_mixed_precision_trains_and_everything_scored_stays_fp32(
 
     text = tiny_config_text(funnel_dir).replace(
         "[train]\n", f'[train]\nprecision = "{precision}"\ncheckpoint_dir = "ckpt"\n')
-    if "streaming" in setup:  # row group by row group, read in a background thread
-        text = text.replace("[data]\n", "[data]\nstreaming = true\nbuffer_rows = 4000\n")
     (tmp_path / "engine.toml").write_text(text)
     config = load_config(tmp_path / "engine.toml")
-    assert config.data.streaming == ("streaming" in setup)
     config.train.epochs = 1
     plan = make_plan(config)
     trainer = Trainer(plan, seed_everything(1), progress=False, log=None, resume=False)

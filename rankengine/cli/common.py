@@ -16,6 +16,8 @@ from rich.table import Table
 from rankengine.registry.store import RegistryStore, resolve_url
 
 if TYPE_CHECKING:
+    import torch
+
     from rankengine.bundle import ModelBundle
     from rankengine.config import EngineConfig
     from rankengine.pluginmanager import Engine
@@ -35,6 +37,22 @@ def config_option(f: F) -> F:
     return click.option("-c", "--config", "config_path", default="engine.toml", show_default=True,
                         type=click.Path(dir_okay=False, path_type=Path),
                         help="engine.toml to use")(f)
+
+
+def device_option(f: F) -> F:
+    """``--device``: where the model scores, resolved against this machine."""
+    return click.option("--device", default="auto", show_default=True, callback=_device,
+                        help="where the model runs: auto (CUDA when available), cpu, cuda, "
+                             "cuda:N")(f)
+
+
+def _device(_: click.Context, param: click.Parameter, value: str) -> torch.device:
+    from rankengine.device import DeviceError, resolve_device
+
+    try:
+        return resolve_device(value)
+    except DeviceError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
 
 
 def finite(_: click.Context, param: click.Parameter, value: float) -> float:
@@ -63,15 +81,17 @@ def open_store(url: str | None, config: EngineConfig | None = None, *, create: b
     return store
 
 
-def load_model(model: str, registry: str | None) -> ModelBundle:
-    """An artifact directory, or a registry reference NAME@ALIAS / NAME/VERSION / NAME."""
+def load_model(model: str, registry: str | None,
+               device: torch.device | None = None) -> ModelBundle:
+    """An artifact directory, or a registry reference NAME@ALIAS / NAME/VERSION / NAME, its
+    model on ``device``."""
     if Path(model).is_dir():
         from rankengine.artifact import load_artifact
 
-        return load_artifact(model)
+        return load_artifact(model, device=device)
     from rankengine.registry.artifacts import load_version
 
-    return load_version(open_store(registry), model)[1]
+    return load_version(open_store(registry), model, device=device)[1]
 
 
 def metric_columns(engine: Engine | None = None) -> list[tuple[str, str]]:

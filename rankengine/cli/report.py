@@ -6,13 +6,17 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from rankengine.cli.common import URL_HELP, open_store
+from rankengine.cli.common import URL_HELP, device_option, open_store
 from rankengine.errors import RankEngineError
 from rankengine.registry.store import RegistryStore
 from rankengine.report.limits import MAX_ROWS
+
+if TYPE_CHECKING:
+    import torch
 
 
 @click.command()
@@ -25,8 +29,9 @@ from rankengine.report.limits import MAX_ROWS
 @click.option("--registry", "--url", "url", default=None, help=URL_HELP)
 @click.option("--max-rows", type=click.IntRange(min=1), default=MAX_ROWS, show_default=True,
               help="rows of the evaluation split scored for the ROC and reliability curves")
+@device_option
 def report(ref: str | None, compare: tuple[str, str] | None, output: Path | None,
-           url: str | None, max_rows: int) -> None:
+           url: str | None, max_rows: int, device: torch.device) -> None:
     """Write a self-contained HTML report of REF (NAME@ALIAS, NAME/VERSION or NAME).
 
     With --compare A B: metric deltas of B against A per split, task and metric (better / worse
@@ -47,7 +52,7 @@ def report(ref: str | None, compare: tuple[str, str] | None, output: Path | None
     else:
         assert ref is not None
         version = store.resolve(ref)
-        text = build_report(store, ref, max_rows=max_rows)
+        text = build_report(store, ref, max_rows=max_rows, device=device)
         path = output or Path(f"report-{version.model}-{version.version}.html")
     try:
         written = write_html(text, path)

@@ -4,6 +4,7 @@ model directory or a registry reference."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import pyarrow as pa
@@ -11,7 +12,16 @@ import pyarrow.compute as pc
 from rich.markup import escape
 from rich.table import Table
 
-from rankengine.cli.common import console, load_model, print_calibration_shift, print_metrics
+from rankengine.cli.common import (
+    console,
+    device_option,
+    load_model,
+    print_calibration_shift,
+    print_metrics,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 
 @click.command()
@@ -20,7 +30,9 @@ from rankengine.cli.common import console, load_model, print_calibration_shift, 
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
               help="CSV / Parquet file or directory with the label columns")
 @click.option("--json", "as_json", is_flag=True, help="print metrics as JSON")
-def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -> None:
+@device_option
+def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool,
+             device: torch.device) -> None:
     """Per-task metrics of MODEL (a directory or NAME@ALIAS / NAME/VERSION) on labelled data."""
     from rankengine.artifact import to_json
     from rankengine.data.batching import TensorData
@@ -29,7 +41,7 @@ def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -
     from rankengine.evaluate import node_metrics, select_metrics
     from rankengine.scoring import PredictionModule, named_outputs
 
-    loaded = load_model(model, registry)
+    loaded = load_model(model, registry, device)
     cfg, graph = loaded.config, loaded.graph
     extras = oracle_columns(graph)
     columns = [*loaded.pipeline.source_columns, *label_columns(graph), *extras]
@@ -63,12 +75,14 @@ def evaluate(model: str, registry: str | None, data_path: Path, as_json: bool) -
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="scores file (.csv or .parquet)")
 @click.option("--keep", default="", help="comma-separated input columns to copy to the output")
-def predict(model: str, registry: str | None, data_path: Path, output: Path, keep: str) -> None:
+@device_option
+def predict(model: str, registry: str | None, data_path: Path, output: Path, keep: str,
+            device: torch.device) -> None:
     """Batch-score a file with MODEL: per-task probabilities and the fused score."""
     from rankengine.data.io import read_table
     from rankengine.predict import score_table, write_table
 
-    loaded = load_model(model, registry)
+    loaded = load_model(model, registry, device)
     kept = list(dict.fromkeys(c.strip() for c in keep.split(",") if c.strip()))
     outputs = {"score", *(f"{p}_{n}" for n in loaded.graph.names for p in ("p", "pc"))}
     clash = [c for c in kept if c in outputs]
@@ -92,14 +106,15 @@ def predict(model: str, registry: str | None, data_path: Path, output: Path, kee
               help="value of the [data] group column to rank (default: the first request "
                    "with a logged click, i.e. a positive first task)")
 @click.option("--top-k", type=click.IntRange(min=1), default=10, show_default=True)
+@device_option
 def rank(model: str, registry: str | None, data_path: Path, request_id: str | None,
-         top_k: int) -> None:
+         top_k: int, device: torch.device) -> None:
     """Rank the candidates of one request with MODEL by the fused score and print them."""
     from rankengine.data.io import read_table
     from rankengine.errors import DataError
     from rankengine.predict import score_table
 
-    loaded = load_model(model, registry)
+    loaded = load_model(model, registry, device)
     group = loaded.config.data.group
     if not group:
         raise click.ClickException("the model's config has no [data] group column to rank by")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
-from rankengine.cli.common import URL_HELP, finite, open_store
+from rankengine.cli.common import URL_HELP, device_option, finite, open_store
+
+if TYPE_CHECKING:
+    import torch
 
 
 @click.command()
@@ -41,10 +46,11 @@ from rankengine.cli.common import URL_HELP, finite, open_store
                    "back end")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="one log line per request (uvicorn's access log)")
+@device_option
 def serve(ref: str, registry: str | None, host: str, port: int, workers: int, threads: int,
           poll_interval: float, max_candidates: int, max_body_bytes: int,
           max_fusion_weight: float, admin_token: str | None, backend: str | None,
-          access_log: bool) -> None:
+          access_log: bool, device: torch.device) -> None:
     """Serve NAME[@ALIAS|/VERSION] over HTTP (Open Inference Protocol v2 + /v1/rank)."""
     import json as json_lib
     import os
@@ -74,6 +80,7 @@ def serve(ref: str, registry: str | None, host: str, port: int, workers: int, th
     per_thread = max(1, usable_cores() // (threads * workers))  # no oversubscribed cores
     os.environ[ENV] = json_lib.dumps({
         "registry": url, "ref": ref, "backend": backend, "torch_threads": per_thread,
+        "device": str(device),
         "settings": {"threads": threads, "poll_interval": poll_interval,
                      "max_candidates": max_candidates, "max_body_bytes": max_body_bytes,
                      "max_fusion_weight": max_fusion_weight, "admin_token": admin_token},

@@ -13,7 +13,7 @@ import click
 import numpy as np
 from rich.table import Table
 
-from rankengine.cli.common import console, open_store
+from rankengine.cli.common import console, device_option, open_store
 from rankengine.errors import DataError, RankEngineError, suggest
 from rankengine.fusion import FUSION_WEIGHTS_TAG, format_fusion_weights, fusion_with_weights
 from rankengine.tune import (
@@ -26,6 +26,8 @@ from rankengine.tune import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from rankengine.bundle import ModelBundle
     from rankengine.registry.store import ModelVersion, RegistryStore
 
@@ -64,16 +66,16 @@ def _parse_priority(items: Sequence[str], tasks: list[str]) -> dict[str, float]:
     return out
 
 
-def _load(model: str, registry: str | None
+def _load(model: str, registry: str | None, device: torch.device,
           ) -> tuple[RegistryStore | None, ModelVersion | None, ModelBundle]:
     if Path(model).is_dir():
         from rankengine.artifact import load_artifact
 
-        return None, None, load_artifact(model)
+        return None, None, load_artifact(model, device=device)
     from rankengine.registry.artifacts import load_version
 
     store = open_store(registry)
-    return (store, *load_version(store, model))
+    return (store, *load_version(store, model, device=device))
 
 
 def _print(result: TuneResult, *, metric: str, title: str, priority: dict[str, float],
@@ -161,15 +163,17 @@ def _standing(result: TuneResult) -> str:
                    "recommended weights (version tag fusion_weights)")
 @click.option("--json", "as_json", is_flag=True, help="print the search result as JSON")
 @click.option("--registry", default=None, help="registry URL for NAME@ALIAS references")
+@device_option
 def tune_fusion(model: str, data_path: Path, group: str | None, k: int, method: str,
                 trials: int, seed: int, tasks_option: str | None, priorities: tuple[str, ...],
-                write: bool, as_json: bool, registry: str | None) -> None:
+                write: bool, as_json: bool, registry: str | None,
+                device: torch.device) -> None:
     """Search the fusion weights of MODEL for per-task NDCG@k and show the Pareto front."""
     from rankengine.artifact import to_json
 
     if not data_path.exists():
         raise DataError(f"{data_path}: data file or directory not found")
-    store, version, loaded = _load(model, registry)
+    store, version, loaded = _load(model, registry, device)
     if write and (store is None or version is None):
         raise click.UsageError("--write needs a registry reference (NAME@ALIAS or "
                                "NAME/VERSION), not an artifact directory")

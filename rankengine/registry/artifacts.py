@@ -18,7 +18,7 @@ import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from rankengine.artifact import MANIFEST, json_safe, load_artifact, save_artifact
@@ -31,6 +31,9 @@ from rankengine.fusion import apply_fusion_weights
 from rankengine.pluginmanager import IN_PROCESS
 from rankengine.registry.errors import RegistryError
 from rankengine.registry.store import ModelVersion, RegistryStore, check_model_name
+
+if TYPE_CHECKING:
+    import torch
 
 
 def inside(root: Path, path: Path, *, what: str = "artifact path") -> Path:
@@ -253,8 +256,8 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def load_version(store: RegistryStore, ref: str, *,
-                 apply_tags: bool = True) -> tuple[ModelVersion, ModelBundle]:
+def load_version(store: RegistryStore, ref: str, *, apply_tags: bool = True,
+                 device: torch.device | None = None) -> tuple[ModelVersion, ModelBundle]:
     """Resolve ``NAME@ALIAS`` / ``NAME/VERSION`` / ``NAME`` and load its verified artifact.
 
     With ``apply_tags`` a ``fusion_weights`` tag replaces the artifact's fusion weights.
@@ -269,7 +272,7 @@ def load_version(store: RegistryStore, ref: str, *,
             f"{path / MANIFEST}: sha256 {sha[:12]}… does not match the registry's "
             f"{(version.artifact_sha256 or '')[:12]}… for {version.ref}; the artifact was "
             f"modified or replaced")
-    loaded = load_artifact(path)
+    loaded = load_artifact(path, device=device)
     if apply_tags and version.tags.get(FUSION_WEIGHTS_TAG):  # by `tune-fusion --write`
         loaded = apply_fusion_weights(loaded, version.tags[FUSION_WEIGHTS_TAG],
                                       where=f"{version.ref} tag {FUSION_WEIGHTS_TAG}")

@@ -10,17 +10,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
+
     from rankengine.registry.store import RegistryStore
 
 from rankengine.report.limits import MAX_ROWS
 
 
-def build_report(store: RegistryStore, ref: str, *, max_rows: int = MAX_ROWS) -> str:
+def build_report(store: RegistryStore, ref: str, *, max_rows: int = MAX_ROWS,
+                 device: torch.device | None = None) -> str:
     """The self-contained HTML report of one version."""
     from rankengine.report.build import gather_report
     from rankengine.report.html import render_report
 
-    return render_report(gather_report(store, ref, max_rows=max_rows))
+    return render_report(gather_report(store, ref, max_rows=max_rows, device=device))
 
 
 def build_compare(store: RegistryStore, a: str, b: str) -> str:

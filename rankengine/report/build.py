@@ -27,6 +27,8 @@ from rankengine.registry.store import ModelVersion, RegistryError, RegistryStore
 from rankengine.report.limits import MAX_ROWS
 
 if TYPE_CHECKING:
+    import torch
+
     from rankengine.pluginmanager import Engine
 
 ROC_POINTS = 300
@@ -167,11 +169,12 @@ class CompareReport:
 
 
 def gather_report(store: RegistryStore, ref: str, *, max_rows: int = MAX_ROWS,
-                  seed: int = 0) -> VersionReport:
-    """Resolve ``ref``, load its verified artifact and score its evaluation split for curves."""
+                  seed: int = 0, device: torch.device | None = None) -> VersionReport:
+    """Resolve ``ref``, load its verified artifact (its model on ``device``) and score its
+    evaluation split for curves."""
     version = _ready(store, ref)
     try:
-        _, loaded = load_version(store, version.ref)
+        _, loaded = load_version(store, version.ref, device=device)
     except ArtifactError as exc:
         raise ArtifactError(f"cannot report on {_named(version, ref)}: {exc}") from exc
     report = _report_of(version, loaded.metrics)

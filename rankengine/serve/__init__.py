@@ -27,7 +27,7 @@ def app_from_env() -> FastAPI:
     torch.set_num_threads(threads)
     store = RegistryStore(spec["registry"], create_if_empty=False)
     holder = ModelHolder(store, spec["ref"], backend=spec.get("backend"),
-                         threads=threads)
+                         threads=threads, device=torch.device(spec.get("device", "cpu")))
     app = create_app(holder, ServeSettings(**spec["settings"]))
     freeze_startup_objects()
     return app

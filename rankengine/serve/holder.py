@@ -8,6 +8,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from rankengine.backend import Predictor, ServingBackend, backend_class
 from rankengine.bundle import ModelBundle
 from rankengine.errors import RankEngineError
@@ -68,8 +70,11 @@ class ModelHolder:
     """
 
     def __init__(self, store: RegistryStore, ref: str, *, backend: str | None = None,
-                 threads: int = 1) -> None:
+                 threads: int = 1, device: torch.device | None = None) -> None:
         self.backend, self.threads = backend, threads
+        #: where each loaded version's model runs (the torch back end scores there; the
+        #: ONNX Runtime back end takes its CUDA execution provider for a CUDA device)
+        self.device = device
         self.store = store
         self.ref = ref
         self.name = ref.split("@")[0].split("/")[0]
@@ -102,7 +107,8 @@ class ModelHolder:
                         return current
                     artifact, predict = current.artifact, current.predict
                 else:
-                    _, artifact = load_version(self.store, target.ref, apply_tags=False)
+                    _, artifact = load_version(self.store, target.ref, apply_tags=False,
+                                               device=self.device)
                     backend = serving_backend(artifact.engine, self.backend, target.ref)
                     predict = backend(artifact, threads=self.threads)
                 loaded = with_fusion_tag(artifact, tag, target.ref)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 from click.testing import CliRunner
 
 from rankengine.cli import cli
@@ -319,3 +320,23 @@ def test_quiet_training_writes_nothing_to_stderr(tmp_path: Path, funnel_dir: Pat
     assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
     loud = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "l")])
     assert "model: mmoe + esm2" in loud.stderr and "epoch 1:" in loud.stderr
+
+
+def test_scoring_commands_take_a_device_checked_against_the_machine(
+        artifact: Path, funnel_dir: Path) -> None:
+    data = str(funnel_dir / "valid.parquet")
+    on_cpu = CliRunner().invoke(cli, ["evaluate", str(artifact), "--data", data, "--json",
+                                      "--device", "cpu"])
+    assert on_cpu.exit_code == 0, on_cpu.output
+    assert json.loads(on_cpu.output) == json.loads(CliRunner().invoke(
+        cli, ["evaluate", str(artifact), "--data", data, "--json"]).output)
+    for command in (["evaluate", str(artifact), "--data", data],
+                    ["predict", str(artifact), "--data", data, "-o", "x.parquet"],
+                    ["rank", str(artifact), "--data", data],
+                    ["tune-fusion", str(artifact), "--data", data],
+                    ["report", "m@champion"], ["serve", "m@champion"]):
+        for device in ("gpu", *([] if torch.cuda.is_available() else ["cuda:0"])):
+            result = CliRunner().invoke(cli, [*command, "--device", device])
+            assert result.exit_code == 2, (command, result.output)
+            lines = [line for line in result.output.splitlines() if "--device" in line]
+            assert lines and ("no CUDA device" in lines[-1] or "expected auto" in lines[-1])

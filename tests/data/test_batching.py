@@ -41,7 +41,7 @@ def test_grouped_batches_keep_each_group_whole() -> None:
     for batch in iterate_batches(data, 12, shuffle=True, keep_groups=True,
                                  generator=torch.Generator().manual_seed(1)):
         assert batch.groups is not None
-        groups, counts = torch.unique(batch.groups, return_counts=True)
+        _, counts = torch.unique(batch.groups, return_counts=True)
         assert (counts == 5).all()
 
 

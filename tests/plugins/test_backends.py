@@ -120,3 +120,13 @@ def test_the_onnx_reader_runs_an_exported_file(loaded: ModelBundle, tmp_path: Pa
         want = ScoringModule(loaded.model, loaded.fusion)(*map(torch.from_numpy, inputs)).numpy()
     assert got.shape == (8, len(loaded.graph) + 1)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_onnx_runtime_takes_its_cuda_provider_only_for_a_gpu_model_where_it_has_one() -> None:
+    from rankengine_plugins.backends import session_providers
+
+    cpu = ["CPUExecutionProvider"]
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert session_providers(True, both) == both
+    assert session_providers(True, cpu) == cpu  # the CPU build of onnxruntime
+    assert session_providers(False, both) == cpu
