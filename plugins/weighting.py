@@ -105,6 +105,8 @@ class UncertaintyWeighting(LossWeighting):
     the optimum is ``c_k exp(-s_k) = 1 / (2 L_k)``: a noisier task gets a smaller weight.
     ``current_weights`` reports the effective factor ``c_k · exp(-s_k)``.
     """
+
+    scale_invariant = False  # s_k / 2 does not grow with the losses
     # s/2 is not scaled by the prior: the effective weights still converge to 1 / (2 L_k).
 
     def __init__(self, graph: TaskGraph, params: UncertaintyParams) -> None:

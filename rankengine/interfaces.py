@@ -389,7 +389,16 @@ class LossWeighting(nn.Module):
     Weightings with learnable state (uncertainty weighting) hold it as parameters; the trainer
     adds them to the optimiser. :meth:`after_epoch` sees the mean training loss per task.
     Gradient-level methods (GradNorm, PCGrad, Pareto) override :meth:`backward`.
+
+    ``scale_invariant``: multiplying every task loss by one factor multiplies the gradients it
+    produces by that factor (fixed weights, DWA, GradNorm, PCGrad, Pareto). Under ``[train]
+    precision = "fp16"`` the losses reach :meth:`backward` multiplied by the gradient scaler's
+    factor, which the scaler divides out of the gradients afterwards; a weighting for which
+    that is not true (an additive term such as uncertainty weighting's log-variances) says
+    False, and fp16 is then refused in one line.
     """
+
+    scale_invariant: ClassVar[bool] = True
 
     def __init__(self, graph: TaskGraph, params: Any) -> None:
         super().__init__()

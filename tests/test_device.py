@@ -230,3 +230,14 @@ cascade = "esmm"
     for task in ("click", "order"):
         assert result.metrics["test"][task]["auc"] == pytest.approx(
             eager.metrics["test"][task]["auc"], abs=2e-3)
+
+
+def test_fp16_is_refused_with_a_weighting_that_loss_scaling_would_bias(
+        tmp_path: Path, funnel_dir: Path) -> None:
+    from rankengine.errors import ConfigError
+    from rankengine.train import train
+
+    (tmp_path / "engine.toml").write_text(tiny_config_text(funnel_dir).replace(
+        "[train]\n", '[train]\nprecision = "fp16"\n') + '\n[loss]\nweighting = "uncertainty"\n')
+    with pytest.raises(ConfigError, match=r"\[train\.precision\].*'uncertainty'.*bf16"):
+        train(load_config(tmp_path / "engine.toml"), progress=False)

@@ -24,7 +24,13 @@ def check_buildable(plan: Plan) -> None:
     cascade, backbone and towers on a stand-in feature layout (the real one needs the fitted
     encoders, so training builds the model once more on it).
     """
-    check_saved_config(plan.config, plan.engine)
+    config = plan.config
+    check_saved_config(config, plan.engine)
+    if config.train.precision == "fp16" and not plan.loss_weighting.scale_invariant:
+        raise ConfigError(f"fp16 scales the losses before the loss weighting, and "
+                          f"'{config.loss.weighting.kind}' is not invariant to that scale; use "
+                          f"precision = \"bf16\" (no scaling needed) or another weighting",
+                          source=config.source, key="train.precision")
     with torch.random.fork_rng(devices=[]):  # the real model's initialisation is unchanged
         plan.build_model(feature_layout(plan.pipeline.features, plan.pipeline.encoders,
                                         cardinality=2))

@@ -133,8 +133,10 @@ class Trainer:
         self.model = plan.build_model(plan.pipeline.layout()).to(self.device)
         self.bundle = ModelBundle(plan, self.model)
         #: the weights' moving average (``[train] ema_decay``): what is validated and kept
-        self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(  # type: ignore[no-untyped-call]
-            config.train.ema_decay)) if config.train.ema_decay is not None else None
+        self.ema: AveragedModel | None = None
+        if config.train.ema_decay is not None:
+            average = get_ema_multi_avg_fn(config.train.ema_decay)  # type: ignore[no-untyped-call]
+            self.ema = AveragedModel(self.model, device=self.device, multi_avg_fn=average)
         self.weighting, self.ranking = plan.loss_weighting, plan.ranking
         self.checkpoints = Checkpoints(config, self.dist) if config.train.checkpoint_dir \
             else None
@@ -430,8 +432,8 @@ class Trainer:
         auxiliary = self.model.cascade.auxiliary_loss()
         if auxiliary is not None and torch.isfinite(auxiliary):
             scale(auxiliary).backward(retain_graph=True)  # type: ignore[no-untyped-call]
-        # the weightings are invariant to a common scale of the losses (GradNorm, PCGrad
-        # and the min-norm solver included), so the scaled losses go through them as they are
+        # fp16: the weighting is invariant to a common scale of the losses (it says so), so
+        # the scaled losses go through it and the scaler divides the scale out of the grads
         if torch.isfinite(task_losses).all():
             total = self.weighting.backward(scale(task_losses), self.shared)
             if self.scaler.is_enabled():
