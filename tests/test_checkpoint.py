@@ -128,6 +128,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path: Path,
         train(changed, progress=False, resume=True)
     more = load_config(tmp_path / "engine.toml")
     more.train.epochs = 2  # more epochs is the same run, continued
+    more.train.device = "cpu"  # and so is the same run on another device (written on "auto")
     result = train(more, progress=False, resume=True).result
     assert [h["epoch"] for h in result.history] == [1, 2]
 

@@ -59,8 +59,8 @@ class Checkpoints:
         if state.get("fingerprint") != self.fingerprint:
             raise CheckpointError(
                 f"{path} was written by a run with another configuration (only [train] "
-                f"epochs, progress and the checkpoint keys may change between runs); move "
-                f"it away or use another checkpoint_dir")
+                f"epochs, progress, device, compile and the checkpoint keys may change "
+                f"between runs); move it away or use another checkpoint_dir")
         for key, kind in _CHECKPOINT_TYPES.items():
             if not isinstance(state.get(key), kind):
                 raise CheckpointError(
@@ -131,7 +131,9 @@ _CHECKPOINT_TYPES: dict[str, tuple[type, ...]] = {
 def config_fingerprint(config: EngineConfig) -> str:
     resolved = config.resolved_dict()
     train = dict(resolved.get("train", {}))
-    for key in ("epochs", "progress", "checkpoint_dir", "checkpoint_every", "keep_checkpoints"):
+    # where and how the same math runs may change between a run and its resumption
+    for key in ("epochs", "progress", "checkpoint_dir", "checkpoint_every", "keep_checkpoints",
+                "device", "compile"):
         train.pop(key, None)
     resolved["train"] = train
     blob = json.dumps(resolved, sort_keys=True, default=str).encode()
