@@ -14,6 +14,18 @@ draw clicks but convert worse, so clicked rows are a biased sample of impression
 Intercepts are solved on the simulated rows so base rates hit CTR 10 %, p(fav|click)
 20 %, p(order|click) 15 %, p(pay|order) 70 % whatever the other knobs are. Every row
 carries counterfactual child outcomes (``cf_*``) and the true probabilities.
+
+Behaviour sequences (``sequence_effect`` > 0, or ``write_sequences``): each user has a log
+of behaviours in time (click / favorite / order on items drawn from their long-term taste
+or from a short-term intent that changes at session starts), and every row carries its
+request's last ``sequence_max_len`` behaviours before the request, most recent first, as
+aligned lists: ``seq_item_id``, ``seq_category``, ``seq_brand``, ``seq_behaviour`` (0 click,
+1 favorite, 2 order) and ``seq_time_gap`` (hours before the request). The click logit gains
+``sequence_effect`` times the candidate's relation to them (recency-decayed, behaviour-
+weighted interest in its category and brand, plus a match with the current intent) and the
+order logit half of that; the true probabilities include it. The sequences come from their
+own random stream, so they are the same at any ``sequence_effect``, and with the effect at
+0 and no sequences written the output is bit-identical to a simulator without them.
 """
 
 from __future__ import annotations
@@ -31,7 +43,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
-__all__ = ["FUNNEL_SCHEMA", "SimulationConfig", "simulate_funnel", "write_funnel"]
+__all__ = ["BEHAVIOURS", "FUNNEL_SCHEMA", "SEQUENCE_FIELDS", "SimulationConfig",
+           "simulate_funnel", "write_funnel"]
 
 Floats = NDArray[np.float64]
 Ints = NDArray[np.int64]
@@ -58,10 +71,25 @@ FUNNEL_SCHEMA = pa.schema(
     + [(n, pa.float64()) for n in _PROBS]
     + [(n, pa.int64()) for n in ("cf_favorite", "cf_order", "cf_pay")]
 )
+#: The behaviour sequence columns (written after ``user_hist_categories`` when sequences are
+#: on): aligned lists, most recent behaviour first.
+SEQUENCE_FIELDS = [("seq_item_id", pa.list_(pa.int64())), ("seq_category", pa.list_(pa.int64())),
+                   ("seq_brand", pa.list_(pa.int64())), ("seq_behaviour", pa.list_(pa.int64())),
+                   ("seq_time_gap", pa.list_(pa.float64()))]
+BEHAVIOURS = ("click", "favorite", "order")  # seq_behaviour codes 0, 1, 2
+_BEHAVIOUR_P = np.array([0.75, 0.15, 0.10])
+_BEHAVIOUR_WEIGHT = np.array([1.0, 2.0, 3.0])  # an order says more than a click
+_HORIZON_H = 14 * 24.0  # the logged requests fall in two weeks (gaps are in hours)
+_TENURE_H = 14 * 24.0  # mean history a user has before the log starts
+_BEHAVIOUR_RATE = 0.05  # behaviours per hour of a user of average activity
+_SESSION_H = 6.0  # mean hours a short-term intent lasts
+_INTENT_SHARE = 0.5  # share of behaviours that follow the current intent
+_DECAY_H = 48.0  # time constant of the recency decay of interest
 
 
 MAX_SIZE = 2**31 - 1
 MAX_LOGIT_SCALE = 1e6
+MAX_SEQUENCE_LEN = 10_000  # requests * slate_size * this many values per seq_* column
 
 
 def _check(name: str, value: object, lo: float | None, hi: float | None,
@@ -109,6 +137,15 @@ class SimulationConfig:
     logger_bias: float = 0.0
     inconsistent_rate: float = 0.0  # fraction of rows with a child set although parent is 0
     seed: int = 7
+    #: Behaviour sequences: > 0 writes each request's recent behaviours (``seq_*`` columns)
+    #: and adds ``sequence_effect`` * (recency-decayed interest in the candidate's category
+    #: and brand + match with the user's current intent) to the click logit, half that to
+    #: the order logit. 0 (the default) leaves the world exactly as without sequences.
+    sequence_effect: float = 0.0
+    sequence_max_len: int = 50  # the most recent behaviours kept per request
+    #: Write the ``seq_*`` columns even when ``sequence_effect`` is 0 (a placebo world: the
+    #: same sequences as any effect would see, but no outcome depends on them).
+    write_sequences: bool = False
 
     def __post_init__(self) -> None:
         # Sizes past int32 overflow numpy's index arithmetic (an opaque error) long before
@@ -124,6 +161,17 @@ class SimulationConfig:
         _check("position_bias", self.position_bias, 0, None, most=MAX_LOGIT_SCALE)
         _check("logger_bias", self.logger_bias, 0, None, most=MAX_LOGIT_SCALE)
         _check("inconsistent_rate", self.inconsistent_rate, 0, 1)
+        _check("sequence_effect", self.sequence_effect, 0, None, most=MAX_LOGIT_SCALE)
+        _check("sequence_max_len", self.sequence_max_len, 1, None, integer=True,
+               most=MAX_SEQUENCE_LEN)
+        if not isinstance(self.write_sequences, bool):
+            raise ValueError(f"write_sequences must be true or false, "
+                             f"got {self.write_sequences!r}")
+
+    @property
+    def sequences(self) -> bool:
+        """Whether the ``seq_*`` columns are written."""
+        return self.write_sequences or self.sequence_effect > 0
 
 
 def _sigmoid(x: Floats) -> Floats:
@@ -176,6 +224,165 @@ def _sample_hist(rng: np.random.Generator, pref: Floats, lengths: Ints) -> pa.Li
     values = np.minimum(idx - owner * n_cat, n_cat - 1).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def _within_groups(group: Ints, weight: Floats) -> tuple[Ints, Floats]:
+    """Members sorted by group, and keys ``group + CDF within the group``: member k of group g
+    is drawn (by weight) as ``order[searchsorted(keys, g + u, side="right")]``, u ~ U[0, 1)."""
+    order = np.argsort(group, kind="stable")
+    g, w = group[order], weight[order]
+    total = np.bincount(g, weights=w)
+    cdf = np.cumsum(w) - np.concatenate([[0.0], np.cumsum(total)[:-1]])[g]
+    cdf = np.minimum(cdf / total[g], 1.0)
+    cdf[np.r_[g[1:] != g[:-1], True]] = 1.0  # the last member closes its group exactly
+    return order, g + cdf
+
+
+def _draw_within(rng: np.random.Generator, sampler: tuple[Ints, Floats], groups: Ints) -> Ints:
+    """One member of each of ``groups`` (all non-empty), by weight; see _within_groups."""
+    order, keys = sampler
+    pos = np.searchsorted(keys, groups + rng.random(groups.size), side="right")
+    return order[np.minimum(pos, order.size - 1)]
+
+
+def _draw_rows(rng: np.random.Generator, weights: Floats, rows: Ints) -> Ints:
+    """A column index for each of ``rows``, drawn from that row of ``weights`` (rows with
+    some weight); one searchsorted as in _sample_hist."""
+    n_rows, n_cols = weights.shape
+    cdf = np.cumsum(weights, axis=1)
+    cdf = cdf / cdf[:, -1:] + np.arange(n_rows)[:, None]
+    idx = np.searchsorted(cdf.ravel(), rng.random(rows.size) + rows, side="right")
+    return np.asarray(np.clip(idx - rows * n_cols, 0, n_cols - 1), dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class _Sequences:
+    """Each request's behaviours before it, most recent first, flattened request by request."""
+
+    offsets: Ints  # request r's behaviours are [offsets[r], offsets[r + 1])
+    item: Ints
+    behaviour: Ints
+    gap: Floats  # hours between the behaviour and the request
+    intent_category: Ints  # the request's current short-term intent
+    intent_brand: Ints
+
+
+def _behaviour_log(rng: np.random.Generator, cfg: SimulationConfig, activity: Floats,
+                   pref: Floats, item_cat: Ints, item_brand: Ints, pop: Floats,
+                   req_user: Ints) -> _Sequences:
+    """A behaviour log per user in time, and each request's last ``sequence_max_len`` of it.
+
+    Users behave at a rate proportional to their activity, from the start of their history
+    (an exponential tenure before the log) to the log's end. A behaviour is, half the time,
+    an item of the user's current intent (a category and a brand, those of an item drawn at
+    each session start: a Poisson process, sessions of ``_SESSION_H`` hours on average, the
+    category from the user's taste flattened, so intents wander off the long-term history),
+    else an item of a category drawn from the user's long-term taste; items by popularity
+    within their category or brand; the behaviour type click / favorite / order with fixed
+    odds. Requests fall uniformly in the log, independently of their id (so a prefix of the
+    requests is still a random sample, as the intercepts need). Times are whole seconds
+    (keys ``user * stride + seconds``): ordering is exact, a gap is at least one second.
+    """
+    n_u, n_req = activity.size, req_user.size
+    sec = 3600.0
+    tenure = np.ceil(rng.exponential(_TENURE_H * sec, n_u)).astype(np.int64)
+    span = tenure + int(_HORIZON_H * sec)  # seconds from a user's first behaviour to the end
+    stride = int(span.max()) + 1  # key = user * stride + seconds since the user's start
+
+    def timeline(counts: Ints) -> tuple[Ints, Ints]:
+        """counts[u] uniform times in user u's span: owners and keys, sorted."""
+        owner = np.repeat(np.arange(n_u), counts)
+        t = np.floor(rng.random(owner.size) * span[owner]).astype(np.int64)
+        key = np.sort(owner * stride + t)  # by user, then time
+        return owner, key
+
+    # Sessions: the first starts with the user's history; intents follow the user's taste,
+    # flattened, so they drift to categories the long-term history rarely shows.
+    ses_user, ses_key = timeline(rng.poisson(span / (_SESSION_H * sec)) + 1)
+    first = np.r_[True, ses_user[1:] != ses_user[:-1]]
+    ses_key[first] = ses_user[first] * stride  # keys stay sorted: a user's block is fixed
+    has_items = np.bincount(item_cat, minlength=pref.shape[1]) > 0
+    taste = np.exp(pref - pref.max(axis=1, keepdims=True)) * has_items
+    flat_taste = np.exp(0.5 * (pref - pref.max(axis=1, keepdims=True))) * has_items
+    by_cat = _within_groups(item_cat, pop)
+    by_brand = _within_groups(item_brand, pop)
+    seed_item = _draw_within(rng, by_cat, _draw_rows(rng, flat_taste, ses_user))
+    ses_cat, ses_brand = item_cat[seed_item], item_brand[seed_item]
+
+    # Behaviours.
+    rate = _BEHAVIOUR_RATE / sec * activity * n_u
+    ev_user, ev_key = timeline(rng.poisson(rate * span))
+    ev_ses = np.searchsorted(ses_key, ev_key, side="right") - 1
+    mode = rng.random(ev_user.size)
+    intent = mode < _INTENT_SHARE
+    by_brand_intent = mode < 0.5 * _INTENT_SHARE
+    groups = np.where(intent, ses_cat[ev_ses], 0)
+    long_term = ~intent
+    groups[long_term] = _draw_rows(rng, taste, ev_user[long_term])
+    item = _draw_within(rng, by_cat, groups)
+    item[by_brand_intent] = _draw_within(rng, by_brand, ses_brand[ev_ses[by_brand_intent]])
+    behaviour = rng.choice(len(BEHAVIOURS), size=ev_user.size, p=_BEHAVIOUR_P)
+
+    # Requests: the behaviours strictly before each, most recent first.
+    req_t = tenure[req_user] + np.floor(
+        rng.random(n_req) * _HORIZON_H * sec).astype(np.int64)
+    req_key = req_user * stride + req_t
+    end = np.searchsorted(ev_key, req_key, side="left")
+    start = np.searchsorted(ev_key, req_user * stride, side="left")
+    length = np.minimum(end - start, cfg.sequence_max_len)
+    offsets = np.concatenate([[0], np.cumsum(length)])
+    back = np.arange(offsets[-1]) - np.repeat(offsets[:-1], length)  # 0 = the most recent
+    flat = np.repeat(end, length) - 1 - back
+    gap = (np.repeat(req_key, length) - ev_key[flat]) / sec
+    req_ses = np.searchsorted(ses_key, req_key, side="right") - 1
+    return _Sequences(offsets=offsets, item=item[flat], behaviour=behaviour[flat], gap=gap,
+                      intent_category=ses_cat[req_ses], intent_brand=ses_brand[req_ses])
+
+
+def _sequence_term(seq: _Sequences, item_cat: Ints, item_brand: Ints, request_id: Ints,
+                   cat: Ints, brand: Ints, n_c: int, n_b: int) -> Floats:
+    """The candidate's relation to its request's sequence, added (scaled) to the logits:
+    2 log(1 + I_category) + log(1 + I_brand) + 2 [intent category] + [intent brand], where I
+    sums exp(-gap / _DECAY_H) * (1 click, 2 favorite, 3 order) over the behaviours on the
+    candidate's category (brand), and the intent is the user's current one (the session's
+    behaviours reveal it; the data does not carry it)."""
+    n_req = seq.offsets.size - 1
+    owner = np.repeat(np.arange(n_req), np.diff(seq.offsets))
+    weight = _BEHAVIOUR_WEIGHT[seq.behaviour] * np.exp(-seq.gap / _DECAY_H)
+
+    def interest(side: Ints, n_side: int, candidate: Ints) -> Floats:
+        """log(1 + weight of the request's behaviours on the candidate's category / brand)."""
+        if owner.size == 0:
+            return np.zeros(candidate.size)
+        key = owner * n_side + side
+        order = np.argsort(key)
+        key = key[order]
+        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        uniq, sums = key[first], np.add.reduceat(weight[order], first)
+        want = request_id * n_side + candidate
+        pos = np.minimum(np.searchsorted(uniq, want), uniq.size - 1)
+        return np.where(uniq[pos] == want, np.log1p(sums[pos]), 0.0)
+
+    return np.asarray(2.0 * interest(item_cat[seq.item], n_c, cat)
+                      + interest(item_brand[seq.item], n_b, brand)
+                      + 2.0 * (cat == seq.intent_category[request_id])
+                      + 1.0 * (brand == seq.intent_brand[request_id]), dtype=np.float64)
+
+
+def _sequence_columns(seq: _Sequences, item_cat: Ints, item_brand: Ints,
+                      request_id: Ints) -> list[pa.Array]:
+    """The seq_* list columns: every row gets its request's sequence (one numpy gather)."""
+    length = np.diff(seq.offsets)[request_id]
+    offsets = np.concatenate([[0], np.cumsum(length)])
+    if offsets[-1] > MAX_SIZE:
+        raise ValueError(f"the seq_* columns would hold {offsets[-1]} values each, past the "
+                         f"{MAX_SIZE} a list column can: lower requests or sequence_max_len")
+    idx = np.arange(offsets[-1]) - np.repeat(offsets[:-1] - seq.offsets[request_id], length)
+    item = seq.item[idx]
+    offsets_32 = pa.array(offsets.astype(np.int32))
+    return [pa.ListArray.from_arrays(offsets_32, values) for values in (
+        _i64(item), _i64(item_cat[item]), _i64(item_brand[item]), _i64(seq.behaviour[idx]),
+        _f64(seq.gap[idx]))]
 
 
 def _i64(a: NDArray[np.generic]) -> pa.Array:
@@ -250,6 +457,10 @@ def simulate_funnel(config: SimulationConfig) -> pa.Table:
         promoted = logger.standard_normal(n_b)[item_brand[slates]]
         key = cfg.logger_bias * promoted + logger.gumbel(size=slates.shape)
         slates = np.take_along_axis(slates, np.argsort(-key, axis=1), axis=1)
+    seq = None
+    if cfg.sequences:  # own random stream: the world without sequences stays bit-identical
+        seq = _behaviour_log(np.random.default_rng([cfg.seed, 2]), cfg, activity, pref,
+                             item_cat, item_brand, pop, req_user)
     item = slates.ravel()
     n = n_req * slate
     request_id = np.repeat(np.arange(n_req, dtype=np.int64), slate)
@@ -271,6 +482,12 @@ def simulate_funnel(config: SimulationConfig) -> pa.Table:
     z_order = (1.3 * a_conv - seg_sens[seg] * lp - 0.8 * bait[item] + brand_conv[brand]
                + _DEVICE_ORDER[dev])
     z_pay = 0.5 * a_conv - 0.3 * seg_sens[seg] * lp + seg_trust[seg] + _DEVICE_PAY[dev]
+    if seq is not None and cfg.sequence_effect > 0:  # what the user just did, read against
+        # the candidate: clicks follow it, orders half as much (p_order gets both); the
+        # intercepts below are solved with it, so base rates keep their targets
+        z_seq = cfg.sequence_effect * _sequence_term(seq, item_cat, item_brand, request_id,
+                                                     cat, brand, n_c, n_b)
+        z_click, z_order = z_click + z_seq, z_order + 0.5 * z_seq
 
     k, boost = min(n, _CALIBRATION_ROWS), cfg.favorite_order_boost
     z_click += _solve_intercept([(z_click[:k], np.ones(k))], TARGET_RATES["click"])
@@ -313,7 +530,13 @@ def simulate_funnel(config: SimulationConfig) -> pa.Table:
         _f64(p_click), _f64(pc_fav), _f64(pc_order), _f64(pc_pay), _f64(p_click * pc_fav),
         _f64(p_order), _f64(p_order * pc_pay), _i64(cf_fav), _i64(cf_order), _i64(cf_pay),
     ]
-    return pa.Table.from_arrays(columns, schema=FUNNEL_SCHEMA)
+    if seq is None:
+        return pa.Table.from_arrays(columns, schema=FUNNEL_SCHEMA)
+    at = FUNNEL_SCHEMA.get_field_index("user_hist_categories") + 1
+    columns[at:at] = _sequence_columns(seq, item_cat, item_brand, request_id)
+    schema = pa.schema(list(FUNNEL_SCHEMA)[:at] + [pa.field(n, t) for n, t in SEQUENCE_FIELDS]
+                       + list(FUNNEL_SCHEMA)[at:])
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _rate(num: float, den: float) -> float | None:

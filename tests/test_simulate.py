@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -212,6 +214,9 @@ def test_tiny_worlds_work() -> None:
                            categories=1, brands=1, factor_dim=1, id_noise=0.0)
     t = simulate_funnel(cfg)
     assert t.num_rows == 20 and (t.column("item_id").to_numpy() < 2).all()
+    t = simulate_funnel(dataclasses.replace(cfg, sequence_effect=1.0, sequence_max_len=3))
+    assert t.num_rows == 20 and pc.max(pc.list_value_length(t["seq_item_id"])).as_py() <= 3
+    assert (pc.list_flatten(t["seq_item_id"]).to_numpy() < 2).all()
 
 
 def _read(paths: dict[str, Path], name: str) -> pa.Table:
@@ -313,6 +318,12 @@ def test_empty_split_is_written(tmp_path: Path) -> None:
         ("position_bias", -1.0, "position_bias must be >= 0"),
         ("favorite_order_boost", float("inf"), "favorite_order_boost must be a finite"),
         ("seed", -1, "seed must be >= 0"),
+        ("sequence_effect", -0.5, "sequence_effect must be >= 0, got -0.5"),
+        ("sequence_effect", float("nan"), "sequence_effect must be a finite number, got nan"),
+        ("sequence_effect", "1", "sequence_effect must be a finite number, got '1'"),
+        ("sequence_max_len", 0, "sequence_max_len must be >= 1, got 0"),
+        ("sequence_max_len", 2.5, "sequence_max_len must be a finite integer, got 2.5"),
+        ("write_sequences", 1, "write_sequences must be true or false, got 1"),
     ],
 )
 def test_invalid_config(field: str, value: object, message: str) -> None:
@@ -347,6 +358,8 @@ def test_invalid_write_arguments(tmp_path: Path, kwargs: dict[str, object], mess
         ("position_bias", 1e308, "position_bias must be at most 1e+06, got 1e+308"),
         ("logger_bias", 1e300, "logger_bias must be at most 1e+06"),
         ("favorite_order_boost", -1e300, "favorite_order_boost must be at most 1e+06 in size"),
+        ("sequence_effect", 1e300, "sequence_effect must be at most 1e+06"),
+        ("sequence_max_len", 10**6, "sequence_max_len must be at most 10000, got 1000000"),
     ],
 )
 def test_extreme_config_values_are_refused(field: str, value: object, message: str) -> None:
@@ -369,9 +382,209 @@ def test_cli_extremes_and_an_output_under_a_file_are_one_line(tmp_path: Path) ->
                                                                   "most 1e+06"),
         (["-o", str(tmp_path / "f"), "--requests", str(10**20)], "requests must be at most"),
         (["-o", str(tmp_path / "f"), "--shards", "1000000"], "1<=x<=100000"),
+        (["-o", str(tmp_path / "f"), "--sequence-effect", "-1"], "sequence_effect must be >= 0"),
+        (["-o", str(tmp_path / "f"), "--sequence-max-len", "0"], "sequence_max_len must be >= 1"),
     ):
         result = CliRunner().invoke(cli, ["simulate", "--requests", "20", *args])
         lines = result.stderr.strip().splitlines()
         assert result.exit_code != 0 and len(lines) == 1 and message in lines[0], result.output
         assert "internal error" not in lines[0] and "Warning" not in result.output
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+# --- behaviour sequences (issue #17 item 3) ---------------------------------------------------
+
+SEQ_COLUMNS = ["seq_item_id", "seq_category", "seq_brand", "seq_behaviour", "seq_time_gap"]
+ON = dataclasses.replace(SMALL, sequence_effect=1.0)
+
+
+def digest(table: pa.Table) -> str:
+    """sha256 of the names, types and values of every column: integers, strings and list
+    lengths exactly, floats rounded to float32 (float64 math may differ in its last bits on
+    another CPU, as numpy picks SIMD kernels at run time; rows and draws may not)."""
+    h = hashlib.sha256()
+    for field, column in zip(table.schema, table.columns, strict=True):
+        h.update(f"{field.name}:{field.type};".encode())
+        if pa.types.is_list(field.type):
+            h.update(pc.list_value_length(column).to_numpy().astype("<i8").tobytes())
+            column = pc.list_flatten(column)
+        if pa.types.is_string(column.type):
+            h.update("\0".join(column.to_pylist()).encode())
+            continue
+        values = column.to_numpy()
+        h.update(values.astype("<f4" if values.dtype.kind == "f" else "<i8").tobytes())
+    return h.hexdigest()
+
+
+# Digests of the simulator's output before it knew sequences (computed with the code of commit
+# 84f6ee3): the world without sequences must stay exactly that world, because tests and the
+# benchmark numbers rest on it.
+BEFORE_SEQUENCES = {
+    "small": ("f8ad8e5953cb6c567ba50179a4c3c600e6b0f9098012a23ef7d74c3cf70a1f33", SMALL),
+    "knobs": ("ad47f3d2259b47ee20aa28f2044d0fa53aec8bbdf5a303f59d7c9c33fcf18812",
+              dataclasses.replace(SMALL, logger_bias=0.7, inconsistent_rate=0.02, seed=5)),
+}
+
+
+@pytest.fixture(scope="module")
+def seq_table() -> pa.Table:
+    return simulate_funnel(ON)
+
+
+@pytest.fixture(scope="module")
+def placebo_table() -> pa.Table:
+    """The same world and sequences, no effect: its truths are the oracle without the term."""
+    return simulate_funnel(dataclasses.replace(SMALL, write_sequences=True))
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE_SEQUENCES))
+def test_sequences_off_is_the_world_before_them(name: str) -> None:
+    expected, config = BEFORE_SEQUENCES[name]
+    assert config.sequence_effect == 0 and not config.write_sequences  # the defaults
+    assert digest(simulate_funnel(config)) == expected
+
+
+def test_digest_sees_every_column(small_table: pa.Table) -> None:
+    assert digest(small_table) == BEFORE_SEQUENCES["small"][0]
+    for name in ("user_hist_categories", "device", "true_p_click", "cf_pay"):
+        i = small_table.schema.get_field_index(name)
+        changed = small_table.column(name).take(np.arange(small_table.num_rows)[::-1])
+        assert digest(small_table.set_column(i, name, changed)) != digest(small_table), name
+
+
+def test_sequence_columns_only_add(seq_table: pa.Table, placebo_table: pa.Table,
+                                   small_table: pa.Table) -> None:
+    names = [n for n, _ in EXPECTED_SCHEMA]
+    at = names.index("user_hist_categories") + 1
+    assert seq_table.column_names == names[:at] + SEQ_COLUMNS + names[at:]
+    assert [(f.name, f.type) for f in seq_table.schema][at:at + 5] == (
+        simulate.SEQUENCE_FIELDS)
+    # A placebo changes nothing but the added columns; the effect changes the outcomes only.
+    assert placebo_table.drop_columns(SEQ_COLUMNS).equals(small_table)
+    features = names[:at] + SEQ_COLUMNS
+    assert seq_table.select(features).equals(placebo_table.select(features))
+    assert not np.array_equal(cols(seq_table)["true_p_click"], cols(small_table)["true_p_click"])
+
+
+def test_sequences_are_aligned_recent_first_and_in_range(seq_table: pa.Table) -> None:
+    t, cfg = seq_table, ON
+    lengths = [pc.list_value_length(t[n]).to_numpy() for n in SEQ_COLUMNS]
+    for other in lengths[1:]:
+        assert np.array_equal(other, lengths[0])
+    assert lengths[0].max() == cfg.sequence_max_len and lengths[0].min() == 0
+    assert 0.1 < (lengths[0] == cfg.sequence_max_len).mean() < 0.9  # some short histories
+    flat = {n: pc.list_flatten(t[n]).to_numpy() for n in SEQ_COLUMNS}
+    assert flat["seq_item_id"].min() >= 0 and flat["seq_item_id"].max() < cfg.items
+    assert flat["seq_category"].max() < cfg.categories and flat["seq_brand"].max() < cfg.brands
+    assert set(np.unique(flat["seq_behaviour"])) == {0, 1, 2}
+    assert np.bincount(flat["seq_behaviour"]).argmax() == simulate.BEHAVIOURS.index("click")
+    # Side columns describe the item: its category and brand as the candidates show them.
+    c = cols(t)
+    item_cat = dict(zip(c["item_id"], c["item_category"], strict=True))
+    item_brand = dict(zip(c["item_id"], c["item_brand"], strict=True))
+    for item, cat, brand in zip(flat["seq_item_id"][:5000], flat["seq_category"][:5000],
+                                flat["seq_brand"][:5000], strict=True):
+        assert item_cat.get(item, cat) == cat and item_brand.get(item, brand) == brand
+    # Gaps (hours) are positive and non-decreasing within a list: most recent first.
+    gap, parent = flat["seq_time_gap"], pc.list_parent_indices(t["seq_time_gap"]).to_numpy()
+    same_row = parent[1:] == parent[:-1]
+    assert (gap >= 1 / 3600).all() and (np.diff(gap)[same_row] >= 0).all()
+    assert (np.diff(gap)[same_row] > 0).mean() > 0.99
+    # A request's rows share its sequence.
+    firsts = np.flatnonzero(c["position"] == 1)
+    for n in SEQ_COLUMNS:
+        column = t[n].combine_chunks()
+        assert column.take(firsts + 1).equals(column.take(firsts)), n
+
+
+def test_sequences_are_what_happened_before_each_request(seq_table: pa.Table) -> None:
+    """One behaviour log per user: of two requests of a user that both see the whole history
+    (shorter than the limit), the earlier one's sequence is the tail of the later one's,
+    shifted by the time between them."""
+    t = seq_table.filter(pc.equal(seq_table["position"], 1))
+    rows = t.select(["user_id", *SEQ_COLUMNS]).to_pylist()
+    by_user: dict[int, list[dict[str, list[float]]]] = {}
+    for row in rows:
+        if len(row["seq_item_id"]) < ON.sequence_max_len:
+            by_user.setdefault(row["user_id"], []).append(row)
+    pairs = 0
+    for seqs in by_user.values():
+        seqs.sort(key=lambda r: len(r["seq_item_id"]))
+        for early, late in itertools.pairwise(seqs):
+            newer = len(late["seq_item_id"]) - len(early["seq_item_id"])
+            for n in ("seq_item_id", "seq_behaviour"):
+                assert late[n][newer:] == early[n]
+            shift = np.subtract(late["seq_time_gap"][newer:], early["seq_time_gap"])
+            # (two requests with no behaviour between them: either may be the later one)
+            assert shift.size == 0 or (np.ptp(shift) < 1e-6 and (newer == 0 or shift[0] > 0))
+            pairs += newer > 0
+    assert pairs > 50
+
+
+def category_share(t: pa.Table) -> np.ndarray:
+    """The candidate's category's share of its request's sequence (0 for an empty one)."""
+    seq = t["seq_category"]
+    parent = pc.list_parent_indices(seq).to_numpy()
+    cand = t["item_category"].to_numpy()
+    hits = np.bincount(parent, weights=pc.list_flatten(seq).to_numpy() == cand[parent],
+                       minlength=t.num_rows)
+    return hits / np.maximum(pc.list_value_length(seq).to_numpy(), 1)
+
+
+def test_sequence_effect_has_real_signal(seq_table: pa.Table, placebo_table: pa.Table) -> None:
+    share = category_share(seq_table)
+    r_on = np.corrcoef(share, logit(seq_table["true_p_click"].to_numpy()))[0, 1]
+    # The long-term taste alone makes the share informative; the effect adds to it.
+    r_off = np.corrcoef(share, logit(placebo_table["true_p_click"].to_numpy()))[0, 1]
+    assert r_on > 0.5 and r_on > r_off + 0.15
+    c = cols(seq_table)
+    without_term = cols(placebo_table)  # the same logits less the sequence term
+    for task, margin in (("click", 0.05), ("order", 0.01)):
+        oracle = auc(c[f"true_p_{task}"], c[task])
+        assert oracle > auc(without_term[f"true_p_{task}"], c[task]) + margin, task
+    # The intercepts are re-solved: base rates keep their targets, the truths calibrated.
+    assert 0.09 <= c["click"].mean() <= 0.11
+    assert abs(c["true_p_click"].mean() / c["click"].mean() - 1) < 0.05
+    assert 0.10 <= c["order"].sum() / c["click"].sum() <= 0.20
+    # Stronger effect, stronger dependence.
+    weak = cols(simulate_funnel(dataclasses.replace(ON, sequence_effect=0.3)))
+    assert r_off + 0.05 < np.corrcoef(share, logit(weak["true_p_click"]))[0, 1] < r_on - 0.05
+
+
+def test_sequence_max_len_truncates_to_the_most_recent(seq_table: pa.Table) -> None:
+    short = simulate_funnel(dataclasses.replace(ON, sequence_max_len=5))
+    assert pc.max(pc.list_value_length(short["seq_item_id"])).as_py() == 5
+    for n in SEQ_COLUMNS:
+        assert pc.list_slice(seq_table[n], 0, 5).combine_chunks().cast(short[n].type).equals(
+            short[n].combine_chunks()), n
+
+
+def test_write_funnel_writes_the_sequences(tmp_path: Path, seq_table: pa.Table) -> None:
+    paths = write_funnel(tmp_path / "out", ON)
+    parts = [pq.read_table(paths[n]) for n in ("train", "valid", "test")]
+    for part in parts:
+        assert part.num_rows > 0 and part.schema == seq_table.schema
+    rejoined = pa.concat_tables(parts).sort_by([("request_id", "ascending"),
+                                                ("position", "ascending")])
+    assert rejoined.equals(seq_table)
+    meta = json.loads(paths["simulation"].read_text())
+    assert meta["config"]["sequence_effect"] == 1.0 and meta["config"]["sequence_max_len"] == 50
+
+
+def test_cli_writes_sequences(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from rankengine.cli import cli
+
+    runner = CliRunner()
+    for args, expected in ((["--sequence-effect", "0.5", "--sequence-max-len", "7"], True),
+                           (["--write-sequences"], True), ([], False)):
+        out = tmp_path / str(len(args))
+        result = runner.invoke(cli, ["simulate", "--requests", "50", "-o", str(out), *args])
+        assert result.exit_code == 0, result.output
+        train = pq.read_table(out / "train.parquet")
+        assert ("seq_item_id" in train.column_names) is expected, args
+        meta = json.loads((out / "simulation.json").read_text())["config"]
+        if args[:1] == ["--sequence-effect"]:
+            assert meta["sequence_effect"] == 0.5 and meta["sequence_max_len"] == 7
+            assert pc.max(pc.list_value_length(train["seq_time_gap"])).as_py() <= 7
