@@ -38,7 +38,11 @@ def rankengine_register_encoders(
     register("bucketize", BucketizeEncoder, params=BucketizeParams,
              help="numeric value → quantile bucket id (embedded like a categorical)")
     register("sequence", SequenceEncoder, params=SequenceParams,
-             help="list (or delimited string) of ids → padded ids, pooled in the model")
+             help="list (or delimited string) of ids → padded ids, pooled in the model or "
+                  "read by an interaction; share_with reuses an ids feature's table")
+    register("sequence_bucketize", SequenceBucketizeEncoder, params=SequenceBucketizeParams,
+             help="list of numbers (time since each behaviour) → bucket ids, aligned with a "
+                  "behaviour sequence")
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,12 +321,16 @@ class BucketizeParams(Params):
     @field_validator("boundaries")
     @classmethod
     def _increasing(cls, boundaries: list[float] | None) -> list[float] | None:
-        # np.searchsorted on unsorted boundaries returns meaningless bucket ids, silently
-        for i, (a, b) in enumerate(pairwise(boundaries or [])):
-            if not a < b:
-                raise ValueError(f"boundaries must be strictly increasing; found {a!r} then "
-                                 f"{b!r} at positions {i} and {i + 1}")
-        return boundaries
+        return None if boundaries is None else _strictly_increasing(boundaries)
+
+
+def _strictly_increasing(boundaries: list[float]) -> list[float]:
+    # np.searchsorted on unsorted boundaries returns meaningless bucket ids, silently
+    for i, (a, b) in enumerate(pairwise(boundaries)):
+        if not a < b:
+            raise ValueError(f"boundaries must be strictly increasing; found {a!r} then "
+                             f"{b!r} at positions {i} and {i + 1}")
+    return boundaries
 
 
 def quantile_boundaries(x: np.ndarray, buckets: int) -> list[float]:
@@ -393,14 +401,30 @@ class SequenceParams(Params):
     min_count: int = Field(default=1, ge=1)
     max_vocab: int | None = Field(default=None, ge=1)
     pooling: Literal["mean", "sum", "max"] = "mean"
+    #: which max_len elements a longer list keeps: "first" (lists written most recent first,
+    #: as behaviour logs usually are) or "last" (lists written oldest first)
+    keep: Literal["first", "last"] = "first"
+    #: a list longer than this is an error rather than truncated (guards serving against
+    #: oversized requests); None: any length, truncated to max_len
+    limit: int | None = Field(default=None, ge=1)
+    #: a null list: "empty" (no elements) or "error" (a behaviour log should send [])
+    null: Literal["empty", "error"] = "empty"
+    #: an ``ids`` feature whose ids and embedding table this sequence shares (the candidate's
+    #: own ``item_id`` for a sequence of item ids): no vocabulary of its own
+    share_with: str | None = Field(default=None, min_length=1)
 
 
 class SequenceEncoder(VocabularyEncoder):
     """A list column (or a string split on ``separator``) → ``[N, max_len]`` ids, 0 = padding,
-    1 = OOV; the first ``max_len`` elements of each row are kept."""
+    1 = OOV; ``keep`` says which ``max_len`` elements of a longer row are kept. With
+    ``share_with`` the elements are encoded by that feature's encoder (its id + 1)."""
 
     output = "id_list"
     params: SequenceParams
+
+    def __init__(self, feature: FeatureSpec, params: Any) -> None:
+        super().__init__(feature, params)
+        self._shared: FeatureEncoder | None = None
 
     @property
     def length(self) -> int:
@@ -409,6 +433,13 @@ class SequenceEncoder(VocabularyEncoder):
     @property
     def pooling(self) -> str:
         return str(self.params.pooling)
+
+    @property
+    def shares_with(self) -> str | None:
+        return self.params.share_with
+
+    def share(self, encoder: FeatureEncoder) -> None:
+        self._shared = encoder
 
     def _lists(self, column: pa.ChunkedArray) -> pa.ListArray:
         column = decoded(column)
@@ -426,25 +457,105 @@ class SequenceEncoder(VocabularyEncoder):
         if not is_scalar(column.type.value_type):
             raise DataError(f"expected a list of ids (strings or numbers), found type "
                             f"{column.type}")
-        return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        lists = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        if self.params.null == "error" and lists.null_count:
+            row = int(np.flatnonzero(lists.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"row {row}: expected a list (an empty one for no elements), "
+                            f"found null")
+        if self.params.limit is not None:
+            over = np.flatnonzero(self._row_lengths(lists) > self.params.limit)
+            if len(over):
+                raise DataError(f"row {over[0]}: {self._row_lengths(lists)[over[0]]} elements, "
+                                f"more than the limit of {self.params.limit}")
+        return lists
+
+    @staticmethod
+    def _row_lengths(lists: pa.Array) -> np.ndarray:
+        return np.asarray(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(
+            zero_copy_only=False), dtype=np.int64)
+
+    def lengths(self, column: pa.ChunkedArray) -> np.ndarray:
+        """Elements per row before truncation (a null list has 0)."""
+        return self._row_lengths(self._lists(column))
 
     def fit(self, column: pa.ChunkedArray) -> None:
         values = pc.list_flatten(self._lists(column))
-        self.set_vocabulary(fit_vocabulary(
-            pa.chunked_array([values]), self.params.min_count, self.params.max_vocab))
+        if self._shared is None:
+            self.set_vocabulary(fit_vocabulary(
+                pa.chunked_array([values]), self.params.min_count, self.params.max_vocab))
+
+    def element_ids(self, values: pa.Array) -> np.ndarray:
+        """The id of each element (≥ 1; 1 = unknown)."""
+        if self._shared is not None:  # its ids from 0 (0 = unknown) moved past the padding
+            return np.asarray(self._shared.transform(pa.chunked_array([values])),
+                              dtype=np.int64) + 1
+        return lookup(pa.chunked_array([values]), self._vocab_array, 2, self._vocab_integers)
 
     def transform(self, column: pa.ChunkedArray) -> np.ndarray:
         lists = self._lists(column)
         values = pc.list_flatten(lists)
         rows = np.asarray(pc.list_parent_indices(lists).to_numpy(), dtype=np.int64)
-        ids = lookup(pa.chunked_array([values]), self._vocab_array, 2, self._vocab_integers)
+        ids = self.element_ids(values)
         # Position of each element inside its row: index minus the row's first element index.
-        position = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
-        keep = position < self.params.max_len
+        first = np.searchsorted(rows, rows, side="left")
+        position = np.arange(len(rows)) - first
+        if self.params.keep == "last":  # the row's last max_len elements, in their order
+            count = self._row_lengths(lists)[rows]
+            position = position - np.maximum(count - self.params.max_len, 0)
+            keep = position >= 0
+        else:
+            keep = position < self.params.max_len
         out = np.zeros((len(lists), self.params.max_len), dtype=np.int64)
         out[rows[keep], position[keep]] = ids[keep]
         return out
 
+    def state(self) -> dict[str, Any]:
+        if self._shared is not None:
+            return {"share_with": self.params.share_with}
+        return super().state()
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        if self._shared is None:
+            super().load_state(state)
+
     @property
     def cardinality(self) -> int:
+        if self._shared is not None:
+            return int(self._shared.cardinality) + 1
         return len(self.vocabulary) + 2
+
+
+class SequenceBucketizeParams(SequenceParams):
+    #: bucket edges of the numeric elements (a time gap in hours: [1, 6, 24, 168])
+    boundaries: list[float] = Field(min_length=1)
+
+    @field_validator("boundaries")
+    @classmethod
+    def _increasing(cls, boundaries: list[float]) -> list[float]:
+        return _strictly_increasing(boundaries)
+
+
+class SequenceBucketizeEncoder(SequenceEncoder):
+    """A list of numbers (the hours since each behaviour) → bucket ids: 2 + the number of
+    ``boundaries`` ≤ the value; 1 for a missing element. Fits nothing."""
+
+    raw_datatype = "FP32"
+    params: SequenceBucketizeParams
+
+    def fit(self, column: pa.ChunkedArray) -> None:
+        self._lists(column)  # the same checks as encoding
+
+    def element_ids(self, values: pa.Array) -> np.ndarray:
+        x = to_float(pa.chunked_array([values]))
+        ids = np.searchsorted(np.asarray(self.params.boundaries), x, side="right") + 2
+        return np.where(np.isnan(x), 1, ids).astype(np.int64)
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        return None
+
+    @property
+    def cardinality(self) -> int:
+        return len(self.params.boundaries) + 3

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         CascadeFactory,
         EncoderFactory,
         FusionFactory,
+        InteractionFactory,
         LossFactory,
         LossWeightingFactory,
         Metric,
@@ -174,6 +175,8 @@ class Components:
             "encoders", "feature encoder")
         self.task_graphs: ComponentTable[TaskGraphTemplate] = ComponentTable(
             "task_graphs", "task graph template")
+        self.interactions: ComponentTable[InteractionFactory] = ComponentTable(
+            "interactions", "sequence interaction")
         self.backbones: ComponentTable[BackboneFactory] = ComponentTable("backbones", "backbone")
         self.towers: ComponentTable[TowerFactory] = ComponentTable("towers", "tower")
         self.cascades: ComponentTable[CascadeFactory] = ComponentTable("cascades", "cascade")

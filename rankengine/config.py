@@ -179,6 +179,28 @@ class BiasTowerSection(Section):
     hidden: list[Width] = [16]
 
 
+class InteractionSpec(BaseModel):
+    """One ``[[model.interactions]]`` entry: an interaction of ``kind`` that reads the aligned
+    ``id_list`` features ``sequence`` against the candidate's ``ids`` features ``target``; its
+    output is a feature named ``name`` in ``groups``. Other keys are the interaction's
+    parameters."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+
+    name: str = Field(min_length=1)
+    kind: str
+    #: the behaviour sequence: id_list features of one length, aligned element by element
+    #: (item, category, behaviour type, time gap ...); read by the interaction, not pooled
+    sequence: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    #: the candidate's ids features the sequence is read against
+    target: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    groups: list[str] = ["default"]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class ModelSection(Section):
     backbone: ComponentRef = ComponentRef(kind=DEFAULT_KIND)
     tower: ComponentRef = ComponentRef(kind=DEFAULT_KIND)
@@ -186,6 +208,7 @@ class ModelSection(Section):
     #: none: every feature; an empty list would leave the backbone without input
     backbone_groups: list[str] | None = Field(default=None, min_length=1)
     bias_tower: BiasTowerSection | None = None
+    interactions: list[InteractionSpec] = []
 
     def bias_only_features(self, features: Sequence[FeatureSpec]) -> list[str]:
         """Features that feed only the bias tower: not in the backbone, not needed to serve."""

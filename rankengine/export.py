@@ -40,7 +40,9 @@ def example_inputs(loaded: ModelBundle, rows: int = 4) -> tuple[torch.Tensor, ..
     layout = loaded.pipeline.layout()
     n_ids = sum(1 for f in layout if f.output == "ids")
     n_dense = sum(f.dim for f in layout if f.output == "dense")
-    id_lists = [torch.ones(rows, length, dtype=torch.long)
+    # fewer sequence rows than rows (one per context, read by row b mod R), so the exported
+    # graph keeps the two counts apart: a served request sends its context's sequences once
+    id_lists = [torch.ones(max(rows // 2, 1), length, dtype=torch.long)
                 for _, length in _id_list_features(loaded)]
     return (torch.zeros(rows, n_ids, dtype=torch.long), torch.zeros(rows, n_dense), *id_lists)
 
@@ -109,8 +111,9 @@ def _write(module: nn.Module, inputs: tuple[torch.Tensor, ...], loaded: ModelBun
             torch.jit.save(traced, str(tmp))
         elif fmt == "onnx":
             batch = torch.export.Dim("batch", min=1)
+            contexts = torch.export.Dim("contexts", min=1)
             # forward(ids, dense, *id_lists): the varargs are one nested tuple.
-            shapes: Any = ({0: batch}, {0: batch}, tuple({0: batch} for _ in inputs[2:]))
+            shapes: Any = ({0: batch}, {0: batch}, tuple({0: contexts} for _ in inputs[2:]))
             torch.onnx.export(module, inputs, str(tmp), dynamo=True, dynamic_shapes=shapes,
                               input_names=input_names(loaded), output_names=list(output_names),
                               verbose=False)

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         CascadeFactory,
         EncoderFactory,
         FusionFactory,
+        InteractionFactory,
         LossFactory,
         LossWeightingFactory,
         Metric,
@@ -83,6 +84,17 @@ def rankengine_register_task_graphs(register: Register[TaskGraphTemplate]) -> No
     ``[tasks]`` in engine.toml are merged over it key by key.
 
     :param register: call ``register(name, {"click": {"label": "click"}, ...})``.
+    """
+
+
+@hookspec
+def rankengine_register_interactions(register: Register[InteractionFactory]) -> None:
+    """Register sequence interactions (``[[model.interactions]] kind = "..."``): modules that
+    read a behaviour sequence against the candidate (DIN's target attention, ...).
+
+    The factory is called as ``factory(params, sequence_dim=Ds, target_dim=Dt, max_len=L)``
+    and returns a :class:`rankengine.Interaction`: ``encode(sequence, mask)`` runs once per
+    context row (once per served request), ``forward(encoded, target)`` per candidate.
     """
 
 

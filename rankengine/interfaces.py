@@ -94,8 +94,62 @@ class FeatureEncoder(ABC):
         """How the model pools an ``id_list`` into one vector: ``mean``, ``sum`` or ``max``."""
         return "mean"
 
+    @property
+    def shares_with(self) -> str | None:
+        """The ``ids`` feature whose ids and embedding table this ``id_list`` shares (its
+        elements' id ``k + 1`` is that feature's id ``k``; 0 stays padding), or None. The core
+        then calls :meth:`share` with that feature's encoder before fitting."""
+        return None
+
+    def share(self, encoder: FeatureEncoder) -> None:
+        """Encode elements with ``encoder`` (see :attr:`shares_with`)."""
+        raise NotImplementedError(f"{type(self).__name__} shares no encoder")
+
+    def lengths(self, column: pa.ChunkedArray) -> np.ndarray:
+        """Elements per row before truncation (``id_list``): the core checks that the columns
+        of one behaviour sequence are aligned row by row."""
+        raise NotImplementedError(f"{type(self).__name__} has no lengths")
+
 
 EncoderFactory = Callable[["FeatureSpec", Any], FeatureEncoder]
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence interactions
+# --------------------------------------------------------------------------------------------
+
+
+class Interaction(nn.Module):
+    """Reads a behaviour sequence against the candidate (``[[model.interactions]]``).
+
+    Built as ``factory(params, sequence_dim=Ds, target_dim=Dt, max_len=L)``. The sequence is
+    the concatenated embeddings of its aligned ``id_list`` features (item, category, behaviour,
+    time gap ...), the target those of the candidate's ``ids`` features. The core calls, per
+    forward:
+
+    1. :meth:`encode` ``(sequence [R, L, Ds], mask [R, L] bool) -> tensors [R, ...]`` once per
+       *context row*: a served request has one, a training batch one per row. Put here
+       everything that depends only on the user's sequence (projections of keys, a recurrent
+       pass, the sequence's self-attention scores);
+    2. :meth:`forward` ``(encoded, target [B, Dt]) -> [B, output_dim]`` per candidate, with
+       each tensor of ``encoded`` gathered to the candidate's context row.
+
+    The output joins the model's features under the interaction's ``name`` and ``groups``.
+    Create tensors on the device of the inputs (``device=sequence.device``).
+    """
+
+    output_dim: int
+
+    def encode(self, sequence: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The context-only part; default: the sequence and its mask as they are."""
+        return sequence, mask
+
+    def forward(self, encoded: tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+InteractionFactory = Callable[..., Interaction]
+"""Called as ``factory(params, sequence_dim=int, target_dim=int, max_len=int)``."""
 
 
 # --------------------------------------------------------------------------------------------

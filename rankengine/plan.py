@@ -24,6 +24,7 @@ from rankengine.components import DEFAULT_KIND, Component, ComponentTable
 from rankengine.config import (
     ComponentRef,
     EngineConfig,
+    InteractionSpec,
     TaskSpec,
     complete_config,
     default_loss,
@@ -38,6 +39,7 @@ from rankengine.interfaces import (
     CalibratorFactory,
     CascadeFactory,
     Fusion,
+    InteractionFactory,
     LossWeighting,
     Metric,
     PointwiseLoss,
@@ -99,6 +101,8 @@ class Plan:
     cascade: Resolved[CascadeFactory]
     backbone: Resolved[BackboneFactory]
     tower: Resolved[TowerFactory]
+    #: ``[[model.interactions]]`` in config order, each with its resolved component
+    interactions: list[tuple[InteractionSpec, Resolved[InteractionFactory]]]
     #: each task's pointwise loss, in graph order
     losses: list[PointwiseLoss]
     sample_weighting: SampleWeighting
@@ -151,6 +155,8 @@ def make_plan(config: EngineConfig, engine: Engine | None = None, *,
     pipeline = FeaturePipeline(config.features, [
         r.build(config, feature, r.params) for r, feature in zip(encoders, config.features,
                                                                    strict=True)])
+    share_encoders(config, pipeline)
+    interactions = resolve_interactions(config, engine, pipeline)
     graph = graph or build_graph(config, engine)
     fusion = build_fusion(config, engine, graph)
     metric_key = "evaluate.metrics"
@@ -167,12 +173,85 @@ def make_plan(config: EngineConfig, engine: Engine | None = None, *,
         backbone=resolve(c.backbones, config.model.backbone, key="model.backbone",
                          config=config),
         tower=resolve(c.towers, config.model.tower, key="model.tower", config=config),
+        interactions=interactions,
         losses=build_losses(config, engine, graph),
         sample_weighting=sample_weighting.build(config, graph, sample_weighting.params),
         loss_weighting=loss_weighting.build(config, graph, loss_weighting.params),
         ranking=build_ranking(config, engine, graph, fusion),
         fusion=fusion, metrics=metrics, **resolve_calibrators(config, engine, graph),
     )
+
+
+def _choices(names: Sequence[str]) -> str:
+    return ", ".join(names) if names else "the config has none"
+
+
+def share_encoders(config: EngineConfig, pipeline: FeaturePipeline) -> None:
+    """Hand each encoder that :attr:`~rankengine.FeatureEncoder.shares_with` a feature that
+    feature's encoder (an ``ids`` feature of the same embedding dim)."""
+    specs = {f.name: (i, f, e) for i, (f, e) in enumerate(
+        zip(pipeline.features, pipeline.encoders, strict=True))}
+    for i, (feature, encoder) in enumerate(zip(pipeline.features, pipeline.encoders,
+                                               strict=True)):
+        name = encoder.shares_with
+        if name is None:
+            continue
+        key = f"features[{i}].share_with"
+        if name not in specs or specs[name][2].output != "ids":
+            ids = [f.name for f, e in zip(pipeline.features, pipeline.encoders, strict=True)
+                   if e.output == "ids"]
+            raise ConfigError(f"expected an ids feature ({_choices(ids)}); found "
+                              f"{name!r}", source=config.source, key=key)
+        target = specs[name][1]
+        if target.dim != feature.dim:
+            raise ConfigError(f"a shared table has one embedding dim: '{name}' has dim "
+                              f"{target.dim}, '{feature.name}' has dim {feature.dim}",
+                              source=config.source, key=f"features[{i}].dim")
+        encoder.share(specs[name][2])
+
+
+def resolve_interactions(config: EngineConfig, engine: Engine, pipeline: FeaturePipeline
+                         ) -> list[tuple[InteractionSpec, Resolved[InteractionFactory]]]:
+    """``[[model.interactions]]`` checked against the features, each sequence's columns
+    declared aligned to the pipeline."""
+    outputs = {f.name: (f, e) for f, e in zip(pipeline.features, pipeline.encoders,
+                                              strict=True)}
+    out: list[tuple[InteractionSpec, Resolved[InteractionFactory]]] = []
+    read: dict[str, str] = {}
+    for i, spec in enumerate(config.model.interactions):
+        key = f"model.interactions[{i}]"
+        if spec.name in outputs or any(s.name == spec.name for s, _ in out):
+            raise ConfigError(f"name '{spec.name}' is already a feature or interaction",
+                              source=config.source, key=f"{key}.name")
+        lengths = set()
+        for name in spec.sequence:
+            feature, encoder = outputs.get(name, (None, None))
+            if feature is None or encoder is None or encoder.output != "id_list":
+                lists = [n for n, (_, e) in outputs.items() if e.output == "id_list"]
+                raise ConfigError(f"expected an id_list feature ({_choices(lists)})"
+                                  f"; found {name!r}", source=config.source,
+                                  key=f"{key}.sequence")
+            if name in read:
+                raise ConfigError(f"feature '{name}' is already read by interaction "
+                                  f"'{read[name]}'", source=config.source,
+                                  key=f"{key}.sequence")
+            read[name] = spec.name
+            lengths.add(int(encoder.length))
+        if len(lengths) > 1:
+            raise ConfigError(f"the features of one sequence are aligned element by element "
+                              f"and need one max_len; found {sorted(lengths)}",
+                              source=config.source, key=f"{key}.sequence")
+        for name in spec.target:
+            feature, encoder = outputs.get(name, (None, None))
+            if feature is None or encoder is None or encoder.output != "ids":
+                ids = [n for n, (_, e) in outputs.items() if e.output == "ids"]
+                raise ConfigError(f"expected an ids feature ({_choices(ids)}); "
+                                  f"found {name!r}", source=config.source, key=f"{key}.target")
+        resolved = resolve(engine.components.interactions, spec.kind, spec.params, key=key,
+                           config=config)
+        pipeline.aligned[spec.name] = list(spec.sequence)
+        out.append((spec, resolved))
+    return out
 
 
 def resolve_calibrators(config: EngineConfig, engine: Engine,

@@ -46,6 +46,7 @@ ALLOW_ENV = "RANKENGINE_PLUGINS"
 REGISTRATION_HOOKS: dict[str, str] = {
     "rankengine_register_encoders": "encoders",
     "rankengine_register_task_graphs": "task_graphs",
+    "rankengine_register_interactions": "interactions",
     "rankengine_register_backbones": "backbones",
     "rankengine_register_towers": "towers",
     "rankengine_register_cascades": "cascades",

@@ -19,8 +19,8 @@ from rankengine.pluginmanager import (
 
 from .conftest import tiny_config_text
 
-BUILTINS = {"backbones", "backends", "calibrators", "cascades", "encoders", "fusion", "losses",
-            "metrics",
+BUILTINS = {"backbones", "backends", "calibrators", "cascades", "encoders", "fusion",
+            "interactions", "losses", "metrics",
             "progress", "sources",
             "task_graphs", "towers", "weighting"}
 

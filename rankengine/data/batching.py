@@ -20,12 +20,16 @@ class ModelInput:
     """What the model's forward takes: encoded features only, no labels.
 
     ``ids`` holds one id column per ``ids`` feature, ``dense`` the float columns of ``dense``
-    features, ``id_lists`` one ``[B, length]`` tensor per ``id_list`` feature (layout order).
+    features, ``id_lists`` one ``[R, length]`` tensor per ``id_list`` feature (layout order).
+    R is B, or the number of contexts: a sequence of the context side is sent once per
+    context (a served request: R = 1), and row ``b`` reads its row ``context_rows[b]``
+    (default ``b mod R``), so the model pools and encodes it once per context.
     """
 
     ids: torch.Tensor  # int64 [B, C]
     dense: torch.Tensor  # float32 [B, D]
-    id_lists: list[torch.Tensor]  # int64 [B, L_i]
+    id_lists: list[torch.Tensor]  # int64 [R, L_i]
+    context_rows: torch.Tensor | None = None  # int64 [B], into the id_lists' rows
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -33,7 +37,9 @@ class ModelInput:
     def to(self, device: torch.device | str, *, non_blocking: bool = False) -> ModelInput:
         return ModelInput(self.ids.to(device, non_blocking=non_blocking),
                           self.dense.to(device, non_blocking=non_blocking),
-                          [s.to(device, non_blocking=non_blocking) for s in self.id_lists])
+                          [s.to(device, non_blocking=non_blocking) for s in self.id_lists],
+                          None if self.context_rows is None
+                          else self.context_rows.to(device, non_blocking=non_blocking))
 
     @staticmethod
     def from_numpy(ids: np.ndarray, dense: np.ndarray, id_lists: Sequence[np.ndarray]

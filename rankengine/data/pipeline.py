@@ -30,6 +30,10 @@ class FeatureLayout:
     cardinality: int  # ids (categorical, sequence); 0 for dense
     column: int  # column in the categorical / dense matrix, or sequence index
     pooling: str = "mean"
+    #: the ids feature whose embedding table this id_list shares (its id k + 1 is that
+    #: feature's id k), or None
+    shares: str | None = None
+    length: int = 0  # ids per row (id_list)
 
 
 def feature_layout(features: Sequence[FeatureSpec], encoders: Sequence[FeatureEncoder], *,
@@ -57,6 +61,8 @@ def feature_layout(features: Sequence[FeatureSpec], encoders: Sequence[FeatureEn
             dim=width if dense else spec.dim,
             cardinality=0 if dense else cardinality or encoder.cardinality,
             column=counters.get(kind, 0), pooling=encoder.pooling,
+            shares=encoder.shares_with,
+            length=int(encoder.length) if kind == "id_list" else 0,
         ))
         counters[kind] = counters.get(kind, 0) + (width if dense else 1)
     return out
@@ -73,6 +79,15 @@ class FeaturePipeline:
         self.features = list(features)
         self.encoders: list[FeatureEncoder] = list(encoders)
         self.fitted = False
+        #: sequence name → its id_list features, aligned element by element (the same number
+        #: of elements in every row); set by the plan from ``[[model.interactions]]``
+        self.aligned: dict[str, list[str]] = {}
+
+    @property
+    def list_sources(self) -> set[str]:
+        """The raw columns of ``id_list`` features (a request sends lists for them)."""
+        return {f.source for f, e in zip(self.features, self.encoders, strict=True)
+                if e.output == "id_list"}
 
     @property
     def source_columns(self) -> list[str]:
@@ -107,7 +122,29 @@ class FeaturePipeline:
                 raise DataError(f"{where}: feature '{spec.name}' needs column '{spec.source}'")
             with _Naming(spec, where):
                 out[spec.name] = np.asarray(encoder.transform(table.column(spec.source)))
+        self._check_aligned(table, wanted, where)
         return out
+
+    def _check_aligned(self, table: pa.Table, names: set[str], where: str) -> None:
+        """Each row's elements of an aligned sequence's columns are equally many: a category
+        list one element short would pair every later item with the wrong category."""
+        specs = {f.name: (f, e) for f, e in zip(self.features, self.encoders, strict=True)}
+        for sequence, members in self.aligned.items():
+            present = [m for m in members if m in names]
+            if len(present) < 2:
+                continue
+            first, first_encoder = specs[present[0]]
+            lengths = first_encoder.lengths(table.column(first.source))
+            for name in present[1:]:
+                spec, encoder = specs[name]
+                other = encoder.lengths(table.column(spec.source))
+                bad = np.flatnonzero(other != lengths)
+                if len(bad):
+                    row = int(bad[0])
+                    raise DataError(
+                        f"{where}: row {row}: sequence '{sequence}' is misaligned: column "
+                        f"'{spec.source}' has {other[row]} elements, column '{first.source}' "
+                        f"has {lengths[row]}")
 
     def placeholder(self, name: str) -> np.ndarray:
         """One encoded row of zeros for feature ``name``: stands in for a feature the model
@@ -123,7 +160,8 @@ class FeaturePipeline:
 
     def assemble(self, encoded: dict[str, np.ndarray],
                  n: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """Encoded features (each with n rows, or 1 row to broadcast) → model arrays."""
+        """Encoded features (each with n rows, or 1 row to broadcast) → model arrays; an
+        ``id_list`` of 1 row stays 1 row (the model reads it once per context)."""
         categorical, dense, sequences = [], [], []
         for spec, encoder in zip(self.features, self.encoders, strict=True):
             values = encoded[spec.name]
@@ -134,11 +172,11 @@ class FeaturePipeline:
                 dense.append(np.broadcast_to(
                     values.astype(np.float32).reshape(len(values), encoder.width),
                     (n, encoder.width)))
-            else:
+            else:  # 1 row (a request's context) stays 1 row: the model reads it per context
                 seq = values.astype(np.int64)
                 if seq.ndim != 2:
                     seq = seq.reshape(len(values), -1)
-                sequences.append(np.array(np.broadcast_to(seq, (n, seq.shape[1]))))
+                sequences.append(np.ascontiguousarray(seq))
         cat = np.stack(categorical, axis=1) if categorical else np.zeros((n, 0), np.int64)
         den = np.concatenate(dense, axis=1) if dense else np.zeros((n, 0), np.float32)
         return np.ascontiguousarray(cat), np.ascontiguousarray(den), sequences

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
+from rankengine.config import InteractionSpec
 from rankengine.data.batching import ModelInput
 from rankengine.data.pipeline import FeatureLayout
 from rankengine.errors import ConfigError
-from rankengine.interfaces import Backbone, Cascade, CascadeOutput, SharedParameters
+from rankengine.interfaces import (
+    Backbone,
+    Cascade,
+    CascadeOutput,
+    Interaction,
+    SharedParameters,
+)
 from rankengine.layers import mlp
 from rankengine.model.calibration import Calibration
 
@@ -23,10 +30,18 @@ class FeatureEmbedder(nn.Module):
     """Encoded columns → one float vector per row.
 
     Categorical features that share an embedding dim share one table (ids offset per feature),
-    so all of them cost one lookup per dim instead of one per feature.
+    so all of them cost one lookup per dim instead of one per feature. A sequence that
+    ``shares`` an ids feature's table looks its elements up there.
+
+    Sequences may come with fewer rows than the batch: one row per *context* (a served
+    request sends its user's sequence once), row ``b`` reading context row
+    ``inputs.context_rows[b]`` (default ``b mod R``: R = 1 broadcasts, R = B is row by row).
+    Their pooling and each interaction's :meth:`~rankengine.Interaction.encode` run on the
+    context rows; only the results are gathered per row.
     """
 
-    def __init__(self, layout: Sequence[FeatureLayout]) -> None:
+    def __init__(self, layout: Sequence[FeatureLayout],
+                 interactions: Sequence[tuple[InteractionSpec, Interaction]] = ()) -> None:
         super().__init__()
         self.tables = nn.ModuleList()
         self.table_columns: list[torch.Tensor] = []
@@ -36,6 +51,8 @@ class FeatureEmbedder(nn.Module):
         for f in layout:
             if f.output == "ids":
                 by_dim.setdefault(f.dim, []).append(f)
+        #: ids feature → (its table, the offset of its ids in that table)
+        table_of: dict[str, tuple[int, int]] = {}
         for t, (dim, feats) in enumerate(sorted(by_dim.items())):
             cards = [f.cardinality for f in feats]
             offsets = torch.tensor([0, *cards[:-1]]).cumsum(0)
@@ -44,23 +61,59 @@ class FeatureEmbedder(nn.Module):
                 f"columns_{t}", torch.tensor([f.column for f in feats]), persistent=False
             )
             self.tables.append(_embedding(sum(cards), dim))
-            for f in feats:
+            for f, offset in zip(feats, offsets.tolist(), strict=True):
+                table_of[f.name] = (t, int(offset))
                 spans[f.name] = (width, width + dim)
                 width += dim
+        ids_width = width
+        read = {name: i for i, (spec, _) in enumerate(interactions) for name in spec.sequence}
         self.sequence_tables = nn.ModuleList()
+        #: per id_list input (layout order): (own table index or -1, shared table, offset)
+        self.sequence_lookup: list[tuple[int, int, int]] = []
         self.sequence_pooling: list[str] = []
-        for f in sorted((f for f in layout if f.output == "id_list"), key=lambda f: f.column):
-            self.sequence_tables.append(_embedding(f.cardinality, f.dim, padding_idx=0))
+        self.pooled: list[bool] = []
+        sequences = sorted((f for f in layout if f.output == "id_list"), key=lambda f: f.column)
+        index_of = {f.name: k for k, f in enumerate(sequences)}
+        for f in sequences:
+            if f.shares is not None:
+                self.sequence_lookup.append((-1, *table_of[f.shares]))
+            else:
+                self.sequence_lookup.append((len(self.sequence_tables), -1, 0))
+                self.sequence_tables.append(_embedding(f.cardinality, f.dim, padding_idx=0))
             self.sequence_pooling.append(f.pooling)
-            spans[f.name] = (width, width + f.dim)
-            width += f.dim
+            self.pooled.append(f.name not in read)
+            if f.name not in read:
+                spans[f.name] = (width, width + f.dim)
+                width += f.dim
         dense = sorted((f for f in layout if f.output == "dense"), key=lambda f: f.column)
         for f in dense:
             spans[f.name] = (width, width + f.dim)
             width += f.dim
         self.has_dense = bool(dense)
+        self.interactions = nn.ModuleList(module for _, module in interactions)
+        #: per interaction: its sequence inputs (layout order indices)
+        self.interaction_sequences = [[index_of[n] for n in spec.sequence]
+                                      for spec, _ in interactions]
+        for i, (spec, module) in enumerate(interactions):
+            target = [c for name in spec.target for c in range(*spans[name])]
+            self.register_buffer(f"target_columns_{i}", torch.tensor(target, dtype=torch.long),
+                                 persistent=False)
+            spans[spec.name] = (width, width + module.output_dim)
+            width += module.output_dim
+        self.ids_width = ids_width
         self.spans = spans
         self.output_dim = width
+
+    def embed_sequence(self, k: int, ids: torch.Tensor) -> torch.Tensor:
+        """The embeddings ``[R, L, dim]`` of id_list input ``k`` (padding rows are whatever
+        its table holds there: pooling and interactions mask them)."""
+        own, shared, offset = self.sequence_lookup[k]
+        if own >= 0:
+            out: torch.Tensor = self.sequence_tables[own](ids)
+            return out
+        # the shared feature's id is the element id - 1; padding (0) reads id 0 and is masked
+        shared_out: torch.Tensor = self.tables[shared]((ids - 1).clamp(min=0) + offset)
+        return shared_out
 
     def forward(self, inputs: ModelInput) -> torch.Tensor:
         parts: list[torch.Tensor] = []
@@ -68,12 +121,27 @@ class FeatureEmbedder(nn.Module):
             ids = inputs.ids.index_select(1, getattr(self, f"columns_{t}"))
             emb = table(ids + getattr(self, f"offsets_{t}"))  # [B, F, dim]
             parts.append(emb.flatten(1))
-        for table, pooling, ids in zip(
-            self.sequence_tables, self.sequence_pooling, inputs.id_lists, strict=True
-        ):
-            parts.append(_pool(table(ids), ids != 0, pooling))
+        rows = inputs.ids.shape[0]
+        for k, ids in enumerate(inputs.id_lists):
+            if self.pooled[k]:
+                pooled = _pool(self.embed_sequence(k, ids), ids != 0, self.sequence_pooling[k])
+                parts.append(pooled.index_select(0, context_index(inputs, ids, rows)))
         if self.has_dense:
             parts.append(inputs.dense)
+        if len(self.interactions):
+            categorical = torch.cat(parts[:len(self.tables)], dim=1) if len(self.tables) \
+                else inputs.dense[:, :0]
+            for i, module in enumerate(self.interactions):
+                interaction = cast(Interaction, module)
+                members = self.interaction_sequences[i]
+                first = inputs.id_lists[members[0]]
+                sequence = torch.cat([self.embed_sequence(k, inputs.id_lists[k])
+                                      for k in members], dim=-1)  # [R, L, Ds]
+                encoded = interaction.encode(sequence, first != 0)
+                index = context_index(inputs, first, rows)
+                target = categorical.index_select(1, getattr(self, f"target_columns_{i}"))
+                parts.append(interaction(tuple(t.index_select(0, index) for t in encoded),
+                                         target))
         return torch.cat(parts, dim=1)
 
     def columns_of(self, names: Sequence[str]) -> list[int]:
@@ -82,6 +150,18 @@ class FeatureEmbedder(nn.Module):
             lo, hi = self.spans[name]
             cols.extend(range(lo, hi))
         return cols
+
+
+def context_index(inputs: ModelInput, sequence: torch.Tensor, rows: int) -> torch.Tensor:
+    """Which row of ``sequence`` (``[R, ...]``, one per context) each of the ``rows`` rows
+    reads: ``inputs.context_rows`` when given, else row ``b mod R`` (R = 1: every row reads
+    the one context; R = rows: row by row). Computed without a branch on the shapes, so an
+    exported graph takes either."""
+    if inputs.context_rows is not None:
+        return inputs.context_rows
+    # R as a tensor, not a shape: ONNX has no remainder by a symbolic int
+    contexts = torch.ones_like(sequence[:, 0]).sum()
+    return torch.arange(rows, device=sequence.device) % contexts
 
 
 def _embedding(num: int, dim: int, padding_idx: int | None = None) -> nn.Embedding:
@@ -266,8 +346,13 @@ def build_model(plan: Plan, layout: Sequence[FeatureLayout]) -> RankingModel:
     heads map their outputs to values through their tasks' loss links."""
     config, graph = plan.config, plan.graph
     src = config.source
-    embedder = FeatureEmbedder(layout)
-    known_groups = {g for f in layout for g in f.groups}
+    interactions = build_interactions(plan, layout)
+    embedder = FeatureEmbedder(layout, interactions)
+    read = {name for spec, _ in interactions for name in spec.sequence}
+    members: list[tuple[str, Sequence[str]]] = [
+        (f.name, f.groups) for f in layout if f.name not in read]
+    members += [(spec.name, spec.groups) for spec, _ in interactions]
+    known_groups = {g for _, groups in members for g in groups}
 
     def features_in(groups: Sequence[str], key: str) -> list[str]:
         for g in groups:
@@ -277,7 +362,7 @@ def build_model(plan: Plan, layout: Sequence[FeatureLayout]) -> RankingModel:
                     f"{', '.join(sorted(known_groups))}",
                     source=src, key=key,
                 )
-        return [f.name for f in layout if set(f.groups) & set(groups)]
+        return [name for name, own in members if set(own) & set(groups)]
 
     backbone_columns = None
     bias_only = config.model.bias_only_features(config.features)
@@ -286,8 +371,8 @@ def build_model(plan: Plan, layout: Sequence[FeatureLayout]) -> RankingModel:
             features_in(config.model.backbone_groups, "model.backbone_groups")
         )
     elif bias_only:
-        backbone_columns = embedder.columns_of([f.name for f in layout
-                                                if f.name not in bias_only])
+        backbone_columns = embedder.columns_of([name for name, _ in members
+                                                if name not in bias_only])
     input_dim = embedder.output_dim if backbone_columns is None else len(backbone_columns)
     cascade: Cascade = plan.cascade.build(config, graph, plan.cascade.params)
     heads = cascade.heads()
@@ -322,3 +407,22 @@ def build_model(plan: Plan, layout: Sequence[FeatureLayout]) -> RankingModel:
     return RankingModel(embedder, backbone, towers, cascade, backbone_columns, tower_columns,
                         bias, Calibration(graph, plan.build_calibrators()))
 
+
+
+def build_interactions(plan: Plan, layout: Sequence[FeatureLayout]
+                       ) -> list[tuple[InteractionSpec, Interaction]]:
+    """Each ``[[model.interactions]]`` entry built on the widths of its sequence and target."""
+    dims = {f.name: f.dim for f in layout}
+    lengths = {f.name: f.length for f in layout}
+    out: list[tuple[InteractionSpec, Interaction]] = []
+    for spec, resolved in plan.interactions:
+        module = resolved.build(plan.config, resolved.params,
+                                sequence_dim=sum(dims[n] for n in spec.sequence),
+                                target_dim=sum(dims[n] for n in spec.target),
+                                max_len=lengths[spec.sequence[0]])
+        if not isinstance(module, Interaction):
+            raise ConfigError(f"interaction '{resolved.name}' built {type(module).__name__}; "
+                              f"expected a rankengine.Interaction", source=plan.config.source,
+                              key=resolved.key)
+        out.append((spec, module))
+    return out

@@ -17,7 +17,7 @@ from rankengine.serve.holder import Served
 from rankengine.serve.responses import endpoint
 from rankengine.serve.schema import RANK_REQUEST, RANK_RESPONSE
 from rankengine.serve.schema import body as body_schema
-from rankengine.serve.scoring import BadRequestError, column
+from rankengine.serve.scoring import BadRequestError, column, list_column
 from rankengine.serve.settings import ServeSettings
 from rankengine.serve.state import server_state
 
@@ -60,8 +60,11 @@ async def rank(request: Request) -> Any:
         if sides.get(key) == "item":
             raise BadRequestError(f"context.{key}: '{key}' is an item feature; send it with "
                                   f"each candidate")
-    ctx = {k: column(f"context.{k}", [v]) for k, v in context.items()}
-    items = {k: column(f"candidates.{k}", v) for k, v in item_cols.items()}
+    lists = model.loaded.pipeline.list_sources
+    ctx = {k: (list_column if k in lists else column)(f"context.{k}", [v])
+           for k, v in context.items()}
+    items = {k: (list_column if k in lists else column)(f"candidates.{k}", v)
+             for k, v in item_cols.items()}
     timings["parse"] = time.perf_counter() - started
 
     def candidate(i: int) -> str:
@@ -88,7 +91,7 @@ async def rank(request: Request) -> Any:
         })
     timings["respond"] = time.perf_counter() - respond_at
     timings["total"] = time.perf_counter() - started
-    for stage in ("parse", "encode", "model", "respond"):
+    for stage in ("parse", "context", "candidates", "model", "respond"):
         state.metrics.stages.labels(stage).observe(timings[stage])
     return Response(content, media_type="application/json",
                     headers={"Server-Timing": _server_timing(timings)})

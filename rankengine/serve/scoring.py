@@ -87,6 +87,32 @@ def column(name: str, values: Sequence[Any], datatype: str | None = None) -> pa.
     return array
 
 
+def list_column(name: str, values: Sequence[Any]) -> pa.Array:
+    """A request column of lists (a behaviour sequence: ids, or numbers such as time gaps),
+    each a list of strings or numbers; a row's list may be empty. A string joined by the
+    feature's separator is accepted as it is. Nested values, nulls, booleans and non-finite
+    numbers are refused naming the row and element."""
+    if all(isinstance(v, str) for v in values):
+        return pa.array(values, pa.string())
+    for row, value in enumerate(values):
+        if not isinstance(value, list):
+            raise BadRequestError(f"{name}[{row}]: expected a list of ids, found "
+                                  f"{'null' if value is None else type(value).__name__}")
+        for i, element in enumerate(value):
+            if element is None or isinstance(element, bool | dict | list) or \
+                    not isinstance(element, str | int | float):
+                found = "null" if element is None else type(element).__name__
+                raise BadRequestError(f"{name}[{row}][{i}]: expected a string or a number, "
+                                      f"found {found}")
+            if isinstance(element, float) and not np.isfinite(element):
+                raise BadRequestError(f"{name}[{row}][{i}]: {element} is not a finite number")
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+        raise BadRequestError(f"{name}: expected lists of one type (all strings or all "
+                              f"numbers): {exc}"[:300]) from None
+
+
 def _integers(name: str, values: Sequence[Any], array: pa.Array, datatype: str) -> pa.Array:
     """``array`` (inferred from ``values``) as int64, refusing what ``datatype`` cannot hold."""
     kind = array.type
@@ -149,9 +175,11 @@ def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, p
           n: int, weights: Mapping[str, float] | None = None,
           timings: dict[str, float] | None = None,
           label: Callable[[int], str] = row_label) -> dict[str, np.ndarray]:
-    """Encode the context once (1 row) and the items (n rows), broadcast, predict, fuse.
+    """Encode the context once (1 row) and the items (n rows), predict, fuse. Context
+    sequences stay one row: the model pools and encodes them once for all candidates.
 
-    ``timings`` (if given) receives the seconds spent encoding and in the model. A row whose
+    ``timings`` (if given) receives the seconds spent encoding the context (``context``), the
+    candidates (``candidates``) and in the model (``model``). A row whose
     predictions or fused score are not all finite is an :class:`UnscorableError` naming it
     by ``label`` (whatever the back end).
     """
@@ -179,6 +207,7 @@ def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, p
     pipeline = loaded.pipeline
     encoded = {f.name: pipeline.placeholder(f.name) for f in features
                if f.name in bias_only and f.source not in given}
+    stage_started = started
     for where, columns in (("context", context), ("candidates", items)):
         if not columns:
             continue
@@ -190,6 +219,10 @@ def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, p
             raise BadRequestError(str(exc)) from None
         except Exception as exc:  # an encoder's own failure: find the feature it concerns
             raise BadRequestError(_name_failure(pipeline, table, names, where, exc)) from None
+        if timings is not None:  # the context is encoded once, on its one row
+            now = time.perf_counter()
+            timings[where] = now - stage_started
+            stage_started = now
     categorical, dense, sequences = pipeline.assemble(encoded, n)
     encoded_at = time.perf_counter()
     entire, conditional = served.predict(categorical, dense, sequences)
@@ -203,7 +236,8 @@ def score(served: Served, context: Mapping[str, pa.Array], items: Mapping[str, p
     out = named_outputs(loaded.graph, fusion, entire, conditional, label=label,
                         error=UnscorableError)
     if timings is not None:
-        timings["encode"] = encoded_at - started
+        timings.setdefault("context", 0.0)
+        timings["candidates"] = timings.get("candidates", 0.0) + encoded_at - stage_started
         timings["model"] = time.perf_counter() - encoded_at
     return out
 

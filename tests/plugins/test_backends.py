@@ -75,13 +75,14 @@ def test_a_back_end_that_is_not_a_serving_backend_class_is_refused() -> None:
 def test_exported_inputs_are_named_ids_dense_and_the_id_list_features(loaded: ModelBundle
                                                                      ) -> None:
     assert input_names(loaded) == ["ids", "dense", "user_hist_categories"]
-    ids, dense, history = example_inputs(loaded, 3)
+    ids, dense, history = example_inputs(loaded, 6)
     sequence = next(e for f, e in zip(loaded.pipeline.features, loaded.pipeline.encoders,
                                       strict=True) if f.name == "user_hist_categories")
+    # one sequence row per context (fewer than rows, so an export keeps the counts apart)
     assert history.shape == (3, sequence.length) == (3, 5)  # asked of the encoder
     layout = loaded.pipeline.layout()
-    assert ids.shape == (3, sum(f.output == "ids" for f in layout))
-    assert dense.shape == (3, sum(f.dim for f in layout if f.output == "dense"))
+    assert ids.shape == (6, sum(f.output == "ids" for f in layout))
+    assert dense.shape == (6, sum(f.dim for f in layout if f.output == "dense"))
 
 
 def test_the_torch_back_end_is_the_model(loaded: ModelBundle) -> None:

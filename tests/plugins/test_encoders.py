@@ -206,3 +206,55 @@ def test_a_damaged_fitted_state_is_refused(engine: Engine, kind: str, state: dic
                                            message: str) -> None:
     with pytest.raises(ValueError, match=message):
         encoder(engine, kind).load_state(state)
+
+
+# -- behaviour sequences (issue #17) ------------------------------------------------------------
+
+
+def test_sequence_keeps_the_most_recent_elements_from_either_end(engine: Engine) -> None:
+    lists = col([[1, 2, 3, 4], [5]], pa.list_(pa.int64()))
+    first = encoder(engine, "sequence", max_len=2)
+    first.fit(lists)
+    last = encoder(engine, "sequence", max_len=2, keep="last")
+    last.fit(lists)
+    vocab = {v: i + 2 for i, v in enumerate(first.vocabulary)}
+    assert first.transform(lists).tolist() == [[vocab["1"], vocab["2"]], [vocab["5"], 0]]
+    assert last.transform(lists).tolist() == [[vocab["3"], vocab["4"]], [vocab["5"], 0]]
+    assert first.lengths(lists).tolist() == [4, 1]
+
+
+def test_sequence_limit_and_null_lists_are_errors_naming_the_row(engine: Engine) -> None:
+    strict = encoder(engine, "sequence", max_len=2, limit=3, null="error")
+    strict.fit(col([[1], [2]], pa.list_(pa.int64())))
+    with pytest.raises(DataError, match=r"row 1: 4 elements, more than the limit of 3"):
+        strict.transform(col([[1], [1, 2, 3, 4]], pa.list_(pa.int64())))
+    with pytest.raises(DataError, match=r"row 2: expected a list \(an empty one for no "
+                                        r"elements\), found null"):
+        strict.transform(col([[1], [], None], pa.list_(pa.int64())))
+    lenient = encoder(engine, "sequence", max_len=2)
+    lenient.fit(col([[1]], pa.list_(pa.int64())))
+    assert lenient.transform(col([None], pa.list_(pa.int64()))).tolist() == [[0, 0]]
+
+
+def test_a_shared_sequence_uses_the_ids_of_the_feature_it_shares(engine: Engine) -> None:
+    items = encoder(engine, "categorical")
+    items.fit(col([10, 11, 12, 10]))
+    history = encoder(engine, "sequence", max_len=3, share_with="item_id")
+    assert history.shares_with == "item_id"
+    history.share(items)
+    history.fit(col([[99, 98]], pa.list_(pa.int64())))  # learns no vocabulary of its own
+    out = history.transform(col([[12, 10, 77]], pa.list_(pa.int64())))
+    own = items.transform(col([12, 10, 77]))
+    assert out.tolist() == [(own + 1).tolist()]  # 77 is unknown to item_id: id 0 → 1 (OOV)
+    assert out[0, 2] == 1 and history.cardinality == items.cardinality + 1
+    assert history.state() == {"share_with": "item_id"}
+
+
+def test_sequence_bucketize_buckets_each_element(engine: Engine) -> None:
+    gaps = encoder(engine, "sequence_bucketize", max_len=4, boundaries=[1.0, 24.0])
+    gaps.fit(col([[0.5]], pa.list_(pa.float64())))
+    out = gaps.transform(col([[0.5, 1.0, 30.0, None], []], pa.list_(pa.float64())))
+    assert out.tolist() == [[2, 3, 4, 1], [0, 0, 0, 0]]  # missing element → 1, padding 0
+    assert gaps.cardinality == 5 and gaps.raw_datatype == "FP32"
+    with pytest.raises(ValidationError, match="strictly increasing"):
+        encoder(engine, "sequence_bucketize", boundaries=[2.0, 1.0])

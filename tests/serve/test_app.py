@@ -169,7 +169,7 @@ def test_hot_reload_on_alias_move_and_failed_load_keeps_serving(served: tuple,
     assert 'rankengine_model_version{model="demo"} 3.0' in metrics
     assert 'rankengine_requests_total{endpoint="rank",status="200"}' in metrics
     assert "rankengine_candidates_scored_total" in metrics
-    for stage in ("parse", "encode", "model", "respond"):
+    for stage in ("parse", "context", "candidates", "model", "respond"):
         assert f'rankengine_rank_stage_seconds_count{{stage="{stage}"}} 1.0' in metrics
 
 
@@ -421,10 +421,10 @@ def test_rank_reports_where_the_time_went_in_server_timing(served: tuple) -> Non
     client, _, funnel = served
     response = client.post("/v1/rank", json=rank_payload(funnel))
     stages = dict(part.split(";dur=") for part in response.headers["server-timing"].split(", "))
-    assert list(stages) == ["parse", "encode", "model", "respond", "total"]
+    assert list(stages) == ["parse", "context", "candidates", "model", "respond", "total"]
     durations = {k: float(v) for k, v in stages.items()}
     assert all(d > 0 for d in durations.values())
-    assert sum(durations[k] for k in ("parse", "encode", "model", "respond")) \
+    assert sum(durations[k] for k in ("parse", "context", "candidates", "model", "respond")) \
         <= durations["total"]
 
 
