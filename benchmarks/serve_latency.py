@@ -140,7 +140,7 @@ def main() -> None:
                                            f"others)" if server_cpus else " shared with the "
                                            "client") + f", torch {torch.__version__}")
         print("| candidates | format | concurrency | p50 ms | p99 ms | candidates/s "
-              "| server p50 ms: parse / encode / model / respond = total "
+              "| server p50 ms: parse / context / candidates / model / respond = total "
               "| model-only p50 ms | ONNX Runtime p50 ms | overhead / model time |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for n in (100, 500, 1000):
@@ -190,7 +190,7 @@ def model_only(loaded, session, body: dict, n: int,  # type: ignore[no-untyped-d
     return percentile(times[5:], 50), percentile(onnx_times[5:], 50)
 
 
-STAGES = ("parse", "encode", "model", "respond", "total")
+STAGES = ("parse", "context", "candidates", "model", "respond", "total")
 
 
 def load(base: str, bodies: list[dict], requests: int, concurrency: int

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from rankengine.bundle import ModelBundle
 from rankengine.data.batching import TensorData
-from rankengine.data.dataset import EncodedData
+from rankengine.data.dataset import EncodedData, group_ids
 from rankengine.errors import DataError
 from rankengine.files import os_reason, umask
 from rankengine.scoring import PredictionModule, named_outputs
@@ -29,7 +29,14 @@ def score_table(loaded: ModelBundle, table: pa.Table, *, where: str = "data",
     """
     categorical, dense, sequences = loaded.pipeline.transform(table, where=where)
     labels = np.zeros((table.num_rows, len(loaded.graph)), dtype=np.float32)
-    data = TensorData(EncodedData(categorical, dense, sequences, labels))
+    groups = None
+    group = loaded.config.data.group  # requests: their context sequences are read once
+    if group and group in table.column_names:
+        try:
+            groups = group_ids(table, group, where)
+        except DataError:  # the ids only save work here: score row by row without them
+            groups = None
+    data = TensorData(EncodedData(categorical, dense, sequences, labels, groups))
     entire, conditional = PredictionModule(loaded.model).predict_all(data, batch_size)
 
     def label(row: int) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rankengine.data.batching import ModelInput, TensorData, iterate_batches
+from rankengine.data.batching import ModelInput, TensorData, iterate_batches, per_context
 from rankengine.device import device_of
 from rankengine.errors import DataError
 from rankengine.graph import TaskGraph
@@ -50,10 +50,15 @@ class PredictionModule(nn.Module):
 
     @torch.inference_mode()
     def predict_all(self, data: TensorData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Every row of ``data``, batch by batch, as float64 arrays."""
+        """Every row of ``data``, batch by batch, as float64 arrays. With group ids (a
+        request per group), a request's context sequences are read once (:func:`per_context`).
+        """
         entire, conditional = [], []
+        context_side = self.model.embedder.context_side
         for batch in iterate_batches(data, batch_size, shuffle=False):
-            e, c = self.predict(batch.inputs)
+            inputs = batch.inputs if batch.groups is None else \
+                per_context(batch.inputs, batch.groups, context_side)
+            e, c = self.predict(inputs)
             entire.append(e)
             conditional.append(c)
         if not entire:

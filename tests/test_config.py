@@ -30,7 +30,8 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("path", ["engine.toml", "examples/census/engine.toml"])
+@pytest.mark.parametrize("path", ["engine.toml", "examples/census/engine.toml",
+                                  "examples/sequences/engine.toml"])
 def test_shipped_configs_are_valid(path: str, engine: Engine) -> None:
     config = load_config(REPO / path)
     make_plan(config, engine)

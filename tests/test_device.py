@@ -83,6 +83,44 @@ backbone = { kind = "mmoe", experts = 2, expert_hidden = [16] }
 tower = { kind = "mlp", hidden = [8] }
 cascade = "esm2"
 """, ""),
+    "shared_bottom_esmm_interactions": ("""
+[model]
+backbone = { kind = "shared_bottom", hidden = [16] }
+tower = { kind = "mlp", hidden = [8] }
+cascade = "esmm"
+[[model.interactions]]
+name = "din_history"
+kind = "din"
+softmax = true
+sequence = ["user_hist_categories"]
+target = ["item_category"]
+[[model.interactions]]
+name = "bst_history"
+kind = "transformer"
+sequence = ["history_2"]
+target = ["item_category", "item_id"]
+[[model.interactions]]
+name = "dupn_history"
+kind = "dupn_lstm"
+sequence = ["history_3"]
+target = ["item_id"]
+""", """
+[[features]]
+name = "history_2"
+column = "user_hist_categories"
+kind = "sequence"
+side = "context"
+max_len = 5
+share_with = "item_category"
+dim = 8
+[[features]]
+name = "history_3"
+column = "user_hist_categories"
+kind = "sequence"
+side = "context"
+max_len = 5
+dim = 8
+"""),
     "mmoe_esm2_pcgrad": ("""
 [model]
 backbone = { kind = "mmoe", experts = 2, expert_hidden = [16] }
@@ -129,10 +167,11 @@ regression = "scale"
     loaded = load_artifact(save_artifact(bundle, tmp_path / "artifact"))
     table = pq.read_table(funnel_dir / "test.parquet").slice(0, 50)
     served = Served("m", 1, loaded, backend_class(loaded.engine)(loaded), loaded)
-    context_names = [f.name for f in loaded.config.features if f.side == "context"]
-    item_names = [f.name for f in loaded.config.features if f.side != "context"]
+    context_names = list(dict.fromkeys(f.source for f in loaded.config.features
+                                       if f.side == "context"))
+    item_names = [f.source for f in loaded.config.features if f.side != "context"]
     with default_device_meta():
-        scored = score_table(loaded, table)
+        scored = score_table(loaded, table)  # by request: sequences read once per request
         data = TensorData(encode_table(table, loaded.pipeline, loaded.graph, policy="error"))
         assert len(data) == 50
         context = {k: table.column(k).slice(0, 1).combine_chunks() for k in context_names}

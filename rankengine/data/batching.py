@@ -48,6 +48,31 @@ class ModelInput:
                           [torch.from_numpy(s) for s in id_lists])
 
 
+def per_context(inputs: ModelInput, groups: torch.Tensor,
+                context_side: Sequence[bool]) -> ModelInput:
+    """``inputs`` with each context-side sequence cut to one row per group (a request) and
+    ``context_rows`` pointing every row at its group's: the model then pools and encodes a
+    request's sequences once, as serving does. Unchanged where a group's rows do not all carry
+    the same sequences (a ``group`` column that is not a request) or nothing is saved."""
+    if not any(context_side) or inputs.context_rows is not None:
+        return inputs
+    rows = groups.shape[0]
+    unique, inverse = torch.unique(groups, return_inverse=True)
+    if len(unique) == rows:
+        return inputs
+    first = torch.full((len(unique),), rows, dtype=torch.long, device=groups.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(rows, device=groups.device), "amin")
+    lists = []
+    for sequence, context in zip(inputs.id_lists, context_side, strict=True):
+        if context:
+            kept = sequence.index_select(0, first)
+            if not torch.equal(kept.index_select(0, inverse), sequence):
+                return inputs
+            sequence = kept
+        lists.append(sequence)
+    return ModelInput(inputs.ids, inputs.dense, lists, inverse)
+
+
 @dataclass
 class Batch:
     """One training / evaluation mini-batch: the model input and what the objective needs."""

@@ -72,6 +72,8 @@ class FeatureEmbedder(nn.Module):
         self.sequence_lookup: list[tuple[int, int, int]] = []
         self.sequence_pooling: list[str] = []
         self.pooled: list[bool] = []
+        #: per id_list input: a context-side sequence (one row per context is enough)
+        self.context_side: list[bool] = []
         sequences = sorted((f for f in layout if f.output == "id_list"), key=lambda f: f.column)
         index_of = {f.name: k for k, f in enumerate(sequences)}
         for f in sequences:
@@ -82,6 +84,7 @@ class FeatureEmbedder(nn.Module):
                 self.sequence_tables.append(_embedding(f.cardinality, f.dim, padding_idx=0))
             self.sequence_pooling.append(f.pooling)
             self.pooled.append(f.name not in read)
+            self.context_side.append(f.side == "context")
             if f.name not in read:
                 spans[f.name] = (width, width + f.dim)
                 width += f.dim
@@ -125,7 +128,8 @@ class FeatureEmbedder(nn.Module):
         for k, ids in enumerate(inputs.id_lists):
             if self.pooled[k]:
                 pooled = _pool(self.embed_sequence(k, ids), ids != 0, self.sequence_pooling[k])
-                parts.append(pooled.index_select(0, context_index(inputs, ids, rows)))
+                parts.append(pooled.index_select(
+                    0, context_index(inputs, ids, rows, self.context_side[k])))
         if self.has_dense:
             parts.append(inputs.dense)
         if len(self.interactions):
@@ -138,7 +142,8 @@ class FeatureEmbedder(nn.Module):
                 sequence = torch.cat([self.embed_sequence(k, inputs.id_lists[k])
                                       for k in members], dim=-1)  # [R, L, Ds]
                 encoded = interaction.encode(sequence, first != 0)
-                index = context_index(inputs, first, rows)
+                index = context_index(inputs, first, rows,
+                                      self.context_side[members[0]])
                 target = categorical.index_select(1, getattr(self, f"target_columns_{i}"))
                 parts.append(interaction(tuple(t.index_select(0, index) for t in encoded),
                                          target))
@@ -152,12 +157,13 @@ class FeatureEmbedder(nn.Module):
         return cols
 
 
-def context_index(inputs: ModelInput, sequence: torch.Tensor, rows: int) -> torch.Tensor:
+def context_index(inputs: ModelInput, sequence: torch.Tensor, rows: int,
+                  context_side: bool) -> torch.Tensor:
     """Which row of ``sequence`` (``[R, ...]``, one per context) each of the ``rows`` rows
-    reads: ``inputs.context_rows`` when given, else row ``b mod R`` (R = 1: every row reads
-    the one context; R = rows: row by row). Computed without a branch on the shapes, so an
-    exported graph takes either."""
-    if inputs.context_rows is not None:
+    reads: ``inputs.context_rows`` for a context-side sequence when given, else row
+    ``b mod R`` (R = 1: every row reads the one context; R = rows: row by row). Computed
+    without a branch on the shapes, so an exported graph takes either."""
+    if inputs.context_rows is not None and context_side:
         return inputs.context_rows
     # R as a tensor, not a shape: ONNX has no remainder by a symbolic int
     contexts = torch.ones_like(sequence[:, 0]).sum()

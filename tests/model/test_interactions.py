@@ -201,6 +201,33 @@ def test_grouped_rows_read_their_own_context(model: ModelBundle, data: Path) -> 
     np.testing.assert_allclose(by_group.numpy(), full.numpy(), rtol=1e-5, atol=1e-7)
 
 
+def test_predict_reads_each_requests_context_once(model: ModelBundle, data: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from rankengine.predict import score_table
+
+    rows = pq.read_table(data / "test.parquet").slice(0, 200)
+    interaction = model.model.embedder.interactions[0]
+    seen: list[int] = []
+    original = interaction.encode
+
+    def encode(sequence: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        seen.append(int(sequence.shape[0]))
+        return original(sequence, mask)
+
+    monkeypatch.setattr(interaction, "encode", encode)
+    by_request = score_table(model, rows)
+    assert seen == [len(set(rows["request_id"].to_pylist()))] and seen[0] < 200
+    row_by_row = score_table(model, rows.drop_columns(["request_id"]))
+    assert seen[1] == 200
+    np.testing.assert_allclose(by_request["score"], row_by_row["score"], rtol=1e-5)
+    # a group column whose rows differ in their sequences is read row by row, correctly
+    same_group = rows.set_column(rows.schema.get_field_index("request_id"), "request_id",
+                                 pa.array([0] * 200))
+    np.testing.assert_allclose(score_table(model, same_group)["score"], row_by_row["score"],
+                               rtol=1e-5)
+    assert seen[2] == 200
+
+
 def test_the_exported_graph_takes_one_context_row(model: ModelBundle, data: Path,
                                                   tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
