@@ -29,8 +29,8 @@ from rankengine import (
 @hookimpl
 def rankengine_register_interactions(register: Register[InteractionFactory]) -> None:
     register("din", TargetAttention, params=DINParams,
-             help="DIN target attention: an activation unit over [h, c, h-c, h*c], masked, "
-                  "unnormalised (softmax = true normalises)")
+             help="DIN target attention: an activation unit over [h, c, h-c, h*c] and the "
+                  "side information, masked, unnormalised (softmax = true normalises)")
     register("transformer", SequenceTransformer, params=TransformerParams,
              help="BST: self-attention over the sequence plus the target, with positions")
     register("dupn_lstm", RecurrentAttention, params=DUPNParams,
@@ -57,47 +57,66 @@ class DINParams(Params):
     #: normalise the weights with a softmax over the sequence; the paper does not, so that
     #: the output's scale keeps how much of the history matches the candidate
     softmax: bool = False
+    #: the sequence's first features embed what the target's do, in the target's order and
+    #: width (seq_category shares item_category's table ...): those columns are the behaviour
+    #: h compared with the candidate as they are, and the rest (behaviour type, time gap) is
+    #: side information fed to the activation unit. False: the whole sequence is projected to
+    #: the target's width.
+    aligned: bool = True
 
 
 class TargetAttention(Interaction):
-    """``sum_i a(h_i, c) h_i`` over the valid positions, ``a`` an MLP on ``[h, c, h - c,
-    h * c]``. The history ``h`` is projected to the target's width when the sequence carries
-    side information (behaviour type, time gap) the target does not have.
+    """``sum_i a(h_i, s_i, c) h_i`` over the valid positions, ``a`` an MLP on ``[h, c, h - c,
+    h * c, s]``: ``h`` the behaviour in the candidate's space, ``c`` the candidate, ``s`` the
+    behaviour's side information (see ``aligned``). The output is ``h``'s width.
 
-    The first layer on the concatenation is split by linearity: ``W [h, c, h - c, h * c] =
-    (W_h + W_d) h + (W_c - W_d) c + W_p (h * c)``; the ``h`` term is computed once per context.
+    The first layer on the concatenation is split by linearity: ``W [h, c, h - c, h * c, s]
+    = (W_h + W_d) h + W_s s + (W_c - W_d) c + W_p (h * c)``; the terms without ``c`` are
+    computed once per context. The attention mass ``sum_i a_i`` (how much of the history
+    matches the candidate, the paper's "intensity of user interests") is output beside the
+    attended vector: read off the vector, it would need a product with ``c`` downstream.
     """
 
     def __init__(self, params: DINParams, *, sequence_dim: int, target_dim: int,
                  max_len: int) -> None:
         super().__init__()
         self.softmax = params.softmax
-        self.key = nn.Identity() if sequence_dim == target_dim else \
-            nn.Linear(sequence_dim, target_dim)
-        self.unit = mlp(4 * target_dim, params.hidden, activation=params.activation,
+        self.aligned = params.aligned
+        if params.aligned and sequence_dim < target_dim:
+            raise ValueError(f"aligned = true needs the sequence's first features to match the "
+                             f"target's ({target_dim} wide); the sequence is {sequence_dim} "
+                             f"wide: list them first, or set aligned = false")
+        side = sequence_dim - target_dim if params.aligned else 0
+        self.key = nn.Identity() if params.aligned else nn.Linear(sequence_dim, target_dim)
+        self.unit = mlp(4 * target_dim + side, params.hidden, activation=params.activation,
                         output_dim=1)
         first = self.unit[0]
         assert isinstance(first, nn.Linear)
         self.first = first
         self.dim = target_dim
-        self.output_dim = target_dim
+        self.output_dim = target_dim + 1
 
     def encode(self, sequence: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        keys = self.key(sequence)  # [R, L, D]
-        w_h, _, w_d, _ = torch.split(self.first.weight, self.dim, dim=1)
-        history_term = keys @ (w_h + w_d).T + self.first.bias  # [R, L, H]
+        if self.aligned:
+            keys, side = sequence[..., :self.dim], sequence[..., self.dim:]
+        else:
+            keys, side = self.key(sequence), sequence[..., :0]
+        w_h, _, w_d, _, w_s = torch.split(self.first.weight,
+                                          [self.dim] * 4 + [side.shape[-1]], dim=1)
+        history_term = keys @ (w_h + w_d).T + side @ w_s.T + self.first.bias  # [R, L, H]
         return keys, history_term, mask
 
     def forward(self, encoded: tuple[torch.Tensor, ...], target: torch.Tensor) -> torch.Tensor:
         keys, history_term, mask = encoded
-        _, w_c, w_d, w_p = torch.split(self.first.weight, self.dim, dim=1)
+        _, w_c, w_d, w_p, _ = torch.split(
+            self.first.weight, [self.dim] * 4 + [self.first.in_features - 4 * self.dim], dim=1)
         target_term = (target @ (w_c - w_d).T).unsqueeze(1)  # [B, 1, H]
         product_term = (keys * target.unsqueeze(1)) @ w_p.T  # [B, L, H]
         scores = self.unit[1:](history_term + target_term + product_term)
         scores = scores.squeeze(-1)  # [B, L]
         weights = masked_softmax(scores, mask) if self.softmax else scores * mask
-        out: torch.Tensor = (weights.unsqueeze(-1) * keys).sum(dim=1)
-        return out
+        attended = (weights.unsqueeze(-1) * keys).sum(dim=1)
+        return torch.cat([attended, weights.sum(dim=1, keepdim=True)], dim=1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import math
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -46,21 +47,36 @@ def test_din_is_the_activation_unit_on_the_concatenation(engine: Engine) -> None
     c = target.unsqueeze(1).expand_as(sequence)
     with torch.no_grad():  # the paper's formula: a(h, c) on [h, c, h - c, h * c]
         weights = din.unit(torch.cat([sequence, c, sequence - c, sequence * c], dim=-1))
-        want = (weights.squeeze(-1) * mask).unsqueeze(-1).mul(sequence).sum(dim=1)
+        a = weights.squeeze(-1) * mask
+        want = torch.cat([(a.unsqueeze(-1) * sequence).sum(dim=1), a.sum(1, keepdim=True)], 1)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-    assert torch.equal(got[2], torch.zeros(6))  # no history: nothing attended
+    assert torch.equal(got[2], torch.zeros(7))  # no history: nothing attended
     # unnormalised: a longer matching history weighs more, unlike a softmax
     normalised = build(engine, "din", hidden=[8, 4], softmax=True)
     normalised.load_state_dict(din.state_dict())
     out = run(normalised, sequence, mask, target)
     assert not torch.allclose(out, got)
-    assert torch.equal(out[2], torch.zeros(6))
+    assert torch.equal(out[2], torch.zeros(7))
+    torch.testing.assert_close(out[:2, -1], torch.ones(2))  # the softmax's mass is 1
 
 
-def test_din_projects_a_sequence_wider_than_its_target(engine: Engine) -> None:
-    din = build(engine, "din", sequence_dim=10, target_dim=6)
+def test_din_feeds_side_information_to_the_unit_or_projects_the_sequence(
+        engine: Engine) -> None:
+    din = build(engine, "din", sequence_dim=10, target_dim=6, hidden=[8])
     sequence, mask, target = inputs(dim=10)
-    assert run(din, sequence, mask, target).shape == (3, din.output_dim) == (3, 6)
+    got = run(din, sequence, mask, target)
+    h, side = sequence[..., :6], sequence[..., 6:]  # the behaviour, and its side information
+    c = target.unsqueeze(1).expand_as(h)
+    with torch.no_grad():
+        weights = din.unit(torch.cat([h, c, h - c, h * c, side], dim=-1)).squeeze(-1) * mask
+    torch.testing.assert_close(got[:, :6], (weights.unsqueeze(-1) * h).sum(dim=1), rtol=1e-5,
+                               atol=1e-6)
+    projected = build(engine, "din", sequence_dim=10, target_dim=6, aligned=False)
+    assert run(projected, sequence, mask, target).shape == (3, projected.output_dim) == (3, 7)
+    with pytest.raises(ValueError, match=r"aligned = true needs the sequence's first features "
+                                         r"to match the target's \(6 wide\); the sequence is "
+                                         r"4 wide"):
+        build(engine, "din", sequence_dim=4, target_dim=6)
 
 
 def test_transformer_equals_full_self_attention_over_target_and_sequence(
