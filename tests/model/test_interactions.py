@@ -333,3 +333,45 @@ def test_max_len_must_agree_within_a_sequence(data: Path, tmp_path: Path) -> Non
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"need one max_len; found \[6, 8\]"):
         train(load_config(path), progress=False)
+
+
+def test_sequences_over_http_and_bad_ones_are_400s(data: Path, tmp_path: Path) -> None:
+    from rankengine.registry import RegistryStore
+    from rankengine.registry.artifacts import register
+    from rankengine.serve import ModelHolder, ServeSettings, create_app
+
+    from ..serve.conftest import Server, wait_ready
+
+    path = tmp_path / "engine.toml"
+    path.write_text(config_text(data, kind="din"))
+    store = RegistryStore(f"sqlite:///{tmp_path / 'reg.db'}")
+    register(store, tmp_path / "artifacts", train(load_config(path), progress=False), "seq")
+    rows = pq.read_table(data / "test.parquet").to_pylist()
+    row = next(r for r in rows if len(r["seq_item_id"]) > 2)
+    context = {k: row[k] for k in ("device", *SEQUENCE)}
+    candidates = [{"id": i, "item_id": r["item_id"], "item_category": r["item_category"]}
+                  for i, r in enumerate(rows[:30])]
+    try:
+        with Server(create_app(ModelHolder(store, "seq/1"), ServeSettings())) as client:
+            wait_ready(client)
+            ok = client.post("/v1/rank", json={"context": context, "candidates": candidates})
+            assert ok.status_code == 200 and len(ok.json()["ranked"]) == 30
+            assert "context;dur=" in ok.headers["server-timing"]
+            bad = {
+                "misaligned": context | {"seq_category": row["seq_category"][:-1]},
+                "too long": context | {k: [1] * 60 for k in SEQUENCE},
+                "nested": context | {"seq_item_id": [[1], *row["seq_item_id"][1:]]},
+                "null": context | {"seq_item_id": None},
+            }
+            answers = {name: client.post("/v1/rank", json={"context": c,
+                                                          "candidates": candidates})
+                       for name, c in bad.items()}
+    finally:
+        store.close()
+    assert {name: a.status_code for name, a in answers.items()} == dict.fromkeys(bad, 400)
+    errors = {name: a.json()["error"] for name, a in answers.items()}
+    assert "row 0: sequence 'recent' is misaligned: column 'seq_category'" in \
+        errors["misaligned"]
+    assert "feature 'seq_item_id'" in errors["too long"] and "limit of 50" in errors["too long"]
+    assert errors["nested"].startswith("context.seq_item_id[0][0]: expected a string or a number")
+    assert errors["null"].startswith("context.seq_item_id: expected a value, found null")
