@@ -27,6 +27,9 @@ def rankengine_register_losses(
 ) -> None:
     register("bce", BCELoss, default=True,
              help="binary cross-entropy, computed in log space (binary tasks; their default)")
+    register("focal", FocalLoss, params=FocalParams,
+             help="focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true)^gamma, "
+                  "so easy rows count less (binary tasks)")
     register("mse", SquaredError, default=True,
              help="squared error on the value (regression tasks; their default)")
     register("log_mse", LogSquaredError,
@@ -46,6 +49,32 @@ class BCELoss(PointwiseLoss):
 
     def __call__(self, prediction: NodePrediction, target: torch.Tensor) -> torch.Tensor:
         return -(target * prediction.log_p + (1.0 - target) * prediction.log_q)
+
+
+class FocalParams(Params):
+    #: how much confident, correct rows are down-weighted (0: cross-entropy)
+    gamma: float = Field(default=2.0, ge=0.0, le=10.0)
+    #: the weight of positives (negatives get 1 - alpha); None: no class weighting
+    alpha: float | None = Field(default=None, gt=0.0, lt=1.0)
+
+
+class FocalLoss(PointwiseLoss):
+    """``-(1 - p)^gamma log p`` on positives and ``-p^gamma log(1 - p)`` on negatives, from
+    the cascade's log-probabilities (no log of a rounded probability), with soft targets
+    mixing the two. Its optimum is not the base rate: with the default calibration the
+    calibrator repairs that after training."""
+
+    task_types = ("binary",)
+    params: FocalParams
+
+    def __call__(self, prediction: NodePrediction, target: torch.Tensor) -> torch.Tensor:
+        gamma = self.params.gamma  # (1 - p)^gamma = exp(gamma log(1 - p)), in log space
+        positive = -torch.exp(gamma * prediction.log_q) * prediction.log_p
+        negative = -torch.exp(gamma * prediction.log_p) * prediction.log_q
+        alpha = self.params.alpha
+        if alpha is not None:
+            positive, negative = alpha * positive, (1.0 - alpha) * negative
+        return target * positive + (1.0 - target) * negative
 
 
 class SquaredError(PointwiseLoss):

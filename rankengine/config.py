@@ -149,12 +149,31 @@ class TaskSpec(Section):
     type: Literal["binary", "regression"] = "binary"
     after: str | None = None
     via: str | None = None
-    #: the task's pointwise loss: a name or ``{ kind = "...", param = ... }``; left out, the
-    #: registered default loss for the task's type
-    loss: ComponentRef | None = None
+    #: the task's pointwise loss: a name or ``{ kind = "...", param = ... }``, or a list of
+    #: them (summed, weighted by ``loss_weights``); left out, the registered default loss for
+    #: the task's type
+    loss: ComponentRef | Annotated[list[ComponentRef], Field(min_length=1)] | None = None
+    #: one weight per entry of a ``loss`` list (default: 1 each)
+    loss_weights: list[Annotated[float, Field(ge=0.0)]] | None = None
     weight: float = Field(default=1.0, ge=0.0)
     tower_groups: list[str] = []
     oracle: OracleSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_weight_per_loss(self) -> TaskSpec:
+        if self.loss_weights is not None:
+            count = len(self.loss) if isinstance(self.loss, list) else 1
+            if len(self.loss_weights) != count:
+                raise ValueError(f"loss_weights: expected one weight per loss ({count}), "
+                                 f"found {len(self.loss_weights)}")
+        return self
+
+    @property
+    def losses(self) -> list[ComponentRef]:
+        """The task's losses as a list (empty: the default loss)."""
+        if self.loss is None:
+            return []
+        return list(self.loss) if isinstance(self.loss, list) else [self.loss]
 
     @property
     def label_columns(self) -> list[str]:
@@ -611,9 +630,15 @@ def complete_config(config: EngineConfig, engine: Engine) -> None:
                                                 **calibration.params)
     for name, task in config.tasks.items():
         key = f"tasks.{name}.loss"
-        loss = c.losses.get(task.loss.kind, key=f"{key}.kind", source=src).name if task.loss \
-            else default_loss(c.losses, task.type, key=key, source=src)
-        task.loss = ComponentRef(kind=loss, **(task.loss.params if task.loss else {}))
+        if not task.losses:
+            task.loss = ComponentRef(kind=default_loss(c.losses, task.type, key=key,
+                                                       source=src))
+            continue
+        several = isinstance(task.loss, list)
+        named = [ComponentRef(kind=c.losses.get(
+            ref.kind, key=f"{key}[{i}].kind" if several else f"{key}.kind", source=src).name,
+            **ref.params) for i, ref in enumerate(task.losses)]
+        task.loss = named if several else named[0]
     for name in config.plugins:
         c.config_tables.get(name, key=f"plugins.{name}", source=src)
     for table in c.config_tables:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import torch
 from pydantic import ValidationError
 
 from rankengine.components import DEFAULT_KIND, Component, ComponentTable
@@ -40,8 +41,10 @@ from rankengine.interfaces import (
     CascadeFactory,
     Fusion,
     InteractionFactory,
+    LossFactory,
     LossWeighting,
     Metric,
+    NodePrediction,
     PointwiseLoss,
     RankingLoss,
     SampleWeighting,
@@ -317,29 +320,70 @@ def build_fusion(config: EngineConfig, engine: Engine, graph: TaskGraph) -> Fusi
 
 
 def build_losses(config: EngineConfig, engine: Engine, graph: TaskGraph) -> list[PointwiseLoss]:
-    """Each task's pointwise loss, in graph order (a template's tasks included)."""
+    """Each task's pointwise loss, in graph order (a template's tasks included); a task with
+    several is their weighted sum (:class:`WeightedLosses`)."""
     table = engine.components.losses
-    losses = []
+    losses: list[PointwiseLoss] = []
     for node in graph.nodes:
         key = f"tasks.{node.name}.loss"
-        ref = node.spec.loss or default_loss(table, node.type, key=key, source=config.source)
-        resolved = resolve(table, ref, key=key, config=config)
-        pointwise = resolved.build(config, resolved.params)
-        if isinstance(pointwise, RankingLoss):
-            raise ConfigError(f"'{resolved.name}' is a ranking loss; use it in [loss.ranking] "
-                              f"and give the task a pointwise loss", source=config.source,
-                              key=key)
-        if not isinstance(pointwise, PointwiseLoss):
-            raise ConfigError(f"'{resolved.name}' is a {type(pointwise).__name__}, not a "
-                              f"rankengine.PointwiseLoss", source=config.source, key=key)
-        if node.type not in pointwise.task_types:
-            default = default_loss(table, node.type, key=key, source=config.source)
-            raise ConfigError(f"loss '{resolved.name}' is for "
-                              f"{' / '.join(pointwise.task_types)} tasks, but '{node.name}' is "
-                              f"a {node.type} task (its default loss is '{default}')",
+        refs: list[ComponentRef | str] = list(node.spec.losses) or [
+            default_loss(table, node.type, key=key, source=config.source)]
+        several = isinstance(node.spec.loss, list)
+        parts = [build_loss(config, table, node.name, node.type, ref,
+                            f"{key}[{i}]" if several else key)
+                 for i, ref in enumerate(refs)]
+        if len(parts) == 1:
+            losses.append(parts[0])
+            continue
+        links = {(type(p).to_value, type(p).from_value) for p in parts}
+        if len(links) > 1:
+            raise ConfigError(f"the losses of '{node.name}' map its head to values differently "
+                              f"(their links differ); combine losses of one link",
                               source=config.source, key=key)
-        losses.append(pointwise)
+        losses.append(WeightedLosses(parts, node.spec.loss_weights or [1.0] * len(parts)))
     return losses
+
+
+def build_loss(config: EngineConfig, table: ComponentTable[LossFactory], task: str,
+               task_type: str, ref: ComponentRef | str, key: str) -> PointwiseLoss:
+    """One pointwise loss of a task, checked to be pointwise and to fit the task's type."""
+    resolved = resolve(table, ref, key=key, config=config)
+    pointwise = resolved.build(config, resolved.params)
+    if isinstance(pointwise, RankingLoss):
+        raise ConfigError(f"'{resolved.name}' is a ranking loss; use it in [loss.ranking] "
+                          f"and give the task a pointwise loss", source=config.source,
+                          key=key)
+    if not isinstance(pointwise, PointwiseLoss):
+        raise ConfigError(f"'{resolved.name}' is a {type(pointwise).__name__}, not a "
+                          f"rankengine.PointwiseLoss", source=config.source, key=key)
+    if task_type not in pointwise.task_types:
+        default = default_loss(table, task_type, key=key, source=config.source)
+        raise ConfigError(f"loss '{resolved.name}' is for "
+                          f"{' / '.join(pointwise.task_types)} tasks, but '{task}' is "
+                          f"a {task_type} task (its default loss is '{default}')",
+                          source=config.source, key=key)
+    return pointwise
+
+
+class WeightedLosses(PointwiseLoss):
+    """Several pointwise losses of one task: ``sum_k w_k loss_k`` per sample, with the link
+    they share."""
+
+    def __init__(self, losses: Sequence[PointwiseLoss], weights: Sequence[float]) -> None:
+        super().__init__()
+        self.losses, self.weights = list(losses), list(weights)
+
+    def __call__(self, prediction: NodePrediction, target: torch.Tensor) -> torch.Tensor:
+        total = self.weights[0] * self.losses[0](prediction, target)
+        for weight, loss in zip(self.weights[1:], self.losses[1:], strict=True):
+            total = total + weight * loss(prediction, target)
+        return total
+
+    def to_value(self, head_output: torch.Tensor) -> torch.Tensor:
+        return self.losses[0].to_value(head_output)
+
+    def from_value(self, value: torch.Tensor) -> torch.Tensor:
+        return self.losses[0].from_value(value)
 
 
 def build_ranking(config: EngineConfig, engine: Engine, graph: TaskGraph,

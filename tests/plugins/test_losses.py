@@ -1,4 +1,5 @@
-"""Learning-to-rank losses: pair sampling, BPR, RankNet, hinge, listwise, and training with them."""
+"""Losses: pair sampling, BPR, RankNet, hinge, listwise and training with them; focal, and
+several pointwise losses per task."""
 
 from __future__ import annotations
 
@@ -160,4 +161,83 @@ def test_ranking_needs_request_groups(tmp_path: Path, funnel_dir: Path) -> None:
     text = tiny_config_text(funnel_dir, extra='[loss.ranking]\nkind = "bpr"\n')
     path.write_text(text.replace('group = "request_id"\n', ""))
     with pytest.raises(ConfigError, match=r"\[data\] group"):
+        train(load_config(path), progress=False)
+
+
+# -- pointwise: focal, several losses per task (issue #18 item 5) --------------------------------
+
+
+def test_focal_loss_is_cross_entropy_scaled_by_how_wrong_the_row_is(engine: Engine) -> None:
+    from rankengine import NodePrediction
+
+    logits = torch.tensor([-3.0, -0.5, 0.0, 2.0, 6.0], dtype=torch.float64)
+    prediction = NodePrediction(torch.nn.functional.logsigmoid(logits),
+                                torch.nn.functional.logsigmoid(-logits), logits)
+    p = torch.sigmoid(logits)
+    ones, zeros = torch.ones(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+    focal = ranking_loss(engine, "focal", gamma=2.0)
+    torch.testing.assert_close(focal(prediction, ones), -(1 - p) ** 2 * torch.log(p))
+    torch.testing.assert_close(focal(prediction, zeros), -p ** 2 * torch.log(1 - p))
+    bce = ranking_loss(engine, "bce")
+    torch.testing.assert_close(ranking_loss(engine, "focal", gamma=0.0)(prediction, ones),
+                               bce(prediction, ones))
+    weighted = ranking_loss(engine, "focal", gamma=2.0, alpha=0.25)
+    torch.testing.assert_close(weighted(prediction, ones), 0.25 * focal(prediction, ones))
+    # an easy row (p = 0.998 on a positive) counts far less than under cross-entropy
+    assert focal(prediction, ones)[4] < 1e-4 * bce(prediction, ones)[4]
+
+
+def test_a_task_trains_on_several_weighted_losses(tmp_path: Path, funnel_dir: Path,
+                                                  engine: Engine) -> None:
+    from rankengine.plan import WeightedLosses, make_plan
+
+    text = tiny_config_text(funnel_dir).replace(
+        'click = { label = "click", oracle = { p = "true_p_click" } }',
+        'click = { label = "click", oracle = { p = "true_p_click" }, '
+        'loss = ["bce", { kind = "focal", gamma = 1.0 }], loss_weights = [1.0, 0.5] }')
+    path = tmp_path / "engine.toml"
+    path.write_text(text)
+    config = load_config(path)
+    plan = make_plan(config, engine)
+    combined = plan.losses[plan.graph.names.index("click")]
+    assert isinstance(combined, WeightedLosses) and combined.weights == [1.0, 0.5]
+    from rankengine import NodePrediction
+
+    logits = torch.linspace(-4, 4, 9)
+    prediction = NodePrediction(torch.nn.functional.logsigmoid(logits),
+                                torch.nn.functional.logsigmoid(-logits), logits)
+    target = (torch.arange(9) % 2).float()
+    want = ranking_loss(engine, "bce")(prediction, target) + \
+        0.5 * ranking_loss(engine, "focal", gamma=1.0)(prediction, target)
+    torch.testing.assert_close(combined(prediction, target), want)
+    assert [r.kind for r in config.tasks["click"].losses] == ["bce", "focal"]
+    result = train(load_config(path), progress=False).result
+    assert result.metrics["valid"]["click"]["auc"] > 0.55
+
+
+@pytest.mark.parametrize(("loss", "key", "message"), [
+    ('loss = ["bce", "focal"], loss_weights = [1.0]', "tasks.click",
+     "loss_weights: expected one weight per loss (2), found 1"),
+    ('loss = ["bce", "mse"]', "tasks.click.loss[1]", "loss 'mse' is for regression tasks"),
+    ('loss = ["bce", "bpr"]', "tasks.click.loss[1]", "'bpr' is a ranking loss"),
+    ('loss = ["bce", "focl"]', "tasks.click.loss[1].kind", "did you mean 'focal'"),
+])
+def test_several_losses_errors_name_the_entry(loss: str, key: str, message: str,
+                                              tmp_path: Path, funnel_dir: Path) -> None:
+    text = tiny_config_text(funnel_dir).replace(
+        'click = { label = "click", oracle = { p = "true_p_click" } }',
+        f'click = {{ label = "click", {loss} }}')
+    path = tmp_path / "engine.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as error:
+        train(load_config(path), progress=False)
+    assert key in str(error.value) and message in str(error.value)
+
+
+def test_regression_losses_of_different_links_are_refused(tmp_path: Path,
+                                                          funnel_dir: Path) -> None:
+    text = tiny_config_text(funnel_dir).replace('loss = "log_mse"', 'loss = ["log_mse", "mse"]')
+    path = tmp_path / "engine.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"tasks\.dwell\.loss.*their links differ"):
         train(load_config(path), progress=False)
