@@ -450,3 +450,34 @@ def test_ndcg_with_a_cut_off_past_every_group_is_the_full_ndcg() -> None:
     scores = np.array([0.3, 0.2, 0.1, 0.9, 0.1])
     huge = GroupedNDCG(groups, gains, 10**18)(scores)  # allocated k entries before
     assert huge == pytest.approx(GroupedNDCG(groups, gains, 3)(scores))
+
+
+def test_bayes_is_optuna_tpe_for_one_task_and_nsga2_for_several(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import optuna
+
+    used: list[str] = []
+    for name in ("TPESampler", "NSGAIISampler"):
+        original = getattr(optuna.samplers, name)
+        monkeypatch.setattr(optuna.samplers, name,
+                            lambda *a, _o=original, _n=name, **k: used.append(_n) or _o(*a, **k))
+
+    def narrow(weights: dict[str, float]) -> np.ndarray:  # best at a = 0.05 (b fixed at 1)
+        return np.array([-abs(math.log10(weights["a"]) + 1.3)])
+
+    one = SearchSpace(["a", "b"], ["a"], {"b": 1.0}, 1.0)
+    best = {}
+    for method in ("bayes", "random"):
+        found = []
+        for seed in range(5):
+            search = Search(one, narrow, 25, seed=seed)
+            search.run(method, np.array([1.0]))
+            found.append(max(v[0] for v in search.values))
+        best[method] = float(np.mean(found))
+    assert used == ["TPESampler"] * 5
+    assert best["bayes"] > best["random"]  # the model of the objective pays off
+    assert best["bayes"] > -0.05  # within 0.05 decades of the optimum
+    two = SearchSpace(["a", "b"], ["a", "b"], {}, 1.0)
+    search = Search(two, lambda w: np.array([w["a"], w["b"]]), 30, seed=0)
+    search.run("bayes", np.ones(2))
+    assert used[-1] == "NSGAIISampler" and len(search.points) == 30

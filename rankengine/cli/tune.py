@@ -147,8 +147,8 @@ def _standing(result: TuneResult) -> str:
 @click.option("--k", "k", type=click.IntRange(min=1), default=10, show_default=True,
               help="NDCG cut-off")
 @click.option("--method", type=click.Choice(METHODS), default="bayes", show_default=True,
-              help="grid, random, or bayes (random start, then an evolutionary search around "
-                   "the Pareto front)")
+              help="grid, random, or bayes (Optuna: TPE for one task, NSGA-II on the per-task "
+                   "NDCGs for several)")
 @click.option("--trials", type=click.IntRange(min=1, max=MAX_TRIALS), default=200,
               show_default=True, help="weight vectors to evaluate, anchors included")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,

@@ -7,9 +7,9 @@ Methods (``--trials`` weight vectors in all, anchors included):
 - ``grid``: every combination of log-spaced levels over [M/100, M] per task (M: the largest
   current weight), with as many levels as ``--trials`` allows;
 - ``random``: log-uniform samples over the same range;
-- ``bayes``: not a Gaussian process: a third of the budget random, then an evolutionary local
-  search that perturbs the log-weights of randomly chosen Pareto-front points with Gaussian noise
-  whose scale shrinks from 0.5 to 0.05 decades over the run.
+- ``bayes``: Optuna, seeded: with one searched task its tree-structured Parzen estimator (TPE)
+  on that task's NDCG; with several, NSGA-II on the per-task NDCGs, whose populations evolve
+  toward the Pareto front. The anchors inside the search range seed the study.
 
 When every task with a non-zero weight is searched, each candidate is rescaled so its largest
 weight is M: weighted sums and products rank identically under a common rescaling.
@@ -73,20 +73,22 @@ class Search:
         self.raw: list[Floats] = []
         self.values: list[Floats] = []
         self.front: list[int] = []  # kept up to date as points are added
-        self._seen: set[tuple[float, ...]] = set()
+        self._seen: dict[tuple[float, ...], int] = {}
 
     @property
     def full(self) -> bool:
         return len(self.points) >= self.trials
 
-    def add(self, raw: Floats) -> None:
-        if self.full:
-            return
+    def add(self, raw: Floats) -> Floats | None:
+        """Evaluate ``raw`` (searched weights in units of the scale) unless the budget is
+        spent; its values (a repeated point's, from the cache), None if it has no weight."""
         weights = self.space.weights(raw)
         key = tuple(weights.values())
-        if key in self._seen or not any(weights.values()):
-            return
-        self._seen.add(key)
+        if key in self._seen:
+            return self.values[self._seen[key]]
+        if self.full or not any(weights.values()):
+            return None
+        self._seen[key] = len(self.points)
         self.points.append(weights)
         self.raw.append(np.array([weights[t] / self.space.scale for t in self.space.tasks]))
         value = self.evaluate(weights)
@@ -94,10 +96,11 @@ class Search:
         if self.front:
             others = np.array([self.values[i] for i in self.front])
             if ((others >= value).all(axis=1) & (others > value).any(axis=1)).any():
-                return
+                return value
             beaten = np.asarray((value >= others).all(axis=1) & (value > others).any(axis=1))
             self.front = [i for i, b in zip(self.front, beaten.tolist(), strict=True) if not b]
         self.front.append(len(self.values) - 1)
+        return value
 
     def run(self, method: str, current: Floats) -> None:
         t = len(self.space.tasks)
@@ -110,7 +113,7 @@ class Search:
         elif method == "random":
             self._random(self.trials)
         else:
-            self._evolve()
+            self._bayes()
 
     def _log_uniform(self) -> Floats:
         return np.asarray(10.0 ** self.rng.uniform(-LOG_SPAN, 0.0, len(self.space.tasks)))
@@ -133,16 +136,31 @@ class Search:
         for combo in combos:
             self.add(levels[list(combo)])
 
-    def _evolve(self) -> None:
-        start = len(self.points)
-        self._random(max(start + 2 * len(self.space.tasks), self.trials // 3))
-        begun = len(self.points)
+    def _bayes(self) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        t = len(self.space.tasks)
+        seed = int(self.rng.integers(2**31))
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.TPESampler(seed=seed) \
+            if t == 1 else optuna.samplers.NSGAIISampler(
+                seed=seed, population_size=max(8, min(50, self.trials // 4)))
+        study = optuna.create_study(directions=["maximize"] * t, sampler=sampler)
+        low = 10.0 ** -LOG_SPAN
+        names = [f"w{i}" for i in range(t)]
+        distributions: dict[str, optuna.distributions.BaseDistribution] = {
+            n: optuna.distributions.FloatDistribution(low, 1.0, log=True) for n in names}
+        for raw, known in zip(self.raw, self.values, strict=True):  # the anchors in range
+            if (raw >= low).all() and (raw <= 1.0).all():
+                study.add_trial(optuna.trial.create_trial(
+                    params=dict(zip(names, raw.tolist(), strict=True)),
+                    distributions=distributions, values=known.tolist()))
         for _ in range(20 * self.trials):
             if self.full:
                 return
-            progress = (len(self.points) - begun) / max(1, self.trials - begun)
-            sigma = 0.5 * (1.0 - progress) + 0.05 * progress
-            parent = self.raw[int(self.rng.choice(self.front))]
-            logs = np.log10(np.maximum(parent, 10.0 ** -LOG_SPAN))
-            child = logs + self.rng.normal(0.0, sigma, len(logs))
-            self.add(10.0 ** np.clip(child, -LOG_SPAN, 0.0))
+            trial = study.ask(distributions)
+            value = self.add(np.array([trial.params[n] for n in names]))
+            if value is None:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                study.tell(trial, value.tolist())
