@@ -47,8 +47,12 @@ class MoEParams(Params):
     activation: Activation = "relu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     #: Sparse gating (Shazeer et al. 2017, named by the MMoE paper): each gate keeps its k
-    #: largest logits and renormalises over them; 0 = dense softmax over every expert.
+    #: largest logits and renormalises over them, and each expert runs only on the rows some
+    #: gate routed to it; 0 = dense softmax over every expert.
     top_k: int = Field(default=0, ge=0)
+    #: with top_k: the weight of the load-balancing loss (Switch Transformer's: experts x the
+    #: sum over experts of routed share x mean gate probability, 1 when balanced)
+    balance_weight: float = Field(default=0.01, ge=0.0)
 
     @model_validator(mode="after")
     def _top_k_within_experts(self) -> MoEParams:
@@ -112,23 +116,53 @@ class MixtureOfExperts(Backbone):
         if params.top_k > params.experts:
             raise ValueError(f"top_k = {params.top_k} exceeds the {params.experts} experts")
         self.top_k = params.top_k if params.top_k < params.experts else 0
+        self.balance_weight = params.balance_weight
+        self._balance: torch.Tensor | None = None
         self.num_outputs = num_outputs
         self.output_dim = self.experts.output_dim
         self.last_gate_weights: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.cross(x)
-        experts = self.experts(x)  # [B, E, H]
         logits = self.gates(x).view(-1, self.num_gates, self.num_experts)
         if self.top_k:
-            kth = logits.topk(self.top_k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        gate = logits.softmax(dim=-1)
-        self.last_gate_weights = gate.detach()
-        mixed = torch.bmm(gate, experts)  # [B, G, H]
+            mixed = self._sparse(x, logits)
+        else:
+            gate = logits.softmax(dim=-1)
+            self.last_gate_weights = gate.detach()
+            mixed = torch.bmm(gate, self.experts(x))  # [B, G, H]
         if self.num_gates == 1:
             return [mixed[:, 0]] * self.num_outputs
         return list(mixed.unbind(dim=1))
+
+    def _sparse(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Each gate's top-k experts, renormalised; each expert runs once on the rows any
+        gate routed to it (grouped by expert), and its output is added to those rows' gates.
+        """
+        rows_in, experts = x.shape[0], self.num_experts
+        top, index = logits.topk(self.top_k, dim=-1)  # [B, G, k]
+        gate = torch.zeros_like(logits).scatter(-1, index, top.softmax(dim=-1))  # [B, G, E]
+        self.last_gate_weights = gate.detach()
+        routed = torch.zeros(rows_in, experts, dtype=torch.bool, device=x.device)
+        routed.scatter_(1, index.reshape(rows_in, -1), True)
+        expert_of, rows = routed.t().nonzero(as_tuple=True)  # by expert, then row
+        counts = routed.sum(dim=0).tolist()  # one host sync per step
+        outputs = [self.experts.one(e, x.index_select(0, chunk))
+                   for e, chunk in enumerate(torch.split(rows, counts)) if len(chunk)]
+        hidden = torch.cat(outputs)  # [N, H]
+        weight = gate[rows, :, expert_of]  # [N, G]
+        mixed = x.new_zeros(rows_in, self.num_gates, hidden.shape[1])
+        mixed = mixed.index_add(0, rows, weight.unsqueeze(-1) * hidden.unsqueeze(1))
+        if self.training and self.balance_weight:
+            share = (gate > 0).to(logits.dtype).mean(dim=0) / self.top_k  # [G, E], sums to 1
+            probability = logits.softmax(dim=-1).mean(dim=0)  # [G, E]
+            balance = experts * (share * probability).sum(dim=-1).mean()
+            self._balance = self.balance_weight * balance
+        return mixed
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        loss, self._balance = self._balance, None  # one step's loss, added once
+        return loss
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
         return [self.experts.weights[-1], self.experts.biases[-1]]

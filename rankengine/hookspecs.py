@@ -103,7 +103,8 @@ def rankengine_register_backbones(register: Register[BackboneFactory]) -> None:
     """Register backbones (``[model] backbone = { kind = "..." }``).
 
     The factory is called as ``factory(params, input_dim=D, num_outputs=H)`` and returns a
-    :class:`rankengine.Backbone` mapping ``[B, D]`` to ``H`` tensors ``[B, output_dim]``.
+    :class:`rankengine.Backbone` mapping ``[B, D]`` to ``H`` tensors ``[B, output_dim]``;
+    its ``auxiliary_loss()`` (a load-balancing loss) is added while training.
 
     :param register: call ``register(name, factory, params=ParamsModel)``.
     """

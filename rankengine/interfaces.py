@@ -172,7 +172,13 @@ class Backbone(nn.Module):
         return list(linears[-1].parameters()) if linears else list(self.parameters())
 
     def gate_weights(self) -> tuple[list[str], torch.Tensor] | None:
-        """Expert names and the last forward's gate weights ``[B, num_outputs, E]``, if any."""
+        """Expert names and the last forward's gate weights ``[B, num_outputs, E]``, if any
+        (0 where a sparse gate did not route a row to an expert)."""
+        return None
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """An extra training loss from the last forward (a load-balancing loss of a sparse
+        mixture of experts), added to the weighted task losses; default: none."""
         return None
 
 

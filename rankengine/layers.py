@@ -68,6 +68,14 @@ class ExpertBank(nn.Module):
             h = self.dropout(self.act(torch.baddbmm(b, h, w)))
         return h.transpose(0, 1)  # [B, E, H]
 
+    def one(self, expert: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert ``expert`` alone on ``x`` ``[N, D] -> [N, hidden[-1]]`` (what sparse
+        dispatch runs on the rows routed to it)."""
+        h = x
+        for w, b in zip(self.weights, self.biases, strict=True):
+            h = self.dropout(self.act(torch.addmm(b[expert], h, w[expert])))
+        return h
+
 
 class CrossNetwork(nn.Module):
     """DCN-v2 cross layers (Wang et al., 2021): ``x_{l+1} = x_0 * (W_l x_l + b_l) + x_l``.

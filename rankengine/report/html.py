@@ -421,7 +421,26 @@ def _gates_section(report: VersionReport) -> str:
     table = ('<div class="scroll"><table id="gate-table"><tr><th>task</th>'
              + "".join(f"<th>{escape(e)}</th>" for e in experts) + f"</tr>{cells}</table></div>")
     return (f'<div class="figure" id="gate-heatmap">{plots.gate_figure(tasks, experts, grid)}'
-            f"</div>{table}")
+            f"</div>{table}{_load_table(stats, tasks, experts)}")
+
+
+def _load_table(stats: dict[str, Any], tasks: list[str], experts: list[str]) -> str:
+    """Sparse gates: the share of rows each task's gate routed to each expert."""
+    loaded = [t for t in tasks if isinstance(stats[t].get("load"), list) and
+              len(stats[t]["load"]) == len(stats[t]["experts"])]
+    if not loaded:
+        return ""
+    rows = []
+    for task in loaded:
+        share = dict(zip(map(str, stats[task]["experts"]), stats[task]["load"], strict=True))
+        rows.append(f"<tr><td>{escape(task)}</td>" + "".join(
+            f'<td data-load-task="{escape(task)}" data-load-expert="{escape(e)}" '
+            f'data-value="{_attr(share.get(e, math.nan))}">{_fmt(share.get(e, math.nan))}</td>'
+            for e in experts) + "</tr>")
+    return ('<p class="note">Sparse gates: the share of rows each gate routed to each expert '
+            '(its load).</p><div class="scroll"><table id="load-table"><tr><th>task</th>'
+            + "".join(f"<th>{escape(e)}</th>" for e in experts) + "</tr>" + "".join(rows)
+            + "</table></div>")
 
 
 def _fusion_section(report: VersionReport) -> str:

@@ -23,11 +23,13 @@ from rankengine.train.objective import Objective
 def gate_statistics(model: RankingModel, data: TensorData, batch_size: int,
                     max_rows: int = 200_000) -> dict[str, dict[str, list[Any]]]:
     """Mean gate weight per expert for each task's main head (the MMoE paper's analysis of
-    which experts each task uses); empty for backbones without gates."""
+    which experts each task uses), and with sparse gates the share of rows routed to each
+    expert (``load``); empty for backbones without gates."""
     model.eval()
     device = device_of(model)
     names: list[str] = []
     sums: torch.Tensor | None = None
+    loads: torch.Tensor | None = None
     rows = 0
     for batch in iterate_batches(data, batch_size, shuffle=False):
         if rows >= max_rows:
@@ -39,6 +41,8 @@ def gate_statistics(model: RankingModel, data: TensorData, batch_size: int,
         names, weights = gates
         total = weights.double().sum(dim=0)  # [heads, E]
         sums = total if sums is None else sums + total
+        routed = (weights > 0).double().sum(dim=0)  # a sparse gate's rows per expert
+        loads = routed if loads is None else loads + routed
         rows += len(batch)
     if sums is None:
         return {}
@@ -50,6 +54,8 @@ def gate_statistics(model: RankingModel, data: TensorData, batch_size: int,
         if index is not None:
             stats[node.name] = {"experts": names,
                                 "weights": (sums[index] / rows).cpu().tolist()}
+            if loads is not None and bool((loads[index] < rows).any()):  # sparse routing
+                stats[node.name]["load"] = (loads[index] / rows).cpu().tolist()
     return stats
 
 

@@ -428,8 +428,11 @@ class Trainer:
             if torch.isfinite(rank_loss):
                 scale(rank_loss).backward(retain_graph=True)  # type: ignore[no-untyped-call]
             rank_value = float(rank_loss.detach())
-        # a learnable cascade's own loss (a calibrator penalty, a regulariser)
-        auxiliary = self.model.cascade.auxiliary_loss()
+        # a learnable cascade's or the backbone's own loss (a calibrator penalty, a
+        # regulariser, a load-balancing loss)
+        extras = [loss for loss in (self.model.cascade.auxiliary_loss(),
+                                    self.model.backbone.auxiliary_loss()) if loss is not None]
+        auxiliary = torch.stack(extras).sum() if extras else None
         if auxiliary is not None and torch.isfinite(auxiliary):
             scale(auxiliary).backward(retain_graph=True)  # type: ignore[no-untyped-call]
         # fp16: the weighting is invariant to a common scale of the losses (it says so), so

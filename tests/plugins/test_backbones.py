@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -97,6 +99,47 @@ def test_top_k_gating_keeps_k_experts_per_row_and_head(engine: Engine) -> None:
         build(engine, "mmoe", experts=4, top_k=5)
 
 
+@pytest.mark.parametrize("kind", ["mmoe", "omoe"])
+def test_sparse_experts_run_only_on_their_rows_and_equal_the_dense_mix(
+        engine: Engine, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(1)
+    moe = build(engine, kind, experts=16, top_k=2, expert_hidden=[8, 4]).eval()
+    x = torch.randn(64, 12)
+    bank = moe.experts
+    calls: list[int] = []
+    one = bank.one
+    monkeypatch.setattr(bank, "one", lambda e, rows: calls.append(len(rows)) or one(e, rows))
+    reps = torch.stack(moe(x), dim=1)  # [B, heads, H]
+    gates = moe.last_gate_weights  # [B, G, E], 0 where not routed
+    # grouped dispatch: each expert once, on exactly the rows some gate routed to it
+    routed = (gates > 0).any(dim=1).sum(dim=0)
+    assert calls == [int(n) for n in routed if n > 0] and sum(calls) < 64 * 16
+    with torch.no_grad():  # the dense computation: every expert on every row, same gates
+        every = bank(x)  # [B, E, H]
+        dense = torch.bmm(gates, every)
+    want = dense if gates.shape[1] == 3 else dense.expand(-1, 3, -1)
+    torch.testing.assert_close(reps, want, rtol=1e-5, atol=1e-6)
+
+
+def test_sparse_gates_add_a_load_balancing_loss_once_per_step(engine: Engine) -> None:
+    torch.manual_seed(2)
+    moe = build(engine, "mmoe", experts=8, top_k=2, balance_weight=0.5)
+    x = torch.randn(256, 12)
+    moe(x)
+    loss = moe.auxiliary_loss()
+    logits = moe.gates(x).view(-1, 3, 8)
+    share = (moe.last_gate_weights > 0).float().mean(0) / 2
+    want = 0.5 * 8 * (share * logits.softmax(-1).mean(0)).sum(-1).mean()
+    torch.testing.assert_close(loss, want)
+    assert moe.auxiliary_loss() is None  # taken once
+    loss.backward()
+    assert moe.gates.weight.grad is not None and moe.gates.weight.grad.abs().sum() > 0
+    moe.eval()
+    moe(x)
+    assert moe.auxiliary_loss() is None  # a training loss only
+    assert build(engine, "mmoe", experts=8).auxiliary_loss() is None  # dense: none
+
+
 @pytest.mark.parametrize("kind,params,experts", [
     ("mmoe", {"experts": 3}, 3), ("omoe", {"experts": 3}, 3),
     ("ple", {"levels": 2, "shared_experts": 2, "task_experts": 1}, 5),
@@ -121,3 +164,26 @@ def test_last_shared_parameters_feed_every_head(engine: Engine, kind: str) -> No
     for rep in reps:
         grads = torch.autograd.grad(rep.sum(), last, retain_graph=True, allow_unused=True)
         assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_sparse_mmoe_trains_and_records_each_experts_load(tmp_path: Path,
+                                                          funnel_dir: Path) -> None:
+    from rankengine.config import load_config
+    from rankengine.train import train
+
+    from ..conftest import tiny_config_text
+
+    path = tmp_path / "engine.toml"
+    path.write_text(tiny_config_text(funnel_dir, model="""
+[model]
+backbone = { kind = "mmoe", experts = 6, expert_hidden = [16], top_k = 2 }
+tower = { kind = "mlp", hidden = [8] }
+cascade = "esm2"
+"""))
+    result = train(load_config(path), progress=False).result
+    for entry in result.gate_stats.values():
+        assert len(entry["load"]) == 6 and all(0.0 <= x <= 1.0 for x in entry["load"])
+        assert sum(entry["load"]) == pytest.approx(2.0)  # each row goes to k = 2 experts
+        assert sum(entry["weights"]) == pytest.approx(1.0, abs=1e-6)
+    first, last = result.history[0], result.history[-1]
+    assert last["valid_loss"]["total"] < first["valid_loss"]["total"]  # it learns

@@ -267,7 +267,7 @@ def test_gate_stats_and_fusion_front_render_when_present(registry: Registry) -> 
         store.close()
     # What training and fusion tuning will record (metrics.json keys gate_stats, fusion_search).
     report.artifact_metrics["gate_stats"] = {
-        "click": {"experts": ["e0", "e1"], "weights": [0.7, 0.3]},
+        "click": {"experts": ["e0", "e1"], "weights": [0.7, 0.3], "load": [1.0, 0.25]},
         "order": {"experts": ["e0", "e1", "order_own"], "weights": [0.2, 0.5, 0.3]},
     }
     # The shape `rankengine tune` records: per-task ranking metric of every weighting.
@@ -285,6 +285,10 @@ def test_gate_stats_and_fusion_front_render_when_present(registry: Registry) -> 
              for c in dom.having("td", "data-expert")}
     assert cells[("click", "e0")] == "0.7" and cells[("order", "order_own")] == "0.3"
     assert cells[("click", "order_own")] == ""  # click has no such expert: blank, not 0
+    loads = {(c["data-load-task"], c["data-load-expert"]): c["data-value"]
+             for c in dom.having("td", "data-load-expert")}  # sparse gates' routed shares
+    assert "load-table" in dom.ids and loads == {
+        ("click", "e0"): "1.0", ("click", "e1"): "0.25", ("click", "order_own"): ""}
     rows = {r["data-point"]: r.get("class") for r in dom.having("tr", "data-point")}
     assert list(rows) == ["current", "0", "1", "2", "3"]
     assert rows["1"] == "better"  # the recommended point is highlighted
