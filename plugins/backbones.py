@@ -147,7 +147,8 @@ class MixtureOfExperts(Backbone):
         routed.scatter_(1, index.reshape(rows_in, -1), True)
         expert_of, rows = routed.t().nonzero(as_tuple=True)  # by expert, then row
         counts = routed.sum(dim=0).tolist()  # one host sync per step
-        outputs = [self.experts.one(e, x.index_select(0, chunk))
+        layers = self.experts.layers_by_expert()
+        outputs = [self.experts.run_one(layers[e], x.index_select(0, chunk))
                    for e, chunk in enumerate(torch.split(rows, counts)) if len(chunk)]
         hidden = torch.cat(outputs)  # [N, H]
         weight = gate[rows, :, expert_of]  # [N, G]

@@ -68,12 +68,22 @@ class ExpertBank(nn.Module):
             h = self.dropout(self.act(torch.baddbmm(b, h, w)))
         return h.transpose(0, 1)  # [B, E, H]
 
-    def one(self, expert: int, x: torch.Tensor) -> torch.Tensor:
-        """Expert ``expert`` alone on ``x`` ``[N, D] -> [N, hidden[-1]]`` (what sparse
-        dispatch runs on the rows routed to it)."""
+    def layers_by_expert(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Each expert's layers as ``(weight, bias)`` views, from one ``unbind`` per layer:
+        the backward pass then assembles a parameter's gradient in one stack, where indexing
+        it once per expert would write a full-size gradient per expert."""
+        weights = [w.unbind(0) for w in self.weights]
+        biases = [b.unbind(0) for b in self.biases]
+        return [[(w[e], b[e]) for w, b in zip(weights, biases, strict=True)]
+                for e in range(self.num_experts)]
+
+    def run_one(self, layers: list[tuple[torch.Tensor, torch.Tensor]],
+                x: torch.Tensor) -> torch.Tensor:
+        """One expert (its :meth:`layers_by_expert` entry) on ``x`` ``[N, D] ->
+        [N, hidden[-1]]``: what sparse dispatch runs on the rows routed to it."""
         h = x
-        for w, b in zip(self.weights, self.biases, strict=True):
-            h = self.dropout(self.act(torch.addmm(b[expert], h, w[expert])))
+        for w, b in layers:
+            h = self.dropout(self.act(torch.addmm(b, h, w)))
         return h
 
 

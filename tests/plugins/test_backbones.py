@@ -107,8 +107,9 @@ def test_sparse_experts_run_only_on_their_rows_and_equal_the_dense_mix(
     x = torch.randn(64, 12)
     bank = moe.experts
     calls: list[int] = []
-    one = bank.one
-    monkeypatch.setattr(bank, "one", lambda e, rows: calls.append(len(rows)) or one(e, rows))
+    run_one = bank.run_one
+    monkeypatch.setattr(bank, "run_one",
+                        lambda layers, rows: calls.append(len(rows)) or run_one(layers, rows))
     reps = torch.stack(moe(x), dim=1)  # [B, heads, H]
     gates = moe.last_gate_weights  # [B, G, E], 0 where not routed
     # grouped dispatch: each expert once, on exactly the rows some gate routed to it
