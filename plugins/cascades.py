@@ -1,4 +1,5 @@
-"""Cascades: independent heads, ESMM probability chains and ESM² branch decomposition.
+"""Cascades: independent heads, ESMM probability chains, ESM² branch decomposition, and the
+learnable AITM and DBMTL.
 
 Everything is composed in log space so losses stay finite: for a node with parent probability
 ``b`` and conditional probability ``a``, ``log p = log a + log b`` and
@@ -7,11 +8,14 @@ Everything is composed in log space so losses stay finite: for a node with paren
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+from torch import nn
 
 from rankengine import (
     Cascade,
@@ -20,6 +24,7 @@ from rankengine import (
     HeadSpec,
     Params,
     Register,
+    TaskGraph,
     hookimpl,
 )
 
@@ -34,6 +39,12 @@ def rankengine_register_cascades(register: Register[CascadeFactory]) -> None:
     register("esm2", ESM2Cascade, params=ChainParams,
              help="ESM²: like esmm, and a task with via = sibling is decomposed by total "
                   "probability over the sibling (two heads)")
+    register("aitm", AITMCascade, params=AITMParams,
+             help="AITM: attention between the parent's transferred representation and the "
+                  "task's, entire-space heads, a calibrator penalty on p(child) > p(parent)")
+    register("dbmtl", DBMTLCascade, params=DBMTLParams,
+             help="DBMTL: each task's tower reads its parent's (or every ancestor's) hidden "
+                  "state; composed like esmm")
 
 
 class IndependentParams(Params):
@@ -116,22 +127,146 @@ class IndependentCascade(ChainCascade):
             return super().compose(head_outputs)
         # Entire-space heads: p(node) comes straight from the head; p(node | parent) is derived
         # and clamped, since nothing forces an independent head below its parent.
-        out = super().compose(head_outputs)
-        lp = torch.stack([
-            F.logsigmoid(h) if n.type == "binary" else torch.zeros_like(h)
-            for h, n in zip(head_outputs, self.graph.nodes, strict=True)
-        ], dim=1)
-        lq = torch.stack([
-            F.logsigmoid(-h) if n.type == "binary" else torch.zeros_like(h)
-            for h, n in zip(head_outputs, self.graph.nodes, strict=True)
-        ], dim=1)
-        parents = torch.tensor([max(p, 0) for p in self.graph.parent_index], device=lp.device)
-        has_parent = torch.tensor([p >= 0 for p in self.graph.parent_index], device=lp.device)
-        cond = torch.where(has_parent, (lp - lp.index_select(1, parents)).clamp(max=0.0), lp)
-        cond_q = torch.log1p(-cond.exp().clamp(max=1 - 1e-7))
-        return CascadeOutput(lp, lq, cond, cond_q, out.value)
+        return entire_space(self.graph, head_outputs)
 
     def loss_space(self, node: str) -> Literal["entire", "conditional"]:
         if self.params.space == "entire" or self.graph.node(node).parent is None:
             return "entire"
         return "conditional"
+
+
+# --------------------------------------------------------------------------------------------
+# Learnable cascades: AITM and DBMTL
+# --------------------------------------------------------------------------------------------
+
+
+class AITMParams(Params):
+    #: width of each task's representation and of the attention (the paper: 32)
+    dim: int = Field(default=32, ge=1, le=4096)
+    #: weight of the behavioural-expectation calibrator: mean max(p(child) - p(parent), 0)
+    calibrator_weight: float = Field(default=0.6, ge=0.0)
+
+
+class AITMCascade(Cascade):
+    """AITM (Xi et al., KDD 2021) over the task graph's ``after`` chains.
+
+    Each node's head input is encoded to ``q_t`` (``dim`` wide). A node with a parent gets the
+    parent's output ``z_parent`` through a transfer layer, ``p = g(z_parent)``, and the adaptive
+    information transfer module attends over ``{p, q_t}``: ``z_t = sum_u w_u h_v(u)``,
+    ``w_u = softmax_u(h_q(u) . h_k(u) / sqrt(dim))``. The node's tower maps ``z_t`` to its
+    entire-space logit (every binary loss on the entire space, as the paper trains). Nothing
+    composes p(child) <= p(parent): the calibrator penalty pushes it, and p(node | parent)
+    is derived (clamped at 1).
+    """
+
+    params: AITMParams
+
+    def heads(self) -> list[HeadSpec]:
+        return [HeadSpec(node.name, node.name) for node in self.graph.nodes]
+
+    def build(self, head_input_dims: list[int]) -> list[int]:
+        d = self.params.dim
+        self.encoders = nn.ModuleList(nn.Sequential(nn.Linear(width, d), nn.ReLU())
+                                      for width in head_input_dims)
+        children = [i for i, p in enumerate(self.graph.parent_index) if p >= 0]
+        self.transfer = nn.ModuleDict({str(i): nn.Sequential(nn.Linear(d, d), nn.ReLU())
+                                       for i in children})
+        self.attention = nn.ModuleDict({str(i): nn.Linear(d, 3 * d) for i in children})
+        self._penalty: torch.Tensor | None = None
+        return [d] * len(head_input_dims)
+
+    def forward(self, head_inputs: list[torch.Tensor],
+                towers: Sequence[nn.Module]) -> CascadeOutput:
+        outputs: list[torch.Tensor] = []
+        for i, x in enumerate(head_inputs):
+            q = self.encoders[i](x)
+            parent = self.graph.parent_index[i]
+            if parent >= 0:
+                p = self.transfer[str(i)](outputs[parent])
+                tokens = torch.stack([p, q], dim=1)  # [B, 2, d]
+                query, key, value = self.attention[str(i)](tokens).chunk(3, dim=-1)
+                weights = torch.softmax((query * key).sum(-1) / math.sqrt(q.shape[-1]), dim=1)
+                q = (weights.unsqueeze(-1) * value).sum(dim=1)
+            outputs.append(q)
+        out = self.compose(self.tower_outputs(outputs, towers))
+        if self.training and self.params.calibrator_weight:
+            self._penalty = self.params.calibrator_weight * self.expectation_penalty(out)
+        return out
+
+    def expectation_penalty(self, out: CascadeOutput) -> torch.Tensor:
+        """Mean over rows and binary child nodes of max(p(child) - p(parent), 0)."""
+        pairs = [(i, p) for i, p in enumerate(self.graph.parent_index)
+                 if p >= 0 and self.graph.nodes[i].type == "binary"]
+        if not pairs:
+            return out.log_p.new_zeros(())
+        p = out.log_p.exp()
+        child = p[:, [i for i, _ in pairs]]
+        parent = p[:, [j for _, j in pairs]]
+        return (child - parent).clamp(min=0.0).mean()
+
+    def compose(self, head_outputs: list[torch.Tensor]) -> CascadeOutput:
+        return entire_space(self.graph, head_outputs)
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        loss, self._penalty = self._penalty, None
+        return loss
+
+
+def entire_space(graph: TaskGraph, head_outputs: list[torch.Tensor]) -> CascadeOutput:
+    """Heads that give each node's entire-space logit (regression heads their value);
+    p(node | parent) derived as p(node) / p(parent), clamped at 1."""
+    zero = torch.zeros_like(head_outputs[0])
+    binary = [n.type == "binary" for n in graph.nodes]
+    lp = torch.stack([F.logsigmoid(h) if b else zero
+                      for h, b in zip(head_outputs, binary, strict=True)], dim=1)
+    lq = torch.stack([F.logsigmoid(-h) if b else zero
+                      for h, b in zip(head_outputs, binary, strict=True)], dim=1)
+    values = torch.stack([zero if b else h for h, b in zip(head_outputs, binary, strict=True)],
+                         dim=1)
+    parents = torch.tensor([max(p, 0) for p in graph.parent_index], device=lp.device)
+    has_parent = torch.tensor([p >= 0 for p in graph.parent_index], device=lp.device)
+    cond = torch.where(has_parent, (lp - lp.index_select(1, parents)).clamp(max=0.0), lp)
+    cond_q = torch.log1p(-cond.exp().clamp(max=1 - 1e-7))
+    return CascadeOutput(lp, lq, cond, cond_q, values)
+
+
+class DBMTLParams(ChainParams):
+    #: width of each task's relation layer
+    dim: int = Field(default=32, ge=1, le=4096)
+    #: which tasks' hidden states a node's relation layer reads: "parent" or "ancestors"
+    relation: Literal["parent", "ancestors"] = "ancestors"
+
+
+class DBMTLCascade(ESMMCascade):
+    """DBMTL (Bayesian task relations, as EasyRec / TorchEasyRec build it): each node's tower
+    reads a relation layer ``h_t = MLP([x_t, h_a for each ancestor a])`` over its own head input
+    and the hidden states of the tasks it depends on (its parent, or every ancestor), computed
+    down the graph; the towers' logits compose like ESMM's, so p(child) <= p(parent)."""
+
+    params: DBMTLParams
+
+    def _reads(self, i: int) -> list[int]:
+        parents = self.graph.parent_index
+        read: list[int] = []
+        node = parents[i]
+        while node >= 0:
+            read.append(node)
+            if self.params.relation == "parent":
+                break
+            node = parents[node]
+        return read
+
+    def build(self, head_input_dims: list[int]) -> list[int]:
+        d = self.params.dim
+        self.relations = nn.ModuleList(
+            nn.Sequential(nn.Linear(width + d * len(self._reads(i)), d), nn.ReLU())
+            for i, width in enumerate(head_input_dims))
+        return [d] * len(head_input_dims)
+
+    def forward(self, head_inputs: list[torch.Tensor],
+                towers: Sequence[nn.Module]) -> CascadeOutput:
+        hidden: list[torch.Tensor] = []
+        for i, x in enumerate(head_inputs):
+            hidden.append(self.relations[i](torch.cat([x, *(hidden[a] for a in
+                                                              self._reads(i))], dim=1)))
+        return self.compose(self.tower_outputs(hidden, towers))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -36,7 +38,7 @@ def graphs(draw: st.DrawFn) -> TaskGraph:
 logit = st.floats(-30, 30, allow_nan=False, width=32)
 
 
-@pytest.mark.parametrize("kind", ["esmm", "esm2", "independent"])
+@pytest.mark.parametrize("kind", ["esmm", "esm2", "independent", "dbmtl"])
 @settings(max_examples=40, deadline=None)
 @given(graph=graphs(), data=st.data())
 def test_child_never_exceeds_parent(engine: Engine, kind: str, graph: TaskGraph,
@@ -140,3 +142,104 @@ def test_fusions(engine: Engine) -> None:
         fusion("expected_value", probability="pay", value="price")
     with pytest.raises(ValueError, match="unknown task"):
         fusion("weighted_sum", weights={"clik": 1})
+
+
+# -- AITM and DBMTL (issue #18) ----------------------------------------------------------------
+
+
+def funnel() -> TaskGraph:
+    return TaskGraph({"click": spec(), "order": spec(after="click"),
+                      "pay": spec(after="order"), "fav": spec(after="click")})
+
+
+def linear_towers(dims: list[int]) -> list[torch.nn.Module]:
+    torch.manual_seed(0)
+    return [torch.nn.Sequential(torch.nn.Linear(d, 1), torch.nn.Flatten(0)) for d in dims]
+
+
+def test_aitm_attends_over_the_parents_transfer_and_its_own_representation(
+        engine: Engine) -> None:
+    graph = funnel()
+    model = cascade(engine, "aitm", graph, dim=8, calibrator_weight=0.5)
+    dims = model.build([5, 5, 5, 5])
+    assert dims == [8] * 4 and set(model.transfer) == {"1", "2", "3"}  # children only
+    towers = linear_towers(dims)
+    x = [torch.randn(6, 5) for _ in range(4)]
+    out = model(x, towers)
+    # recomputed by hand: order attends over {g(z_click), q_order}
+    with torch.no_grad():
+        z_click = model.encoders[0](x[0])
+        q = model.encoders[1](x[1])
+        p = model.transfer["1"](z_click)
+        query, key, value = model.attention["1"](torch.stack([p, q], 1)).chunk(3, -1)
+        w = torch.softmax((query * key).sum(-1) / 8 ** 0.5, dim=1)
+        z_order = (w.unsqueeze(-1) * value).sum(1)
+        want = torch.nn.functional.logsigmoid(towers[1](z_order))
+    torch.testing.assert_close(out.log_p[:, 1], want)
+    assert model.loss_space("order") == "entire"
+    # the behavioural-expectation calibrator: mean max(p(child) - p(parent), 0), weighted
+    probability = out.log_p.exp()
+    gaps = [probability[:, c] - probability[:, p] for c, p in ((1, 0), (2, 1), (3, 0))]
+    penalty = 0.5 * torch.stack(gaps, 1).clamp(min=0).mean()
+    torch.testing.assert_close(model.auxiliary_loss(), penalty)
+    assert model.auxiliary_loss() is None  # taken once per step
+    model.eval()
+    model(x, towers)
+    assert model.auxiliary_loss() is None  # a training loss only
+
+
+def test_dbmtl_towers_read_their_ancestors_hidden_states(engine: Engine) -> None:
+    graph = funnel()
+    model = cascade(engine, "dbmtl", graph, dim=4)
+    dims = model.build([5, 5, 5, 5])
+    widths = [layer[0].in_features for layer in model.relations]
+    assert widths == [5, 5 + 4, 5 + 8, 5 + 4]  # pay reads order and click
+    parent_only = cascade(engine, "dbmtl", graph, dim=4, relation="parent")
+    parent_only.build([5, 5, 5, 5])
+    assert [layer[0].in_features for layer in parent_only.relations] == [5, 9, 9, 9]
+    towers = linear_towers(dims)
+    x = [torch.randn(6, 5) for _ in range(4)]
+    out = model(x, towers)
+    with torch.no_grad():
+        h_click = model.relations[0](x[0])
+        h_order = model.relations[1](torch.cat([x[1], h_click], 1))
+        h_pay = model.relations[2](torch.cat([x[2], h_order, h_click], 1))
+        cond_pay = torch.nn.functional.logsigmoid(towers[2](h_pay))
+    torch.testing.assert_close(out.cond_log_p[:, 2], cond_pay)
+    p = out.log_p.exp()  # composed like ESMM: the child never exceeds its parent
+    assert (p[:, 2] <= p[:, 1]).all() and (p[:, 1] <= p[:, 0]).all()
+
+
+@pytest.mark.parametrize("kind", ["aitm", "dbmtl"])
+@pytest.mark.parametrize("backbone", ["shared_bottom", "mmoe", "ple"])
+def test_learnable_cascades_train_with_every_backbone_and_export(
+        kind: str, backbone: str, tmp_path: Path, funnel_dir: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from rankengine import ModelInput
+    from rankengine.artifact import load_artifact, save_artifact
+    from rankengine.backend import backend_class
+    from rankengine.config import load_config
+    from rankengine.export import example_inputs
+    from rankengine.scoring import PredictionModule
+    from rankengine.train import train
+
+    from ..conftest import tiny_config_text
+
+    path = tmp_path / "engine.toml"
+    path.write_text(tiny_config_text(funnel_dir, model=f"""
+[model]
+backbone = {{ kind = "{backbone}", {'hidden = [16]' if backbone == 'shared_bottom' else
+                                     'expert_hidden = [16]'} }}
+tower = {{ kind = "mlp", hidden = [8] }}
+cascade = "{kind}"
+""").replace("[train]\nepochs = 2", "[train]\nepochs = 1"))
+    loaded = load_artifact(save_artifact(train(load_config(path), progress=False),
+                                         tmp_path / "artifact"))
+    inputs = [t.numpy() for t in example_inputs(loaded, 8)]
+    with torch.inference_mode():
+        want, _ = PredictionModule(loaded.model).predict(
+            ModelInput.from_numpy(inputs[0], inputs[1], inputs[2:]))
+    backend = backend_class(loaded.engine, "onnxruntime")(loaded)
+    got, _ = backend(inputs[0], inputs[1], inputs[2:])
+    backend.close()
+    assert abs(got - want.double().numpy()).max() < 1e-5
