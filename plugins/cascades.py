@@ -42,6 +42,9 @@ def rankengine_register_cascades(register: Register[CascadeFactory]) -> None:
     register("aitm", AITMCascade, params=AITMParams,
              help="AITM: attention between the parent's transferred representation and the "
                   "task's, entire-space heads, a calibrator penalty on p(child) > p(parent)")
+    register("escm2", ESCM2Cascade, params=ESCM2Params,
+             help="ESCM²: esmm / esm2 plus a counterfactual regulariser on the conditional "
+                  "loss, inverse-propensity (ips) or doubly robust (dr)")
     register("dbmtl", DBMTLCascade, params=DBMTLParams,
              help="DBMTL: each task's tower reads its parent's (or every ancestor's) hidden "
                   "state; composed like esmm")
@@ -270,3 +273,90 @@ class DBMTLCascade(ESMMCascade):
             hidden.append(self.relations[i](torch.cat([x, *(hidden[a] for a in
                                                               self._reads(i))], dim=1)))
         return self.compose(self.tower_outputs(hidden, towers))
+
+
+# --------------------------------------------------------------------------------------------
+# ESCM²
+# --------------------------------------------------------------------------------------------
+
+
+class ESCM2Params(ChainParams):
+    #: the counterfactual regulariser: inverse propensity ("ips") or doubly robust ("dr")
+    regulariser: Literal["ips", "dr"] = "ips"
+    #: its weight next to the entire-space losses (the paper's lambda)
+    weight: float = Field(default=0.1, ge=0.0)
+    #: propensities below this are raised to it (bounds the inverse weights)
+    clip: float = Field(default=0.05, gt=0.0, le=1.0)
+    #: the regularised nodes (default: every binary node with a parent)
+    nodes: list[str] | None = None
+
+
+class ESCM2Cascade(ESM2Cascade):
+    """ESCM² (Wang et al., SIGIR 2022) on ESMM / ESM²: the conversion node's conditional loss
+    over the parent-positive rows, made unbiased for the entire space by inverse propensity,
+    the propensity being the predicted parent probability (detached, clipped at ``clip``):
+
+    - IPS: ``R = sum_i w_i o_i e_i / p_i / sum_i w_i`` (``o`` the parent label, ``e`` the
+      node's pointwise loss on p(node | parent));
+    - DR: an imputation layer on the node's head input predicts the loss ``ê`` on every row;
+      ``R = sum_i w_i (ê_i + o_i (e_i - ê_i) / p_i) / sum_i w_i`` plus the imputation's own
+      loss ``sum_i w_i o_i (e_i - ê_i)^2 / p_i / sum_i w_i``.
+
+    Added with ``weight`` to each regularised node's loss; ``via`` branches work as in ESM².
+    """
+
+    params: ESCM2Params
+
+    def _regularised(self) -> list[int]:
+        names = self.params.nodes
+        out = []
+        for i, node in enumerate(self.graph.nodes):
+            if node.type == "binary" and self.graph.parent_index[i] >= 0 and \
+                    (names is None or node.name in names):
+                out.append(i)
+        if names is not None:
+            known = {self.graph.nodes[i].name for i in out}
+            wrong = [n for n in names if n not in known]
+            if wrong:
+                raise ValueError(f"nodes: '{wrong[0]}' is not a binary task with a parent")
+        return out
+
+    def build(self, head_input_dims: list[int]) -> list[int]:
+        self.regularised = self._regularised()
+        first_head: dict[str, int] = {}
+        for h, head in enumerate(self.heads()):
+            first_head.setdefault(head.node, h)
+        self.head_of = {i: first_head[self.graph.nodes[i].name] for i in self.regularised}
+        self.imputation = nn.ModuleDict(
+            {str(i): nn.Linear(head_input_dims[self.head_of[i]], 1) for i in self.regularised}
+        ) if self.params.regulariser == "dr" else nn.ModuleDict()
+        self._imputed: dict[int, torch.Tensor] = {}
+        return list(head_input_dims)
+
+    def forward(self, head_inputs: list[torch.Tensor],
+                towers: Sequence[nn.Module]) -> CascadeOutput:
+        if len(self.imputation):  # validation losses use it too
+            self._imputed = {i: F.softplus(self.imputation[str(i)](
+                head_inputs[self.head_of[i]])).squeeze(-1) for i in self.regularised}
+        return super().forward(head_inputs, towers)
+
+    def conditional_regulariser(self, node: int, conditional_loss: torch.Tensor,
+                                parent_positive: torch.Tensor, weights: torch.Tensor,
+                                out: CascadeOutput) -> torch.Tensor | None:
+        if node not in self.head_of or not self.params.weight:
+            return None
+        parent = self.graph.parent_index[node]
+        propensity = out.log_p[:, parent].detach().exp().clamp(min=self.params.clip)
+        observed = parent_positive.to(conditional_loss.dtype)
+        total = weights.sum().clamp(min=1e-12)
+        # rows outside the parent carry no conditional label: their loss term is masked out
+        error = torch.where(parent_positive, conditional_loss,
+                            torch.zeros_like(conditional_loss))
+        if self.params.regulariser == "ips":
+            risk = (weights * observed * error / propensity).sum() / total
+        else:
+            imputed = self._imputed[node]
+            risk = (weights * (imputed + observed * (error - imputed) / propensity)).sum()
+            imputation = weights * observed * (error.detach() - imputed).square() / propensity
+            risk = (risk + imputation.sum()) / total
+        return self.params.weight * risk

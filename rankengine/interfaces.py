@@ -326,6 +326,17 @@ class Cascade(nn.Module):
         added to the weighted task losses; default: none."""
         return None
 
+    def conditional_regulariser(self, node: int, conditional_loss: torch.Tensor,
+                                parent_positive: torch.Tensor, weights: torch.Tensor,
+                                out: CascadeOutput) -> torch.Tensor | None:
+        """A loss added to binary node ``node``'s (graph index) training loss, from the
+        node's pointwise loss on its conditional prediction ``conditional_loss`` ``[B]`` (every
+        row; meaningful where ``parent_positive``), the rows' sample ``weights`` ``[B]`` and
+        the cascade's output: a counterfactual regulariser (ESCM²'s IPS or DR) weighs the
+        parent-positive rows by the inverse of the predicted parent probability. Default:
+        none."""
+        return None
+
 
 CascadeFactory = Callable[["TaskGraph", Any], Cascade]
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from rankengine.data.batching import Batch
 from rankengine.graph import TaskGraph
-from rankengine.interfaces import NodePrediction, PointwiseLoss, SampleWeighting
+from rankengine.interfaces import Cascade, NodePrediction, PointwiseLoss, SampleWeighting
 from rankengine.model.assembly import RankingModel
 
 
@@ -49,7 +49,11 @@ class Objective:
                for n in graph.nodes]
         self.aux_weight = torch.tensor(aux) * self.has_parent * ~self.conditional
         self.aux = bool(self.aux_weight.any())
-        self.needs_mask = bool(self.conditional.any()) or self.aux
+        self.cascade = model.cascade
+        #: the cascade adds a regulariser on the conditional losses (ESCM²)
+        self.regularised = type(model.cascade).conditional_regulariser is not \
+            Cascade.conditional_regulariser
+        self.needs_mask = bool(self.conditional.any()) or self.aux or self.regularised
         self.binary = torch.tensor([node.type == "binary" for node in graph.nodes])
         #: log odds factor added to each task's logit in its loss (main space, aux space)
         self.offsets: torch.Tensor | None = None
@@ -123,6 +127,18 @@ class Objective:
             ], dim=1)
             sub = (parent_positive & self.has_parent).to(cond.dtype)
             losses = losses + self.aux_weight * _weighted_mean(cond, weights * sub)
+        if self.regularised:
+            cond = torch.stack([
+                loss(NodePrediction(out.cond_log_p[:, i], out.cond_log_q[:, i],
+                                    out.value[:, i]), labels[:, i])
+                for i, loss in enumerate(self.losses)
+            ], dim=1)
+            extra = [self.cascade.conditional_regulariser(
+                i, cond[:, i], parent_positive[:, i], weights[:, i], out)
+                if self.has_parent[i] and self.binary[i] else None
+                for i in range(len(self.losses))]
+            losses = losses + torch.stack([
+                e if e is not None else losses.new_zeros(()) for e in extra])
         return losses
 
     def _shifted(self, log_p: torch.Tensor, log_q: torch.Tensor, offsets: torch.Tensor,

@@ -210,8 +210,10 @@ def test_dbmtl_towers_read_their_ancestors_hidden_states(engine: Engine) -> None
     assert (p[:, 2] <= p[:, 1]).all() and (p[:, 1] <= p[:, 0]).all()
 
 
-@pytest.mark.parametrize("kind", ["aitm", "dbmtl"])
-@pytest.mark.parametrize("backbone", ["shared_bottom", "mmoe", "ple"])
+@pytest.mark.parametrize(("kind", "backbone"), [
+    *((k, b) for k in ('"aitm"', '"dbmtl"') for b in ("shared_bottom", "mmoe", "ple")),
+    ('{ kind = "escm2", regulariser = "dr" }', "mmoe"),
+])
 def test_learnable_cascades_train_with_every_backbone_and_export(
         kind: str, backbone: str, tmp_path: Path, funnel_dir: Path) -> None:
     pytest.importorskip("onnxruntime")
@@ -231,7 +233,7 @@ def test_learnable_cascades_train_with_every_backbone_and_export(
 backbone = {{ kind = "{backbone}", {'hidden = [16]' if backbone == 'shared_bottom' else
                                      'expert_hidden = [16]'} }}
 tower = {{ kind = "mlp", hidden = [8] }}
-cascade = "{kind}"
+cascade = {kind}
 """).replace("[train]\nepochs = 2", "[train]\nepochs = 1"))
     loaded = load_artifact(save_artifact(train(load_config(path), progress=False),
                                          tmp_path / "artifact"))
@@ -243,3 +245,58 @@ cascade = "{kind}"
     got, _ = backend(inputs[0], inputs[1], inputs[2:])
     backend.close()
     assert abs(got - want.double().numpy()).max() < 1e-5
+
+
+@pytest.mark.parametrize("regulariser", ["ips", "dr"])
+def test_escm2_regulariser_reweights_the_clicked_rows_by_inverse_propensity(
+        engine: Engine, regulariser: str) -> None:
+    from rankengine.train.objective import Objective
+
+    graph = TaskGraph({"click": spec(label="click"), "order": spec(label="order",
+                                                                    after="click")})
+    model = cascade(engine, "escm2", graph, regulariser=regulariser, weight=0.5, clip=0.1)
+    dims = model.build([4, 4])
+    towers = linear_towers(dims)
+    x = [torch.randn(8, 4) for _ in range(2)]
+    out = model(x, towers)
+    click = torch.tensor([1, 1, 0, 1, 0, 0, 1, 0.0])
+    order = torch.tensor([1, 0, 0, 0, 0, 0, 1, 0.0])
+    bce = engine.components.losses.get("bce").factory(None)
+    from rankengine import NodePrediction
+
+    error = bce(NodePrediction(out.cond_log_p[:, 1], out.cond_log_q[:, 1], out.value[:, 1]),
+                order)
+    weights = torch.ones(8)
+    got = model.conditional_regulariser(1, error, click == 1, weights, out)
+    propensity = out.log_p[:, 0].detach().exp().clamp(min=0.1)
+    observed = click * error / propensity
+    if regulariser == "ips":
+        want = 0.5 * observed.sum() / 8
+    else:
+        imputed = model._imputed[1]
+        doubly = imputed + click * (error - imputed) / propensity
+        want = 0.5 * (doubly.sum() + (click * (error - imputed) ** 2 / propensity).sum()) / 8
+    torch.testing.assert_close(got, want)
+    assert model.conditional_regulariser(0, error, click == 1, weights, out) is None  # root
+
+    class Unweighted:
+        def weights(self, labels, extras):  # type: ignore[no-untyped-def]
+            return torch.ones_like(labels)
+
+    class Holder:  # what the objective reads of the model
+        cascade = model
+
+    objective = Objective(graph, Holder(), [bce, bce], Unweighted())  # type: ignore[arg-type]
+    from rankengine.data.batching import Batch, ModelInput
+
+    batch = Batch(ModelInput(torch.zeros(8, 0, dtype=torch.long), torch.zeros(8, 0), []),
+                  torch.stack([click, order], 1), {})
+    plain = cascade(engine, "esmm", graph)
+    plain.build([4, 4])
+
+    class PlainHolder:
+        cascade = plain
+
+    base = Objective(graph, PlainHolder(), [bce, bce], Unweighted())  # type: ignore[arg-type]
+    torch.testing.assert_close(objective(out, batch) - base(out, batch),
+                               torch.stack([torch.zeros(()), want]))
