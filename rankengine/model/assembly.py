@@ -65,8 +65,7 @@ class FeatureEmbedder(nn.Module):
                 table_of[f.name] = (t, int(offset))
                 spans[f.name] = (width, width + dim)
                 width += dim
-        ids_width = width
-        read = {name: i for i, (spec, _) in enumerate(interactions) for name in spec.sequence}
+        read = {name for spec, _ in interactions for name in spec.sequence}
         self.sequence_tables = nn.ModuleList()
         #: per id_list input (layout order): (own table index or -1, shared table, offset)
         self.sequence_lookup: list[tuple[int, int, int]] = []
@@ -103,7 +102,6 @@ class FeatureEmbedder(nn.Module):
                                  persistent=False)
             spans[spec.name] = (width, width + module.output_dim)
             width += module.output_dim
-        self.ids_width = ids_width
         self.spans = spans
         self.output_dim = width
 
