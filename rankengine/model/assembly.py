@@ -140,11 +140,14 @@ class FeatureEmbedder(nn.Module):
                 sequence = torch.cat([self.embed_sequence(k, inputs.id_lists[k])
                                       for k in members], dim=-1)  # [R, L, Ds]
                 encoded = interaction.encode(sequence, first != 0)
-                index = context_index(inputs, first, rows,
-                                      self.context_side[members[0]])
                 target = categorical.index_select(1, getattr(self, f"target_columns_{i}"))
-                parts.append(interaction(tuple(t.index_select(0, index) for t in encoded),
-                                         target))
+                if first.shape[0] == 1 and inputs.context_rows is None and not _tracing():
+                    # one context for every row (a served request): views, no copies
+                    gathered = tuple(t.expand(rows, *t.shape[1:]) for t in encoded)
+                else:
+                    index = context_index(inputs, first, rows, self.context_side[members[0]])
+                    gathered = tuple(t.index_select(0, index) for t in encoded)
+                parts.append(interaction(gathered, target))
         return torch.cat(parts, dim=1)
 
     def columns_of(self, names: Sequence[str]) -> list[int]:
@@ -153,6 +156,13 @@ class FeatureEmbedder(nn.Module):
             lo, hi = self.spans[name]
             cols.extend(range(lo, hi))
         return cols
+
+
+def _tracing() -> bool:
+    """Tracing or exporting: the graph must take any number of contexts, so no shortcut may
+    depend on this call's shapes."""
+    return bool(torch.jit.is_tracing()  # type: ignore[attr-defined,no-untyped-call]
+                or torch.compiler.is_compiling())
 
 
 def context_index(inputs: ModelInput, sequence: torch.Tensor, rows: int,
