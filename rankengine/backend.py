@@ -37,7 +37,9 @@ class ServingBackend(ABC):
 
     - ``ids``: int64 ``[N, C]``, one column per ``ids`` feature;
     - ``dense``: float32 ``[N, D]``, the columns of the ``dense`` features;
-    - ``id_lists``: one int64 ``[N, L_i]`` array per ``id_list`` feature (layout order);
+    - ``id_lists``: one int64 ``[N, L_i]`` array per ``id_list`` feature (layout order), or
+      ``[1, L_i]`` for a sequence of the request's context, which every row reads (the model
+      encodes it once; an exported graph takes either);
 
     and gets ``(entire, conditional)``: float64 ``[N, T]`` each, the tasks in graph order
     (fusion stays outside the back end, so per-request fusion weights work with every one).
