@@ -126,8 +126,7 @@ class FeatureEmbedder(nn.Module):
         for k, ids in enumerate(inputs.id_lists):
             if self.pooled[k]:
                 pooled = _pool(self.embed_sequence(k, ids), ids != 0, self.sequence_pooling[k])
-                parts.append(pooled.index_select(
-                    0, context_index(inputs, ids, rows, self.context_side[k])))
+                parts.extend(per_row(inputs, (pooled,), rows, self.context_side[k]))
         if self.has_dense:
             parts.append(inputs.dense)
         if len(self.interactions):
@@ -141,12 +140,7 @@ class FeatureEmbedder(nn.Module):
                                       for k in members], dim=-1)  # [R, L, Ds]
                 encoded = interaction.encode(sequence, first != 0)
                 target = categorical.index_select(1, getattr(self, f"target_columns_{i}"))
-                if first.shape[0] == 1 and inputs.context_rows is None and not _tracing():
-                    # one context for every row (a served request): views, no copies
-                    gathered = tuple(t.expand(rows, *t.shape[1:]) for t in encoded)
-                else:
-                    index = context_index(inputs, first, rows, self.context_side[members[0]])
-                    gathered = tuple(t.index_select(0, index) for t in encoded)
+                gathered = per_row(inputs, encoded, rows, self.context_side[members[0]])
                 parts.append(interaction(gathered, target))
         return torch.cat(parts, dim=1)
 
@@ -162,7 +156,23 @@ def _tracing() -> bool:
     """Tracing or exporting: the graph must take any number of contexts, so no shortcut may
     depend on this call's shapes."""
     return bool(torch.jit.is_tracing()  # type: ignore[attr-defined,no-untyped-call]
-                or torch.compiler.is_compiling())
+                or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+
+
+def per_row(inputs: ModelInput, tensors: Sequence[torch.Tensor], rows: int,
+            context_side: bool) -> tuple[torch.Tensor, ...]:
+    """``tensors`` (leading dim R, one per context) as one entry per row of the batch. Eagerly,
+    without copies where the rows line up already (R = rows: training) or all read one context
+    (R = 1: a served request, a broadcast view); traced or exported, always the gather of
+    :func:`context_index`, so the graph takes any number of contexts."""
+    contexts = tensors[0].shape[0]
+    if (inputs.context_rows is None or not context_side) and not _tracing():
+        if contexts == rows:
+            return tuple(tensors)
+        if contexts == 1:
+            return tuple(t.expand(rows, *t.shape[1:]) for t in tensors)
+    index = context_index(inputs, tensors[0], rows, context_side)
+    return tuple(t.index_select(0, index) for t in tensors)
 
 
 def context_index(inputs: ModelInput, sequence: torch.Tensor, rows: int,
@@ -174,7 +184,7 @@ def context_index(inputs: ModelInput, sequence: torch.Tensor, rows: int,
     if inputs.context_rows is not None and context_side:
         return inputs.context_rows
     # R as a tensor, not a shape: ONNX has no remainder by a symbolic int
-    contexts = torch.ones_like(sequence[:, 0]).sum()
+    contexts = torch.ones_like(sequence.flatten(1)[:, 0], dtype=torch.long).sum()  # R
     return torch.arange(rows, device=sequence.device) % contexts
 
 

@@ -61,10 +61,12 @@ async def rank(request: Request) -> Any:
             raise BadRequestError(f"context.{key}: '{key}' is an item feature; send it with "
                                   f"each candidate")
     lists = model.loaded.pipeline.list_sources
-    ctx = {k: (list_column if k in lists else column)(f"context.{k}", [v])
-           for k, v in context.items()}
-    items = {k: (list_column if k in lists else column)(f"candidates.{k}", v)
-             for k, v in item_cols.items()}
+
+    def parsed(name: str, key: str, values: list[Any]) -> Any:
+        return (list_column if key in lists else column)(f"{name}.{key}", values)
+
+    ctx = {k: parsed("context", k, [v]) for k, v in context.items()}
+    items = {k: parsed("candidates", k, v) for k, v in item_cols.items()}
     timings["parse"] = time.perf_counter() - started
 
     def candidate(i: int) -> str:
