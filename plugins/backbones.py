@@ -102,6 +102,13 @@ class SharedBottom(Backbone):
         return [h] * self.num_outputs
 
 
+def _exporting() -> bool:
+    """A graph being captured for ONNX or TorchScript: it must not depend on one batch's
+    routing (``torch.compile`` instead breaks the graph around the dispatch)."""
+    return bool(torch.jit.is_tracing()  # type: ignore[attr-defined,no-untyped-call]
+                or torch.compiler.is_exporting())
+
+
 class MixtureOfExperts(Backbone):
     """MMoE when ``gates == num_outputs``, OMoE when one gate serves every head."""
 
@@ -125,8 +132,11 @@ class MixtureOfExperts(Backbone):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.cross(x)
         logits = self.gates(x).view(-1, self.num_gates, self.num_experts)
-        if self.top_k:
+        if self.top_k and not _exporting():
             mixed = self._sparse(x, logits)
+        elif self.top_k:  # a graph with no data-dependent shapes: the same k experts, mixed
+            gate = self._top_k_gate(logits)[0]
+            mixed = torch.bmm(gate, self.experts(x))
         else:
             gate = logits.softmax(dim=-1)
             self.last_gate_weights = gate.detach()
@@ -137,29 +147,36 @@ class MixtureOfExperts(Backbone):
 
     def _sparse(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Each gate's top-k experts, renormalised; each expert runs once on the rows any
-        gate routed to it (grouped by expert), and its output is added to those rows' gates.
+        gate routed to it (grouped by expert), and each gate reads back its k outputs.
         """
         rows_in, experts = x.shape[0], self.num_experts
-        top, index = logits.topk(self.top_k, dim=-1)  # [B, G, k]
-        gate = torch.zeros_like(logits).scatter(-1, index, top.softmax(dim=-1))  # [B, G, E]
-        self.last_gate_weights = gate.detach()
+        gate, weight, index = self._top_k_gate(logits)
         routed = torch.zeros(rows_in, experts, dtype=torch.bool, device=x.device)
         routed.scatter_(1, index.reshape(rows_in, -1), True)
         expert_of, rows = routed.t().nonzero(as_tuple=True)  # by expert, then row
         counts = routed.sum(dim=0).tolist()  # one host sync per step
-        layers = self.experts.layers_by_expert()
-        outputs = [self.experts.run_one(layers[e], x.index_select(0, chunk))
-                   for e, chunk in enumerate(torch.split(rows, counts)) if len(chunk)]
-        hidden = torch.cat(outputs)  # [N, H]
-        weight = gate[rows, :, expert_of]  # [N, G]
-        mixed = x.new_zeros(rows_in, self.num_gates, hidden.shape[1])
-        mixed = mixed.index_add(0, rows, weight.unsqueeze(-1) * hidden.unsqueeze(1))
+        hidden = self.experts.routed(x, rows, counts)  # [N, H], pair n = (rows[n], expert_of[n])
+        pair = torch.zeros(rows_in, experts, dtype=torch.long, device=x.device)
+        pair[rows, expert_of] = torch.arange(len(rows), device=x.device)
+        picked = hidden.index_select(0, pair.gather(1, index.reshape(rows_in, -1)).view(-1))
+        picked = picked.view(*index.shape, -1)  # [B, G, k, H]: each gate's k experts' outputs
+        mixed = torch.matmul(weight.unsqueeze(-2), picked).squeeze(-2)  # [B, G, H]
         if self.training and self.balance_weight:
             share = (gate > 0).to(logits.dtype).mean(dim=0) / self.top_k  # [G, E], sums to 1
             probability = logits.softmax(dim=-1).mean(dim=0)  # [G, E]
             balance = experts * (share * probability).sum(dim=-1).mean()
             self._balance = self.balance_weight * balance
         return mixed
+
+    def _top_k_gate(self, logits: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[B, G, E]`` gates over each gate's top-k experts (renormalised, 0 elsewhere), the
+        ``[B, G, k]`` weights and expert indices they hold."""
+        top, index = logits.topk(self.top_k, dim=-1)
+        weight = top.softmax(dim=-1)
+        gate = torch.zeros_like(logits).scatter(-1, index, weight)
+        self.last_gate_weights = gate.detach()
+        return gate, weight, index
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         loss, self._balance = self._balance, None  # one step's loss, added once

@@ -68,6 +68,35 @@ class ExpertBank(nn.Module):
             h = self.dropout(self.act(torch.baddbmm(b, h, w)))
         return h.transpose(0, 1)  # [B, E, H]
 
+    def routed(self, x: torch.Tensor, rows: torch.Tensor, counts: list[int],
+               pad_up_to: float = 2.0) -> torch.Tensor:
+        """Each expert on only the rows routed to it: ``rows`` ``[N]`` lists expert 0's rows,
+        then expert 1's, ... (``counts[e]`` of them); returns ``[N, hidden[-1]]`` in that order.
+
+        While the busiest expert's rows padded to every expert stay within ``pad_up_to`` times
+        the routed rows, the experts run as one batched matmul per layer over ``[E, C, D]``
+        (``C`` = the busiest expert's rows; padding rows are zeros whose outputs are never read,
+        so no gradient reaches the weights through them). A skewed routing runs expert by
+        expert instead, so that it never costs more than the rows it routes.
+        """
+        capacity = max(counts)
+        if capacity * self.num_experts > pad_up_to * len(rows):
+            layers = self.layers_by_expert()
+            return torch.cat([self.run_one(layers[e], x.index_select(0, chunk))
+                              for e, chunk in enumerate(torch.split(rows, counts))
+                              if len(chunk)])
+        sizes = torch.tensor(counts, device=x.device)
+        start = torch.cumsum(sizes, 0) - sizes
+        expert_of = torch.repeat_interleave(torch.arange(self.num_experts, device=x.device),
+                                            sizes, output_size=len(rows))
+        slot = expert_of * capacity + torch.arange(len(rows), device=x.device) \
+            - start[expert_of]  # where each routed row sits in the padded [E * C] layout
+        h = x.new_zeros(self.num_experts * capacity, x.shape[1])
+        h = h.index_copy(0, slot, x.index_select(0, rows)).view(self.num_experts, capacity, -1)
+        for w, b in zip(self.weights, self.biases, strict=True):
+            h = self.dropout(self.act(torch.baddbmm(b, h, w)))
+        return h.reshape(self.num_experts * capacity, -1).index_select(0, slot)
+
     def layers_by_expert(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """Each expert's layers as ``(weight, bias)`` views, from one ``unbind`` per layer:
         the backward pass then assembles a parameter's gradient in one stack, where indexing
@@ -80,7 +109,7 @@ class ExpertBank(nn.Module):
     def run_one(self, layers: list[tuple[torch.Tensor, torch.Tensor]],
                 x: torch.Tensor) -> torch.Tensor:
         """One expert (its :meth:`layers_by_expert` entry) on ``x`` ``[N, D] ->
-        [N, hidden[-1]]``: what sparse dispatch runs on the rows routed to it."""
+        [N, hidden[-1]]``: what a skewed routing runs on the rows routed to each expert."""
         h = x
         for w, b in layers:
             h = self.dropout(self.act(torch.addmm(b, h, w)))

@@ -100,26 +100,52 @@ def test_top_k_gating_keeps_k_experts_per_row_and_head(engine: Engine) -> None:
 
 
 @pytest.mark.parametrize("kind", ["mmoe", "omoe"])
+@pytest.mark.parametrize("dispatch", ["padded", "expert_by_expert"])
 def test_sparse_experts_run_only_on_their_rows_and_equal_the_dense_mix(
-        engine: Engine, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        engine: Engine, kind: str, dispatch: str, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(1)
     moe = build(engine, kind, experts=16, top_k=2, expert_hidden=[8, 4]).eval()
     x = torch.randn(64, 12)
     bank = moe.experts
+    pad_up_to = 100.0 if dispatch == "padded" else 0.0
+    seen: list[tuple[torch.Tensor, list[int]]] = []
     calls: list[int] = []
-    run_one = bank.run_one
+    routed_fn, run_one = bank.routed, bank.run_one
+    monkeypatch.setattr(bank, "routed", lambda x, rows, counts: seen.append((rows, counts))
+                        or routed_fn(x, rows, counts, pad_up_to=pad_up_to))
     monkeypatch.setattr(bank, "run_one",
                         lambda layers, rows: calls.append(len(rows)) or run_one(layers, rows))
     reps = torch.stack(moe(x), dim=1)  # [B, heads, H]
     gates = moe.last_gate_weights  # [B, G, E], 0 where not routed
-    # grouped dispatch: each expert once, on exactly the rows some gate routed to it
-    routed = (gates > 0).any(dim=1).sum(dim=0)
-    assert calls == [int(n) for n in routed if n > 0] and sum(calls) < 64 * 16
+    # grouped dispatch: each expert gets exactly the rows some gate routed to it
+    routed = (gates > 0).any(dim=1)  # [B, E]
+    (rows, counts), = seen
+    assert counts == routed.sum(dim=0).tolist() and sum(counts) < 64 * 16
+    for e, chunk in enumerate(torch.split(rows, counts)):
+        assert chunk.tolist() == routed[:, e].nonzero().flatten().tolist()
+    # padded: one batched matmul per layer; otherwise one call per expert with rows
+    assert calls == ([] if dispatch == "padded" else [n for n in counts if n])
     with torch.no_grad():  # the dense computation: every expert on every row, same gates
         every = bank(x)  # [B, E, H]
         dense = torch.bmm(gates, every)
     want = dense if gates.shape[1] == 3 else dense.expand(-1, 3, -1)
     torch.testing.assert_close(reps, want, rtol=1e-5, atol=1e-6)
+
+
+def test_padded_dispatch_gives_the_per_expert_gradients(engine: Engine) -> None:
+    torch.manual_seed(2)
+    moe = build(engine, "mmoe", experts=8, top_k=2, expert_hidden=[8, 4])
+    x = torch.randn(32, 12)
+    rows = torch.randperm(32)[:20].sort().values.repeat(2)  # two experts' rows, 20 each
+    counts = [20, 0, 0, 20, 0, 0, 0, 0]
+    grads = []
+    for pad_up_to in (100.0, 0.0):
+        moe.zero_grad()
+        moe.experts.routed(x, rows, counts, pad_up_to=pad_up_to).square().sum().backward()
+        grads.append([p.grad.clone() for p in moe.experts.parameters()])
+    for padded, looped in zip(*grads, strict=True):
+        torch.testing.assert_close(padded, looped, rtol=1e-5, atol=1e-6)
+    assert grads[0][0][1].abs().sum() == 0  # an expert without rows gets no gradient
 
 
 def test_sparse_gates_add_a_load_balancing_loss_once_per_step(engine: Engine) -> None:

@@ -177,15 +177,26 @@ def test_aitm_attends_over_the_parents_transfer_and_its_own_representation(
         want = torch.nn.functional.logsigmoid(towers[1](z_order))
     torch.testing.assert_close(out.log_p[:, 1], want)
     assert model.loss_space("order") == "entire"
-    # the behavioural-expectation calibrator: mean max(p(child) - p(parent), 0), weighted
-    probability = out.log_p.exp()
-    gaps = [probability[:, c] - probability[:, p] for c, p in ((1, 0), (2, 1), (3, 0))]
-    penalty = 0.5 * torch.stack(gaps, 1).clamp(min=0).mean()
-    torch.testing.assert_close(model.auxiliary_loss(), penalty)
+    # the behavioural-expectation calibrator: per row the sum over child-parent pairs of
+    # max(log p(child) - log p(parent), 0), averaged over rows, weighted
+    def calibrator(scores: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+        gaps = [scores[:, c] - scores[:, p] + margin for c, p in ((1, 0), (2, 1), (3, 0))]
+        return torch.stack(gaps, 1).clamp(min=0).sum(1).mean()
+
+    assert calibrator(out.log_p) > 0  # random towers: some child above its parent
+    torch.testing.assert_close(model.auxiliary_loss(), 0.5 * calibrator(out.log_p))
     assert model.auxiliary_loss() is None  # taken once per step
     model.eval()
     model(x, towers)
     assert model.auxiliary_loss() is None  # a training loss only
+    # the paper's gap on probabilities, and a margin that penalises a child near its parent
+    paper = cascade(engine, "aitm", graph, dim=8, calibrator="probability",
+                    calibrator_weight=0.6, calibrator_margin=0.01)
+    paper.build([5, 5, 5, 5])
+    out = paper(x, towers)
+    want = 0.6 * calibrator(out.log_p.exp(), margin=0.01)
+    assert want > 0.6 * calibrator(out.log_p.exp())
+    torch.testing.assert_close(paper.auxiliary_loss(), want)
 
 
 def test_dbmtl_towers_read_their_ancestors_hidden_states(engine: Engine) -> None:
@@ -210,9 +221,18 @@ def test_dbmtl_towers_read_their_ancestors_hidden_states(engine: Engine) -> None
     assert (p[:, 2] <= p[:, 1]).all() and (p[:, 1] <= p[:, 0]).all()
 
 
+BACKBONES = {
+    "shared_bottom": '{ kind = "shared_bottom", hidden = [16] }',
+    "mmoe": '{ kind = "mmoe", expert_hidden = [16] }',
+    "ple": '{ kind = "ple", expert_hidden = [16] }',
+    "mmoe_top2": '{ kind = "mmoe", experts = 6, expert_hidden = [16], top_k = 2 }',
+}
+
+
 @pytest.mark.parametrize(("kind", "backbone"), [
     *((k, b) for k in ('"aitm"', '"dbmtl"') for b in ("shared_bottom", "mmoe", "ple")),
     ('{ kind = "escm2", regulariser = "dr" }', "mmoe"),
+    ('"esm2"', "mmoe_top2"),  # the sparse MoE: exported, it mixes the same k experts
 ])
 def test_learnable_cascades_train_with_every_backbone_and_export(
         kind: str, backbone: str, tmp_path: Path, funnel_dir: Path) -> None:
@@ -230,8 +250,7 @@ def test_learnable_cascades_train_with_every_backbone_and_export(
     path = tmp_path / "engine.toml"
     path.write_text(tiny_config_text(funnel_dir, model=f"""
 [model]
-backbone = {{ kind = "{backbone}", {'hidden = [16]' if backbone == 'shared_bottom' else
-                                     'expert_hidden = [16]'} }}
+backbone = {BACKBONES[backbone]}
 tower = {{ kind = "mlp", hidden = [8] }}
 cascade = {kind}
 """).replace("[train]\nepochs = 2", "[train]\nepochs = 1"))
