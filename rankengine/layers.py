@@ -77,7 +77,7 @@ class ExpertBank(nn.Module):
         the routed rows, the experts run as one batched matmul per layer over ``[E, C, D]``
         (``C`` = the busiest expert's rows; padding rows are zeros whose outputs are never read,
         so no gradient reaches the weights through them). A skewed routing runs expert by
-        expert instead, so that it never costs more than the rows it routes.
+        expert instead (a GEMM pair per expert), so padding never more than doubles the work.
         """
         capacity = max(counts)
         if capacity * self.num_experts > pad_up_to * len(rows):
