@@ -232,7 +232,9 @@ BACKBONES = {
 @pytest.mark.parametrize(("kind", "backbone"), [
     *((k, b) for k in ('"aitm"', '"dbmtl"') for b in ("shared_bottom", "mmoe", "ple")),
     ('{ kind = "escm2", regulariser = "dr" }', "mmoe"),
-    ('"esm2"', "mmoe_top2"),  # the sparse MoE: exported, it mixes the same k experts
+    ('{ kind = "escm2", regulariser = "ips" }', "shared_bottom"),
+    ('{ kind = "escm2", regulariser = "dr" }', "ple"),
+    ('"aitm"', "mmoe_top2"),  # the sparse MoE: exported, it mixes the same k experts
 ])
 def test_learnable_cascades_train_with_every_backbone_and_export(
         kind: str, backbone: str, tmp_path: Path, funnel_dir: Path) -> None:
