@@ -53,6 +53,10 @@ class Objective:
         #: the cascade adds a regulariser on the conditional losses (ESCM²)
         self.regularised = type(model.cascade).conditional_regulariser is not \
             Cascade.conditional_regulariser
+        #: the nodes it may regularise, fixed here: no tensor is read on the host per step
+        self.regularisable = {i for i, (node, parent) in
+                              enumerate(zip(graph.nodes, graph.parent_index, strict=True))
+                              if node.type == "binary" and parent >= 0}
         self.needs_mask = bool(self.conditional.any()) or self.aux or self.regularised
         self.binary = torch.tensor([node.type == "binary" for node in graph.nodes])
         #: log odds factor added to each task's logit in its loss (main space, aux space)
@@ -107,39 +111,39 @@ class Objective:
         log_q = torch.where(self.conditional, out.cond_log_q, out.log_q)
         if self.offsets is not None:
             log_p, log_q = self._shifted(log_p, log_q, self.offsets)
-        per_sample = torch.stack([
-            loss(NodePrediction(log_p[:, i], log_q[:, i], out.value[:, i]), labels[:, i])
-            for i, loss in enumerate(self.losses)
-        ], dim=1)
+        per_sample = self._pointwise(log_p, log_q, out, labels)
         weights = self.sample_weighting.weights(labels, batch.extras)
         if not self.needs_mask:
             return _weighted_mean(per_sample, weights)
         parent_positive = labels.index_select(1, self.parent) == 1
         mask = torch.where(self.conditional, parent_positive, True).to(per_sample.dtype)
         losses = _weighted_mean(per_sample, weights * mask)
+        cond = None  # the per-sample losses of p(node | parent) as the cascade gives them
         if self.aux:
-            cond_p, cond_q = out.cond_log_p, out.cond_log_q
-            if self.aux_offsets is not None:
-                cond_p, cond_q = self._shifted(cond_p, cond_q, self.aux_offsets)
-            cond = torch.stack([
-                loss(NodePrediction(cond_p[:, i], cond_q[:, i], out.value[:, i]), labels[:, i])
-                for i, loss in enumerate(self.losses)
-            ], dim=1)
-            sub = (parent_positive & self.has_parent).to(cond.dtype)
-            losses = losses + self.aux_weight * _weighted_mean(cond, weights * sub)
+            if self.aux_offsets is None:
+                aux_cond = cond = self._pointwise(out.cond_log_p, out.cond_log_q, out, labels)
+            else:
+                aux_cond = self._pointwise(
+                    *self._shifted(out.cond_log_p, out.cond_log_q, self.aux_offsets), out, labels)
+            sub = (parent_positive & self.has_parent).to(aux_cond.dtype)
+            losses = losses + self.aux_weight * _weighted_mean(aux_cond, weights * sub)
         if self.regularised:
-            cond = torch.stack([
-                loss(NodePrediction(out.cond_log_p[:, i], out.cond_log_q[:, i],
-                                    out.value[:, i]), labels[:, i])
-                for i, loss in enumerate(self.losses)
-            ], dim=1)
+            if cond is None:
+                cond = self._pointwise(out.cond_log_p, out.cond_log_q, out, labels)
             extra = [self.cascade.conditional_regulariser(
                 i, cond[:, i], parent_positive[:, i], weights[:, i], out)
-                if self.has_parent[i] and self.binary[i] else None
-                for i in range(len(self.losses))]
+                if i in self.regularisable else None for i in range(len(self.losses))]
             losses = losses + torch.stack([
                 e if e is not None else losses.new_zeros(()) for e in extra])
         return losses
+
+    def _pointwise(self, log_p: torch.Tensor, log_q: torch.Tensor, out: Any,
+                   labels: torch.Tensor) -> torch.Tensor:
+        """``[B, T]``: each task's pointwise loss on these log probabilities."""
+        return torch.stack([
+            loss(NodePrediction(log_p[:, i], log_q[:, i], out.value[:, i]), labels[:, i])
+            for i, loss in enumerate(self.losses)
+        ], dim=1)
 
     def _shifted(self, log_p: torch.Tensor, log_q: torch.Tensor, offsets: torch.Tensor,
                  ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -321,3 +321,11 @@ def test_escm2_regulariser_reweights_the_clicked_rows_by_inverse_propensity(
     base = Objective(graph, PlainHolder(), [bce, bce], Unweighted())  # type: ignore[arg-type]
     torch.testing.assert_close(objective(out, batch) - base(out, batch),
                                torch.stack([torch.zeros(()), want]))
+    # with the extra conditional loss too (both read one set of conditional losses)
+    for c in (model, plain):
+        c.params = c.params.model_copy(update={"conditional_loss_weight": 1.0})
+    both = Objective(graph, Holder(), [bce, bce], Unweighted())  # type: ignore[arg-type]
+    aux = Objective(graph, PlainHolder(), [bce, bce], Unweighted())  # type: ignore[arg-type]
+    assert both.aux and aux.aux
+    torch.testing.assert_close(both(out, batch) - aux(out, batch),
+                               torch.stack([torch.zeros(()), want]))
